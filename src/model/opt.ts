@@ -1,0 +1,381 @@
+/**
+ * The OPT decoder (Zhang et al. 2022) as Hugging Face's `OPTForCausalLM` computes it, in eval
+ * mode (no dropout), on TensorFlow.js.
+ *
+ * A model is run as one or more *stages*: a stage holds a contiguous range of decoder layers and
+ * optionally the embeddings (first stage) and the final norm + LM head (last stage). A
+ * single-process model is one stage that holds everything.
+ *
+ * Layout. Hidden states are kept *transposed*, `[hidden, tokens]` with token n = b * S + s, so
+ * that every linear layer is `W · Hᵀ` with the weight as the left operand of an untransposed
+ * matMul. This is the fast matMul path of the WASM backend, and it reads the weight's memory
+ * afresh on every call, which the in-place perturbation relies on (DESIGN.md, "Packed weights
+ * in the WASM backend"). Biases and LayerNorm parameters are stored as `[n, 1]` columns.
+ *
+ * Semantics pinned by ../shared/fixtures (reference.json from transformers 4.28):
+ * - positions from the attention mask: pos = cumsum(mask) * mask - 1, row pos + 2;
+ * - q = q_proj(x) * head_dim^-0.5; masked scores are float32 min; softmax in float32;
+ * - pre-LN: x + attn(LN(x)), x + fc2(relu(fc1(LN(x)))), final LN; post-LN: LN after each sum;
+ * - project_in before adding positions, project_out after the final LN;
+ * - logits = h · embed_tokensᵀ (tied LM head).
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { OptConfig } from "./config.ts";
+import { type Checkpoint, loadTensor } from "./checkpoint.ts";
+
+/** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
+export interface StageRange {
+  firstLayer: number;
+  endLayer: number;
+  embeddings: boolean;
+  head: boolean;
+}
+
+export function wholeModel(config: OptConfig): StageRange {
+  return { firstLayer: 0, endLayer: config.numLayers, embeddings: true, head: true };
+}
+
+export type ParamKind = "weight" | "bias" | "norm" | "embedding";
+
+/** A parameter as Hugging Face names and shapes it. */
+export interface ParamSpec {
+  name: string;
+  shape: number[];
+  kind: ParamKind;
+}
+
+const PREFIX = "model.decoder.";
+
+/** The parameters of a stage in canonical order (the order of HF's `named_parameters()`). */
+export function stageParameters(config: OptConfig, range: StageRange): ParamSpec[] {
+  const D = config.hiddenSize, E = config.embedDim, F = config.ffnDim;
+  const specs: ParamSpec[] = [];
+  const add = (name: string, shape: number[], kind: ParamKind) =>
+    specs.push({ name: PREFIX + name, shape, kind });
+  // The tied embedding lives on the first stage and (as a copy) on the last.
+  if (range.embeddings || range.head) {
+    add("embed_tokens.weight", [config.vocabSize, E], "embedding");
+  }
+  if (range.embeddings) {
+    add("embed_positions.weight", [config.maxPositions + 2, D], "embedding");
+  }
+  if (range.head && config.hasProjections) add("project_out.weight", [E, D], "weight");
+  if (range.embeddings && config.hasProjections) add("project_in.weight", [D, E], "weight");
+  if (range.head && config.hasFinalLayerNorm) {
+    add("final_layer_norm.weight", [D], "norm");
+    add("final_layer_norm.bias", [D], "norm");
+  }
+  for (let l = range.firstLayer; l < range.endLayer; l++) {
+    const p = `layers.${l}.`;
+    for (const proj of ["k_proj", "v_proj", "q_proj", "out_proj"]) {
+      add(`${p}self_attn.${proj}.weight`, [D, D], "weight");
+      add(`${p}self_attn.${proj}.bias`, [D], "bias");
+    }
+    add(`${p}self_attn_layer_norm.weight`, [D], "norm");
+    add(`${p}self_attn_layer_norm.bias`, [D], "norm");
+    add(`${p}fc1.weight`, [F, D], "weight");
+    add(`${p}fc1.bias`, [F], "bias");
+    add(`${p}fc2.weight`, [D, F], "weight");
+    add(`${p}fc2.bias`, [D], "bias");
+    add(`${p}final_layer_norm.weight`, [D], "norm");
+    add(`${p}final_layer_norm.bias`, [D], "norm");
+  }
+  return specs;
+}
+
+/** A loaded stage: its parameters as backend tensors (vectors stored as `[n, 1]`). */
+export interface Stage {
+  config: OptConfig;
+  range: StageRange;
+  specs: ParamSpec[];
+  params: Map<string, tf.Tensor>;
+}
+
+function internalShape(spec: ParamSpec): number[] {
+  return spec.shape.length === 1 ? [spec.shape[0], 1] : spec.shape;
+}
+
+/** Builds a stage from float32 arrays (one per spec, HF layout). */
+export function stageFromArrays(
+  config: OptConfig,
+  range: StageRange,
+  arrays: Map<string, Float32Array>,
+): Stage {
+  const specs = stageParameters(config, range);
+  const params = new Map<string, tf.Tensor>();
+  for (const spec of specs) {
+    const data = arrays.get(spec.name);
+    if (!data) throw new Error(`stage: no data for ${spec.name}`);
+    params.set(spec.name, tf.tensor(data, internalShape(spec), "float32"));
+  }
+  return { config, range, specs, params };
+}
+
+/** Loads only the tensors of `range` from a checkpoint. */
+export async function loadStage(ckpt: Checkpoint, range: StageRange): Promise<Stage> {
+  const specs = stageParameters(ckpt.config, range);
+  const params = new Map<string, tf.Tensor>();
+  for (const spec of specs) {
+    const data = await loadTensor(ckpt, spec.name, spec.shape);
+    params.set(spec.name, tf.tensor(data, internalShape(spec), "float32"));
+  }
+  return { config: ckpt.config, range, specs, params };
+}
+
+export function disposeStage(stage: Stage): void {
+  for (const t of stage.params.values()) t.dispose();
+  stage.params.clear();
+}
+
+/** A right- or left-padded batch of token ids, flattened row by row (B rows of S tokens). */
+export interface TokenBatch {
+  batchSize: number;
+  seqLen: number;
+  ids: Int32Array;
+  /** 1 for real tokens, 0 for padding. */
+  mask: Int32Array;
+}
+
+/** Position-embedding rows from the attention mask: cumsum(mask) * mask - 1 + 2. */
+export function positionRows(batch: TokenBatch): Int32Array {
+  const { batchSize: B, seqLen: S, mask } = batch;
+  const rows = new Int32Array(B * S);
+  for (let b = 0; b < B; b++) {
+    let c = 0;
+    for (let s = 0; s < S; s++) {
+      const m = mask[b * S + s];
+      c += m;
+      rows[b * S + s] = c * m - 1 + 2;
+    }
+  }
+  return rows;
+}
+
+const F32_MIN = -3.4028234663852886e38;
+
+/** Additive attention mask [B, 1, S, S]: 0 where query i may see key j, float32 min elsewhere. */
+function attentionMask(batch: TokenBatch): tf.Tensor4D {
+  const { batchSize: B, seqLen: S, mask } = batch;
+  const m = new Float32Array(B * S * S);
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < S; i++) {
+      for (let j = 0; j < S; j++) {
+        const visible = j <= i && mask[b * S + j] === 1;
+        m[(b * S + i) * S + j] = visible ? 0 : F32_MIN;
+      }
+    }
+  }
+  return tf.tensor4d(m, [B, 1, S, S]);
+}
+
+function param(stage: Stage, name: string): tf.Tensor {
+  const t = stage.params.get(PREFIX + name);
+  if (!t) throw new Error(`stage does not hold ${PREFIX + name}`);
+  return t;
+}
+
+/** y = W x + b in the transposed layout: W [out, in], x [in, N], b [out, 1]. */
+function linear(stage: Stage, name: string, x: tf.Tensor2D, bias = true): tf.Tensor2D {
+  const y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
+  return bias ? tf.add(y, param(stage, `${name}.bias`)) as tf.Tensor2D : y;
+}
+
+/** LayerNorm over the hidden axis (axis 0), eps 1e-5, biased variance, as torch. */
+function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  const { mean, variance } = tf.moments(x, 0, true);
+  const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
+  return tf.add(tf.mul(normed, param(stage, `${name}.weight`)), param(stage, `${name}.bias`));
+}
+
+function selfAttention(
+  stage: Stage,
+  prefix: string,
+  x: tf.Tensor2D,
+  mask: tf.Tensor4D,
+  B: number,
+  S: number,
+): tf.Tensor2D {
+  const { hiddenSize: D, numHeads: H, headDim: hd } = stage.config;
+  const q = tf.mul(linear(stage, `${prefix}.q_proj`, x), hd ** -0.5);
+  const k = linear(stage, `${prefix}.k_proj`, x);
+  const v = linear(stage, `${prefix}.v_proj`, x);
+  // [D, B*S] = [H, hd, B, S] -> per (b, h) matrices.
+  const Q = tf.reshape(tf.transpose(tf.reshape(q, [H, hd, B, S]), [2, 0, 3, 1]), [B * H, S, hd]);
+  const Kt = tf.reshape(tf.transpose(tf.reshape(k, [H, hd, B, S]), [2, 0, 1, 3]), [B * H, hd, S]);
+  const V = tf.reshape(tf.transpose(tf.reshape(v, [H, hd, B, S]), [2, 0, 3, 1]), [B * H, S, hd]);
+  const scores = tf.reshape(tf.matMul(Q, Kt), [B, H, S, S]);
+  const masked = tf.maximum(tf.add(scores, mask), F32_MIN);
+  const probs = tf.reshape(tf.softmax(masked), [B * H, S, S]);
+  const ctx = tf.reshape(tf.matMul(probs, V), [B, H, S, hd]);
+  const ctxT = tf.reshape(tf.transpose(ctx, [1, 3, 0, 2]), [D, B * S]) as tf.Tensor2D;
+  return linear(stage, `${prefix}.out_proj`, ctxT);
+}
+
+function decoderLayer(
+  stage: Stage,
+  l: number,
+  h: tf.Tensor2D,
+  mask: tf.Tensor4D,
+  B: number,
+  S: number,
+): tf.Tensor2D {
+  const p = `layers.${l}`;
+  const mlp = (x: tf.Tensor2D) =>
+    linear(stage, `${p}.fc2`, tf.relu(linear(stage, `${p}.fc1`, x)) as tf.Tensor2D);
+  if (stage.config.preLayerNorm) {
+    h = tf.add(
+      h,
+      selfAttention(
+        stage,
+        `${p}.self_attn`,
+        layerNorm(stage, `${p}.self_attn_layer_norm`, h),
+        mask,
+        B,
+        S,
+      ),
+    );
+    return tf.add(h, mlp(layerNorm(stage, `${p}.final_layer_norm`, h)));
+  }
+  h = layerNorm(
+    stage,
+    `${p}.self_attn_layer_norm`,
+    tf.add(h, selfAttention(stage, `${p}.self_attn`, h, mask, B, S)),
+  );
+  return layerNorm(stage, `${p}.final_layer_norm`, tf.add(h, mlp(h)));
+}
+
+/** Token + position embeddings (and project_in): ids -> [hidden, N]. */
+function embed(stage: Stage, batch: TokenBatch): tf.Tensor2D {
+  const ids = tf.tensor1d(batch.ids, "int32");
+  const rows = tf.tensor1d(positionRows(batch), "int32");
+  let tokens = tf.gather(param(stage, "embed_tokens.weight"), ids) as tf.Tensor2D; // [N, E]
+  const positions = tf.gather(param(stage, "embed_positions.weight"), rows) as tf.Tensor2D;
+  if (stage.config.hasProjections) {
+    tokens = tf.transpose(linear(stage, "project_in", tf.transpose(tokens), false));
+    return tf.transpose(tf.add(tokens, positions));
+  }
+  return tf.transpose(tf.add(tokens, positions));
+}
+
+/**
+ * Runs a stage. The first stage takes the token ids; later stages take the previous stage's
+ * output. Returns hidden states `[hidden, N]`, or for the last stage the features the LM head
+ * reads (`[embedDim, N]`: after the final LayerNorm and project_out).
+ */
+export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const { batchSize: B, seqLen: S } = batch;
+    let h: tf.Tensor2D;
+    if (stage.range.embeddings) h = embed(stage, batch);
+    else if (input) h = input;
+    else {throw new Error(
+        "stageForward: a stage without embeddings needs the previous hidden states",
+      );}
+    const mask = attentionMask(batch);
+    for (let l = stage.range.firstLayer; l < stage.range.endLayer; l++) {
+      h = decoderLayer(stage, l, h, mask, B, S);
+    }
+    if (stage.range.head) {
+      if (stage.config.hasFinalLayerNorm) h = layerNorm(stage, "final_layer_norm", h);
+      if (stage.config.hasProjections) h = linear(stage, "project_out", h, false);
+    }
+    return h;
+  });
+}
+
+/** How many positions the LM head handles at once (bounds the [chunk, vocab] logits). */
+const HEAD_CHUNK = 256;
+
+/** Logits `[P, vocab]` at the given token positions (n = b * S + s) of the last stage's output. */
+export function logitsAt(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
+  return tf.tidy(() => {
+    const sel = tf.gather(features, tf.tensor1d(positions, "int32"), 1) as tf.Tensor2D;
+    const logitsT = tf.matMul(param(stage, "embed_tokens.weight") as tf.Tensor2D, sel);
+    return tf.transpose(logitsT) as tf.Tensor2D;
+  });
+}
+
+/**
+ * Next-token cross-entropy (nats) at each position: -log softmax(logits[position])[target].
+ * Only the requested positions go through the LM head.
+ */
+export function crossEntropyAt(
+  stage: Stage,
+  features: tf.Tensor2D,
+  positions: Int32Array,
+  targets: Int32Array,
+): Float32Array {
+  const V = stage.config.vocabSize;
+  const out = new Float32Array(positions.length);
+  for (let start = 0; start < positions.length; start += HEAD_CHUNK) {
+    const end = Math.min(positions.length, start + HEAD_CHUNK);
+    const ce = tf.tidy(() => {
+      const logits = logitsAt(stage, features, positions.subarray(start, end));
+      const lse = tf.logSumExp(logits, 1);
+      const flat = new Int32Array(end - start);
+      for (let i = 0; i < flat.length; i++) flat[i] = i * V + targets[start + i];
+      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
+      return tf.sub(lse, picked);
+    });
+    out.set(ce.dataSync() as Float32Array, start);
+    ce.dispose();
+  }
+  return out;
+}
+
+/** The next-token targets of a batch: every real position whose next token is real. */
+export function nextTokenTargets(
+  batch: TokenBatch,
+): { positions: Int32Array; targets: Int32Array; row: Int32Array } {
+  const { batchSize: B, seqLen: S, ids, mask } = batch;
+  const positions: number[] = [], targets: number[] = [], row: number[] = [];
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s + 1 < S; s++) {
+      const n = b * S + s;
+      if (mask[n] === 1 && mask[n + 1] === 1) {
+        positions.push(n);
+        targets.push(ids[n + 1]);
+        row.push(b);
+      }
+    }
+  }
+  return {
+    positions: Int32Array.from(positions),
+    targets: Int32Array.from(targets),
+    row: Int32Array.from(row),
+  };
+}
+
+/** Mean next-token cross-entropy per row (float32 per-token CE, mean in float32 as torch). */
+export function meanPerRow(ce: Float32Array, row: Int32Array, batchSize: number): Float32Array {
+  const sum = new Float64Array(batchSize), count = new Float64Array(batchSize);
+  for (let i = 0; i < ce.length; i++) {
+    sum[row[i]] += ce[i];
+    count[row[i]] += 1;
+  }
+  const out = new Float32Array(batchSize);
+  for (let b = 0; b < batchSize; b++) out[b] = count[b] > 0 ? sum[b] / count[b] : NaN;
+  return out;
+}
+
+/** Pads token sequences into a batch (right padding unless `left`). */
+export function padBatch(
+  sequences: number[][],
+  padId: number,
+  left = false,
+  seqLen?: number,
+): TokenBatch {
+  const B = sequences.length;
+  const S = seqLen ?? Math.max(1, ...sequences.map((s) => s.length));
+  const ids = new Int32Array(B * S).fill(padId);
+  const mask = new Int32Array(B * S);
+  sequences.forEach((seq, b) => {
+    if (seq.length > S) throw new Error(`padBatch: sequence of ${seq.length} tokens exceeds ${S}`);
+    const offset = left ? S - seq.length : 0;
+    for (let i = 0; i < seq.length; i++) {
+      ids[b * S + offset + i] = seq[i];
+      mask[b * S + offset + i] = 1;
+    }
+  });
+  return { batchSize: B, seqLen: S, ids, mask };
+}
