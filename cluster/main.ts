@@ -7,15 +7,38 @@
  * Run it as `deno task dpzo <command> ...`.
  */
 import { Command } from "@commander-js/extra-typings";
+import { UsageError } from "../src/validation.ts";
+import { scoreCommand } from "./cli/score.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
     .name("dpzo")
     .description("Differentially private zeroth-order fine-tuning of OPT models")
     .showHelpAfterError();
+  program.addCommand(scoreCommand());
+  // Errors surface as exceptions so that main() prints them as one line.
+  program.exitOverride();
+  for (const command of program.commands) command.exitOverride();
   return program;
 }
 
+/** Runs the command line; an error becomes one line on stderr and a non-zero exit. */
+export async function main(args: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(args, { from: "user" });
+    return 0;
+  } catch (e) {
+    // commander has already printed its own usage errors (and help/version output).
+    const code = (e as { code?: string }).code;
+    if (typeof code === "string" && code.startsWith("commander.")) {
+      return code === "commander.helpDisplayed" || code === "commander.version" ? 0 : 2;
+    }
+    console.error(`dpzo: ${e instanceof Error ? e.message : String(e)}`);
+    if (Deno.env.get("DPZO_DEBUG") && e instanceof Error) console.error(e.stack);
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
 if (import.meta.main) {
-  await buildProgram().parseAsync(Deno.args, { from: "user" });
+  Deno.exit(await main(Deno.args));
 }

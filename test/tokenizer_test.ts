@@ -170,28 +170,6 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "speed: 1000 SST-2 sentences encode well under a second (cold cache)",
-  ignore: !haveFixtures,
-  async fn() {
-    const sst2 = `${FIXTURES}../data/sst2/train.tsv`;
-    const sentences = exists(sst2)
-      ? (await Deno.readTextFile(sst2)).split("\n").slice(1, 1001).map((l) => l.split("\t")[0])
-      : Array.from(
-        { length: 1000 },
-        (_, i) =>
-          `sentence ${i}: a gripping , funny film that never quite earns its ${i % 97} twists`,
-      );
-    const tok = await loadTokenizer(`${FIXTURES}tiny-opt`);
-    const t0 = performance.now();
-    let n = 0;
-    for (const s of sentences) n += tok.encode(s).length;
-    const ms = performance.now() - t0;
-    console.log(`encoded ${sentences.length} sentences (${n} tokens) in ${ms.toFixed(1)} ms`);
-    assert.ok(ms < 1000, `took ${ms} ms`);
-  },
-});
-
 Deno.test("Python `regex` \\s: White_Space (U+0085 in, U+FEFF and U+001C..U+001F out)", () => {
   const ws = new RegExp(`^[${PY_REGEX_WS}]$`, "u");
   const whiteSpace = /^\p{White_Space}$/u;
