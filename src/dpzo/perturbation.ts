@@ -1,0 +1,108 @@
+/**
+ * The in-place perturbation pass of DP-ZO: `theta += coeff * z(seed)` over every trainable
+ * tensor a stage holds, with no second copy of the weights (z is generated in chunks into one
+ * reusable scratch buffer of CHUNK floats).
+ *
+ * The three passes of a step use it as: `perturb(t, s, phi)`, `perturb(t, s, -2 * phi)`, and the
+ * fused restore + update `perturb(t, s, phi - lr * ghat, {weightDecay})`.
+ *
+ * Float32 semantics (deterministic, so a replay performing the same passes in the same order with
+ * the same coefficients is bit-identical): with `c = float32(coeff)` and `z_i` the float32 value
+ * of `z(seed, name, i)`,
+ *   - without decay:  `theta_i = float32(theta_i + float32(c * z_i))`
+ *   - with decay:     `theta_i = float32(float32(keep * theta_i) + float32(c * z_i))`,
+ *     `keep = float32(1 - lr * decay)` (binary64 `1 - lr * decay`, then rounded),
+ * i.e. IEEE float32 multiply and add, no fused multiply-add. (In JS the binary64 product of two
+ * float32 values is exact and binary64 add then float32 rounding equals the float32 add, so this
+ * is what a float32 SIMD or GPU kernel computes too.)
+ *
+ * Weight decay follows MeZO (`theta -= lr * wd * theta` in the update, not on biases and layer
+ * norms: see `mezoDecayApplies`). It multiplies the tensor as it is when the pass runs, i.e. the
+ * still-perturbed `theta - phi z` in the fused pass; the difference from decaying the unperturbed
+ * weights is `lr * decay * phi * z`, below float32 resolution for usual settings.
+ *
+ * Tied weights: pass one buffer once, under its canonical name (OPT's `lm_head.weight` is
+ * `model.decoder.embed_tokens.weight`); two stages each holding a copy both pass it, under that
+ * name, and stay equal.
+ */
+
+import { fillZKeyed, nameHash, seedKey } from "../rng/z.ts";
+import { philoxRoundKeys } from "../rng/philox.ts";
+
+/** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
+export const CHUNK = 4096;
+
+/** A named trainable tensor; `data` is its row-major float32 storage, updated in place. */
+export interface NamedTensor {
+  name: string;
+  data: Float32Array;
+}
+
+/** MeZO-style decoupled weight decay applied in the update pass. */
+export interface WeightDecay {
+  lr: number;
+  decay: number;
+  /** Whether a parameter (by name) is decayed; see `mezoDecayApplies`. */
+  appliesTo(name: string): boolean;
+}
+
+/** Options of `perturb`. */
+export interface PerturbOptions {
+  weightDecay?: WeightDecay;
+}
+
+/** MeZO's rule: decay every parameter except biases and layer norms. */
+export function mezoDecayApplies(name: string): boolean {
+  const n = name.toLowerCase();
+  return !n.includes("bias") && !n.includes("layer_norm") && !n.includes("layernorm");
+}
+
+const scratch = new Float32Array(CHUNK);
+
+/** `theta += coeff * z(seed)` in place over `tensors` (with optional decay); see module doc. */
+export function perturb(
+  tensors: readonly NamedTensor[],
+  seed: bigint,
+  coeff: number,
+  opts: PerturbOptions = {},
+): void {
+  if (!Number.isFinite(coeff)) {
+    throw new RangeError(`perturb: coeff must be a finite number, got ${coeff}`);
+  }
+  const wd = opts.weightDecay;
+  let keep = 1;
+  if (wd !== undefined) {
+    if (!Number.isFinite(wd.lr) || !Number.isFinite(wd.decay) || wd.decay < 0) {
+      throw new RangeError(
+        `perturb: weightDecay needs finite lr and decay >= 0, got lr=${wd.lr} decay=${wd.decay}`,
+      );
+    }
+    keep = Math.fround(1 - wd.lr * wd.decay);
+  }
+  const keys = philoxRoundKeys(...seedKey(seed));
+  const c = Math.fround(coeff);
+  const seen = new Set<string>();
+  for (const { name, data } of tensors) {
+    if (seen.has(name)) {
+      throw new Error(`perturb: tensor "${name}" listed twice; pass each buffer once`);
+    }
+    seen.add(name);
+    const [h0, h1] = nameHash(name);
+    const decayed = wd !== undefined && keep !== 1 && wd.appliesTo(name);
+    const n = data.length;
+    for (let start = 0; start < n; start += CHUNK) {
+      const len = Math.min(CHUNK, n - start);
+      const z = len === CHUNK ? scratch : scratch.subarray(0, len);
+      fillZKeyed(z, keys, h0, h1, start);
+      if (decayed) {
+        for (let j = 0; j < len; j++) {
+          data[start + j] = Math.fround(keep * data[start + j]) + Math.fround(c * z[j]);
+        }
+      } else {
+        for (let j = 0; j < len; j++) {
+          data[start + j] = data[start + j] + Math.fround(c * z[j]);
+        }
+      }
+    }
+  }
+}
