@@ -89,6 +89,11 @@ export interface Stage {
   range: StageRange;
   specs: ParamSpec[];
   params: Map<string, tf.Tensor>;
+  /**
+   * LoRA adapters (Hu et al. 2021) keyed by the adapted linear (`…q_proj`): `lora_A.weight`
+   * [r, in] and `lora_B.weight` [out, r] tensors in `params`, and the scaling alpha / r.
+   */
+  lora?: { scale: number; adapted: Set<string> };
 }
 
 function internalShape(spec: ParamSpec): number[] {
@@ -176,8 +181,15 @@ function param(stage: Stage, name: string): tf.Tensor {
 
 /** y = W x + b in the transposed layout: W [out, in], x [in, N], b [out, 1]. */
 function linear(stage: Stage, name: string, x: tf.Tensor2D, bias = true): tf.Tensor2D {
-  const y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
-  return bias ? tf.add(y, param(stage, `${name}.bias`)) as tf.Tensor2D : y;
+  let y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
+  if (bias) y = tf.add(y, param(stage, `${name}.bias`)) as tf.Tensor2D;
+  if (stage.lora?.adapted.has(PREFIX + name)) {
+    // PEFT: base(x) + lora_B(lora_A(x)) * scaling.
+    const a = tf.matMul(param(stage, `${name}.lora_A.weight`) as tf.Tensor2D, x);
+    const ba = tf.matMul(param(stage, `${name}.lora_B.weight`) as tf.Tensor2D, a);
+    y = tf.add(y, tf.mul(ba, stage.lora.scale)) as tf.Tensor2D;
+  }
+  return y;
 }
 
 /** LayerNorm over the hidden axis (axis 0), eps 1e-5, biased variance, as torch. */
@@ -296,6 +308,42 @@ export function logitsAt(stage: Stage, features: tf.Tensor2D, positions: Int32Ar
 }
 
 /**
+ * Log-probabilities log softmax(logits[position])[token] for (position, token) pairs. Each
+ * distinct position goes through the LM head once, and only the requested positions do.
+ */
+export function logProbsAt(
+  stage: Stage,
+  features: tf.Tensor2D,
+  positions: Int32Array,
+  tokens: Int32Array,
+): Float32Array {
+  const V = stage.config.vocabSize;
+  const unique = [...new Set(positions)];
+  const slot = new Map(unique.map((p, i) => [p, i]));
+  const out = new Float32Array(positions.length);
+  for (let start = 0; start < unique.length; start += HEAD_CHUNK) {
+    const chunk = Int32Array.from(unique.slice(start, start + HEAD_CHUNK));
+    const pairs: number[] = [];
+    for (let i = 0; i < positions.length; i++) {
+      const u = slot.get(positions[i])!;
+      if (u >= start && u < start + chunk.length) pairs.push(i);
+    }
+    const lp = tf.tidy(() => {
+      const logits = logitsAt(stage, features, chunk);
+      const lse = tf.logSumExp(logits, 1);
+      const flat = Int32Array.from(pairs, (i) => (slot.get(positions[i])! - start) * V + tokens[i]);
+      const rows = Int32Array.from(pairs, (i) => slot.get(positions[i])! - start);
+      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
+      return tf.sub(picked, tf.gather(lse, tf.tensor1d(rows, "int32")));
+    });
+    const values = lp.dataSync() as Float32Array;
+    lp.dispose();
+    pairs.forEach((i, k) => (out[i] = values[k]));
+  }
+  return out;
+}
+
+/**
  * Next-token cross-entropy (nats) at each position: -log softmax(logits[position])[target].
  * Only the requested positions go through the LM head.
  */
@@ -305,22 +353,9 @@ export function crossEntropyAt(
   positions: Int32Array,
   targets: Int32Array,
 ): Float32Array {
-  const V = stage.config.vocabSize;
-  const out = new Float32Array(positions.length);
-  for (let start = 0; start < positions.length; start += HEAD_CHUNK) {
-    const end = Math.min(positions.length, start + HEAD_CHUNK);
-    const ce = tf.tidy(() => {
-      const logits = logitsAt(stage, features, positions.subarray(start, end));
-      const lse = tf.logSumExp(logits, 1);
-      const flat = new Int32Array(end - start);
-      for (let i = 0; i < flat.length; i++) flat[i] = i * V + targets[start + i];
-      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
-      return tf.sub(lse, picked);
-    });
-    out.set(ce.dataSync() as Float32Array, start);
-    ce.dispose();
-  }
-  return out;
+  const lp = logProbsAt(stage, features, positions, targets);
+  for (let i = 0; i < lp.length; i++) lp[i] = -lp[i];
+  return lp;
 }
 
 /** The next-token targets of a batch: every real position whose next token is real. */
