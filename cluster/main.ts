@@ -9,13 +9,19 @@
 import { Command } from "@commander-js/extra-typings";
 import { UsageError } from "../src/validation.ts";
 import { scoreCommand } from "./cli/score.ts";
+import { trainCommand } from "./cli/train.ts";
+import { exportCommand } from "./cli/export.ts";
+import { privacyCommand } from "./cli/privacy.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
     .name("dpzo")
     .description("Differentially private zeroth-order fine-tuning of OPT models")
     .showHelpAfterError();
+  program.addCommand(trainCommand());
+  program.addCommand(exportCommand());
   program.addCommand(scoreCommand());
+  program.addCommand(privacyCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

@@ -1,0 +1,205 @@
+/**
+ * `dpzo privacy --sampling-rate Q --steps T --delta D (--sigma S | --b B | --epsilon E)
+ *  [--mechanism gaussian|laplace] [--accountant pld|prv|rdp] [--json]`
+ *
+ * With a noise level: the (epsilon, delta) guarantee of T Poisson-subsampled steps.
+ * With --epsilon: the least noise (sigma, or Laplace scale b) that meets (epsilon, delta),
+ * rounded up to 0.001. The accountant defaults to the tight PLD one (src/privacy/pld.ts);
+ * `prv` is an alias of it (same privacy loss distribution, same engine).
+ */
+import { Command, Option } from "@commander-js/extra-typings";
+import { z } from "zod";
+import {
+  ACCOUNTANT_NAMES,
+  type AccountantName,
+  calibrateNoise,
+  ledgerEpsilon,
+  type LedgerStepPrivacy,
+  type Mechanism,
+} from "../../src/privacy/mod.ts";
+import { UsageError } from "../../src/validation.ts";
+
+const MECHANISMS = ["gaussian", "laplace"] as const;
+
+const numberFlag = (flag: string, example: string) =>
+  z.string({ error: `${flag} is required, e.g. ${flag} ${example}` })
+    .trim()
+    .refine((s) => s !== "" && Number.isFinite(Number(s)), {
+      error: `${flag} must be a number, e.g. ${flag} ${example}`,
+    })
+    .transform(Number);
+
+const optionalNumber = (flag: string, example: string) => numberFlag(flag, example).optional();
+
+/** The flags as commander hands them over (strings), validated into a query. */
+export const PrivacyFlags = z.object({
+  samplingRate: numberFlag("--sampling-rate", "0.016").refine((q) => q > 0 && q <= 1, {
+    error: "--sampling-rate must be in (0, 1]: the Poisson rate, batch size / dataset size",
+  }),
+  steps: numberFlag("--steps", "75000").refine((t) => Number.isInteger(t) && t >= 1, {
+    error: "--steps must be a whole number >= 1, e.g. --steps 75000",
+  }),
+  delta: numberFlag("--delta", "1e-5").refine((d) => d >= 0 && d < 1, {
+    error: "--delta must be in [0, 1), e.g. --delta 1e-5 (below 1/dataset size)",
+  }),
+  sigma: optionalNumber("--sigma", "4.8").refine((s) => s === undefined || s > 0, {
+    error: "--sigma must be > 0 (the noise multiplier), e.g. --sigma 4.8",
+  }),
+  b: optionalNumber("--b", "100").refine((s) => s === undefined || s > 0, {
+    error: "--b must be > 0 (the Laplace scale in units of C), e.g. --b 100",
+  }),
+  epsilon: optionalNumber("--epsilon", "4").refine((s) => s === undefined || s > 0, {
+    error: "--epsilon must be > 0, e.g. --epsilon 4",
+  }),
+  mechanism: z.enum(MECHANISMS, {
+    error: "--mechanism must be gaussian or laplace",
+  }),
+  accountant: z.enum(ACCOUNTANT_NAMES as [AccountantName, ...AccountantName[]], {
+    error: "--accountant must be pld, prv or rdp",
+  }),
+  json: z.boolean().optional(),
+}).superRefine((o, ctx) => {
+  const noiseFlag = o.mechanism === "gaussian" ? "--sigma" : "--b";
+  const wrongFlag = o.mechanism === "gaussian" ? "--b" : "--sigma";
+  const wrong = o.mechanism === "gaussian" ? o.b : o.sigma;
+  const noise = o.mechanism === "gaussian" ? o.sigma : o.b;
+  if (wrong !== undefined) {
+    ctx.addIssue({
+      code: "custom",
+      message: `${wrongFlag} does not apply to --mechanism ${o.mechanism}; use ${noiseFlag}`,
+    });
+  } else if ((noise === undefined) === (o.epsilon === undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      message: `give exactly one of ${noiseFlag} (to get epsilon) or --epsilon (to calibrate ${
+        noiseFlag.slice(2)
+      })`,
+    });
+  } else if (o.mechanism === "gaussian" && o.delta === 0) {
+    ctx.addIssue({
+      code: "custom",
+      message: "--delta must be > 0 for the Gaussian mechanism (it has no pure-DP guarantee)",
+    });
+  }
+});
+
+export type PrivacyQuery = z.infer<typeof PrivacyFlags>;
+
+/** Parses commander's options; a bad flag becomes a UsageError (one line, exit status 2). */
+export function parsePrivacyFlags(raw: Record<string, unknown>): PrivacyQuery {
+  const r = PrivacyFlags.safeParse(raw);
+  if (!r.success) throw new UsageError(r.error.issues[0].message);
+  return r.data;
+}
+
+/** Rounds up (the safe direction for an epsilon) to `digits` decimals. */
+function ceilTo(x: number, digits: number): number {
+  const s = 10 ** digits;
+  return Math.ceil(x * s - 1e-9) / s;
+}
+
+function fmtEps(x: number): string {
+  return Number.isFinite(x) ? String(ceilTo(x, 4)) : "infinity";
+}
+
+function fmtErr(x: number): string {
+  if (!(x > 0)) return "0";
+  return String(Number(x.toPrecision(2)));
+}
+
+function fmtDelta(d: number): string {
+  return d !== 0 && d < 1e-3 ? d.toExponential().replace(/e([+-])/, "e$1") : String(d);
+}
+
+function accountantLabel(used: string, requested: AccountantName): string {
+  if (used === "pure") return "pure DP (Laplace, exact at delta = 0)";
+  if (used === "rdp") return "RDP";
+  return requested === "prv" ? "PLD (as prv), pessimistic" : "PLD, pessimistic";
+}
+
+/** Runs a query; returns the JSON object and the human sentence. */
+export function runPrivacy(
+  query: PrivacyQuery,
+): { json: Record<string, unknown>; text: string } {
+  const { samplingRate: q, steps, delta, mechanism, accountant } = query;
+  const noiseName = mechanism === "gaussian" ? "sigma" : "b";
+  const base = { delta, sampling_rate: q, steps, mechanism };
+  const requested = accountant === "prv" ? { accountant_requested: "prv" } : {};
+  if (query.epsilon !== undefined) {
+    const c = calibrateNoise({
+      mechanism,
+      q,
+      steps,
+      epsilon: query.epsilon,
+      delta,
+      accountant,
+    });
+    const json = {
+      [noiseName]: c.noise,
+      epsilon: c.epsilon,
+      epsilon_error: c.error,
+      target_epsilon: query.epsilon,
+      ...base,
+      accountant: c.accountant,
+      ...requested,
+    };
+    const text = `${noiseName} = ${c.noise} (least on a 0.001 grid, rounded up) gives (${
+      fmtEps(c.epsilon)
+    }, ${fmtDelta(delta)})-DP <= target epsilon ${query.epsilon} for add/remove of one example over ${steps} steps with q=${q} (accountant: ${
+      accountantLabel(c.accountant, accountant)
+    }${c.accountant === "pld" ? `; discretisation error <= ${fmtErr(c.error)}` : ""})`;
+    return { json, text };
+  }
+  const noise = (mechanism === "gaussian" ? query.sigma : query.b) as number;
+  const step: LedgerStepPrivacy = mechanism === "gaussian"
+    ? { mechanism, q, sigma: noise }
+    : { mechanism, q, b: noise };
+  const r = ledgerEpsilon([{ step, count: steps }], delta, accountant);
+  const json: Record<string, unknown> = {
+    epsilon: r.epsilon,
+    epsilon_error: r.error,
+    ...base,
+    [noiseName]: noise,
+    accountant: r.accountant,
+    ...requested,
+  };
+  let extra = "";
+  if (r.epsilonPure !== undefined) {
+    json.epsilon_pure = r.epsilonPure;
+    if (delta > 0) extra = `; pure DP at delta = 0: epsilon ${fmtEps(r.epsilonPure)}`;
+  }
+  const text = `(${
+    fmtEps(r.epsilon)
+  }, ${fmtDelta(delta)})-DP for add/remove of one example over ${steps} steps with q=${q}, ${noiseName}=${noise} (accountant: ${
+    accountantLabel(r.accountant, accountant)
+  }${r.accountant === "pld" ? `; discretisation error <= ${fmtErr(r.error)}` : ""}${extra})`;
+  return { json, text };
+}
+
+export function privacyCommand() {
+  return new Command("privacy")
+    .description(
+      "privacy accounting: epsilon of T Poisson-subsampled steps, or the noise for a target",
+    )
+    .option("--sampling-rate <q>", "Poisson sampling rate q = expected batch / dataset size")
+    .option("--steps <T>", "number of steps")
+    .option("--delta <d>", "target delta (0 only with --mechanism laplace)")
+    .option("--sigma <s>", "Gaussian noise multiplier (noise std = sigma * C)")
+    .option("--b <b>", "Laplace scale in units of C (eps0 = 1/b)")
+    .option("--epsilon <e>", "target epsilon: calibrate the noise instead")
+    .addOption(
+      new Option("--mechanism <name>", "noise mechanism").choices(MECHANISMS).default(
+        "gaussian" as Mechanism,
+      ),
+    )
+    .addOption(
+      new Option("--accountant <name>", "pld (tight, default), prv (alias of pld), rdp")
+        .choices(ACCOUNTANT_NAMES).default("pld" as AccountantName),
+    )
+    .option("--json", "print one JSON line")
+    .action((opts) => {
+      const query = parsePrivacyFlags(opts);
+      const { json, text } = runPrivacy(query);
+      console.log(query.json ? JSON.stringify(json) : text);
+    });
+}

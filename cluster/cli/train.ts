@@ -1,0 +1,36 @@
+/**
+ * `dpzo train --config FILE [--set key=value ...] [--quiet]`: a DP-ZO run on the embedded
+ * default (coordinator and stage workers in this process).
+ */
+import { Command } from "@commander-js/extra-typings";
+import { loadRunConfig } from "../../src/dpzo/config.ts";
+import { trainEmbedded } from "../run.ts";
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+export function trainCommand() {
+  return new Command("train")
+    .description("fine-tune with DP-ZO on the embedded default (one process)")
+    .requiredOption("--config <file>", "run configuration (YAML or JSON), e.g. configs/tiny-sst2.yaml")
+    .option("--set <key=value>", "override a config field, e.g. --set train.steps=100 (repeatable)", collect, [] as string[])
+    .option("--quiet", "plain progress lines every 30 s instead of a live bar")
+    .action(async (opts) => {
+      const config = await loadRunConfig(opts.config, opts.set);
+      const s = await trainEmbedded(config, { quiet: opts.quiet });
+      const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
+      console.log(`run: ${config.run_dir}`);
+      console.log(`accuracy: val ${acc(s.final.val_accuracy)}, test ${acc(s.final.test_accuracy)}`);
+      if (s.epsilon !== null) {
+        const noise = s.mechanism === "gaussian" ? `sigma=${s.sigma}` : `b=${s.b}`;
+        console.log(
+          `privacy: (${s.epsilon.toFixed(4)}, ${s.delta})-DP for add/remove of one training example ` +
+            `over ${s.steps} steps with q=${s.sampling_rate}, ${noise} (accountant ${s.accountant}, ` +
+            `error <= ${s.epsilon_error?.toExponential(1)})` +
+            (s.insecure_seed !== null ? " — NOT PRIVATE: insecure_seed was set" : ""),
+        );
+      } else {
+        console.log("privacy: none (non-private run)");
+      }
+      console.log(`final_weights_sha256: ${s.final_weights_sha256}`);
+    });
+}

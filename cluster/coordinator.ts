@@ -1,0 +1,265 @@
+/**
+ * The coordinator of a DP-ZO run: owns the private data, the Poisson sampler, the noise, the
+ * accountant, the ledger and the schedule. It never holds parameters; it talks to the stage
+ * workers through a `Transport` (in-process or NATS) with the step protocol of DESIGN.md:
+ *
+ *   begin(step, seed, phi) -> + forward -> flip -> - forward -> clip, noise, ghat
+ *   -> ledger append (durable) -> update(step, coeff = phi - lr * ghat)
+ */
+import type { Transport } from "./transport/transport.ts";
+import type { ForwardRequest } from "./protocol.ts";
+import type { ExampleRequest } from "../src/tasks/task.ts";
+import { argmax, candidateCrossEntropy, scoreCount } from "../src/tasks/task.ts";
+import type { SecretRandom } from "../src/dpzo/randomness.ts";
+import {
+  finiteDifferences,
+  poissonSample,
+  type Privatization,
+  privatize,
+} from "../src/dpzo/mechanism.ts";
+import type { LedgerEntry, LedgerWriter } from "../src/checkpoint/ledger.ts";
+
+/** Everything the coordinator decides a run by. */
+export interface Schedule {
+  steps: number;
+  lr: number;
+  phi: number;
+  weightDecay: number;
+  /** Poisson sampling rate q = expected batch size / n. */
+  q: number;
+  privatization: Privatization;
+  /** Examples per micro-batch sent down a pipeline. */
+  microBatch: number;
+  evalEvery: number;
+  evalExamples?: number;
+}
+
+export interface StepMetrics {
+  step: number;
+  batch_size: number;
+  loss_plus: number;
+  loss_minus: number;
+  ghat: number;
+  clipped_fraction: number;
+  mean_abs_g: number;
+  step_s: number;
+}
+
+export interface EvalMetrics {
+  step: number;
+  split: string;
+  accuracy: number;
+  loss: number;
+  examples: number;
+}
+
+export interface CoordinatorHooks {
+  /** After each released step (ledger entry durable, update applied). */
+  onStep?(m: StepMetrics, entry: LedgerEntry): void | Promise<void>;
+  onEval?(m: EvalMetrics): void | Promise<void>;
+}
+
+/** Packs example requests into one right-padded micro-batch; returns the score owners. */
+export function packRequests(
+  examples: ExampleRequest[],
+  seqLen: number,
+  padId: number,
+  step: number,
+  micro: number,
+  sign: 1 | -1 | 0,
+): ForwardRequest {
+  const rows = examples.flatMap((e) => e.rows);
+  const B = rows.length, S = seqLen;
+  const ids = new Int32Array(B * S).fill(padId), mask = new Int32Array(B * S);
+  const pairPos: number[] = [], pairTok: number[] = [], pairScore: number[] = [];
+  let score = 0;
+  rows.forEach((row, b) => {
+    ids.set(row.ids, b * S);
+    mask.fill(1, b * S, b * S + row.ids.length);
+    for (const s of row.scores) {
+      s.positions.forEach((p, j) => {
+        pairPos.push(b * S + p);
+        pairTok.push(s.tokens[j]);
+        pairScore.push(score);
+      });
+      score++;
+    }
+  });
+  return {
+    step,
+    micro,
+    sign,
+    batchSize: B,
+    seqLen: S,
+    ids,
+    mask,
+    pairPos: Int32Array.from(pairPos),
+    pairTok: Int32Array.from(pairTok),
+    pairScore: Int32Array.from(pairScore),
+    numScores: score,
+  };
+}
+
+/** The padded length of a set of examples: the longest row (fixed for every group of a step). */
+export function paddedLength(examples: ExampleRequest[]): number {
+  let s = 1;
+  for (const e of examples) for (const r of e.rows) s = Math.max(s, r.ids.length);
+  return s;
+}
+
+/**
+ * Runs the forward pass of `examples` over all replica groups (split round-robin, then into
+ * micro-batches) and returns each example's scores.
+ */
+export async function scoreExamples(
+  transport: Transport,
+  examples: ExampleRequest[],
+  opts: { step: number; sign: 1 | -1 | 0; seqLen: number; padId: number; microBatch: number },
+): Promise<Float32Array[]> {
+  const out: Float32Array[] = new Array(examples.length);
+  const groups = transport.groups;
+  const work: Promise<void>[] = [];
+  for (let g = 0; g < groups; g++) {
+    const mine = examples.map((_, i) => i).filter((i) => i % groups === g);
+    work.push((async () => {
+      for (let start = 0, micro = 0; start < mine.length; start += opts.microBatch, micro++) {
+        const idx = mine.slice(start, start + opts.microBatch);
+        const req = packRequests(idx.map((i) => examples[i]), opts.seqLen, opts.padId, opts.step, micro, opts.sign);
+        const result = await transport.forward(g, req);
+        let k = 0;
+        for (const i of idx) {
+          const n = scoreCount(examples[i]);
+          out[i] = result.scores.slice(k, k + n);
+          k += n;
+        }
+      }
+    })());
+  }
+  await Promise.all(work);
+  return out;
+}
+
+/** Accuracy and mean candidate cross-entropy of a classification split. */
+export async function evaluate(
+  transport: Transport,
+  examples: ExampleRequest[],
+  opts: { step: number; padId: number; microBatch: number },
+): Promise<{ accuracy: number; loss: number }> {
+  if (examples.length === 0) return { accuracy: NaN, loss: NaN };
+  let correct = 0, loss = 0;
+  for (let start = 0; start < examples.length; start += opts.microBatch * transport.groups) {
+    const chunk = examples.slice(start, start + opts.microBatch * transport.groups);
+    const scores = await scoreExamples(transport, chunk, {
+      ...opts,
+      sign: 0,
+      seqLen: paddedLength(chunk),
+    });
+    chunk.forEach((ex, i) => {
+      if (argmax(scores[i]) === ex.label) correct++;
+      loss += candidateCrossEntropy(scores[i], ex.label);
+    });
+  }
+  return { accuracy: correct / examples.length, loss: loss / examples.length };
+}
+
+export interface TrainInputs {
+  transport: Transport;
+  schedule: Schedule;
+  train: ExampleRequest[];
+  val: ExampleRequest[];
+  padId: number;
+  /** Secret randomness for sampling and noise; also draws the public step seeds. */
+  rng: SecretRandom;
+  ledger: LedgerWriter;
+  /** Steps already in the ledger (a resumed run starts after them). */
+  startStep?: number;
+  hooks?: CoordinatorHooks;
+}
+
+/** One DP-ZO step; returns its metrics and the released ledger entry. */
+export async function trainStep(
+  inp: TrainInputs,
+  step: number,
+): Promise<{ metrics: StepMetrics; entry: LedgerEntry }> {
+  const { transport, schedule: s, rng } = inp;
+  const t0 = performance.now();
+  const batch = poissonSample(inp.train.length, s.q, rng).map((i) => inp.train[i]);
+  const seed = rng.u64();
+  const seqLen = paddedLength(batch);
+  const common = { step, seqLen, padId: inp.padId, microBatch: s.microBatch };
+  const loss = (scores: Float32Array[]) =>
+    Float64Array.from(batch, (ex, i) => candidateCrossEntropy(scores[i], ex.label));
+
+  await transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi });
+  const plus = loss(await scoreExamples(transport, batch, { ...common, sign: 1 }));
+  await transport.broadcast({ type: "step.flip", step });
+  const minus = loss(await scoreExamples(transport, batch, { ...common, sign: -1 }));
+
+  const g = finiteDifferences(plus, minus, s.phi);
+  const est = privatize(g, s.privatization, rng);
+  if (!Number.isFinite(est.ghat)) {
+    await transport.broadcast({ type: "step.abort", step });
+    throw new Error(
+      `step ${step}: the projected gradient is ${est.ghat} (losses ${mean(plus)} / ${mean(minus)}); ` +
+        `lower train.lr or train.phi`,
+    );
+  }
+  const p = s.privatization;
+  const entry: LedgerEntry = {
+    step,
+    seed: seed.toString(),
+    phi: s.phi,
+    ghat: est.ghat,
+    lr: s.lr,
+    update_coeff: s.phi - s.lr * est.ghat,
+    weight_decay: s.weightDecay,
+    q: s.q,
+    mechanism: p.private ? p.mechanism : "none",
+    ...(p.private && p.mechanism === "gaussian" ? { sigma: p.noiseMultiplier } : {}),
+    ...(p.private && p.mechanism === "laplace" ? { b: p.noiseMultiplier } : {}),
+    time: new Date().toISOString(),
+  };
+  // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
+  await inp.ledger.append(entry);
+  await transport.broadcast({
+    type: "step.update",
+    step,
+    coeff: entry.update_coeff,
+    lr: s.lr,
+    weight_decay: s.weightDecay,
+  });
+  return {
+    entry,
+    metrics: {
+      step,
+      batch_size: batch.length,
+      loss_plus: mean(plus),
+      loss_minus: mean(minus),
+      ghat: est.ghat,
+      clipped_fraction: est.clippedFraction,
+      mean_abs_g: est.meanAbsG,
+      step_s: (performance.now() - t0) / 1000,
+    },
+  };
+}
+
+function mean(a: Float64Array): number {
+  if (a.length === 0) return NaN;
+  let s = 0;
+  for (const v of a) s += v;
+  return s / a.length;
+}
+
+/** Runs steps startStep+1 .. schedule.steps with evaluation every `evalEvery` steps. */
+export async function train(inp: TrainInputs): Promise<void> {
+  const s = inp.schedule;
+  const valSet = s.evalExamples ? inp.val.slice(0, s.evalExamples) : inp.val;
+  for (let step = (inp.startStep ?? 0) + 1; step <= s.steps; step++) {
+    const { metrics, entry } = await trainStep(inp, step);
+    await inp.hooks?.onStep?.(metrics, entry);
+    if (s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length) {
+      const r = await evaluate(inp.transport, valSet, { step, padId: inp.padId, microBatch: s.microBatch });
+      await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
+    }
+  }
+}

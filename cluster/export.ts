@@ -1,0 +1,114 @@
+/**
+ * `dpzo export`: replays a run's ledger onto its base checkpoint — the same in-place passes, in
+ * the same order, with the same coefficients as the live run, so the result is bit-identical —
+ * and writes a Hugging Face checkpoint directory. Full-parameter runs give `model.safetensors`;
+ * LoRA runs give the base `model.safetensors` plus PEFT's `adapter_model.safetensors` and
+ * `adapter_config.json`.
+ */
+import { z } from "zod";
+import { RunConfigSchema } from "../src/dpzo/config.ts";
+import { readLedger, stepPasses } from "../src/checkpoint/ledger.ts";
+import { writeSafetensors } from "../src/model/safetensors.ts";
+import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
+import { formatZodError } from "../src/validation.ts";
+import { initBackend } from "../src/tensor/backend.ts";
+import { applyPass, createStageWorker, stageDigests } from "./worker.ts";
+import { canonicalOrder, loadModel } from "./run.ts";
+
+const RunJson = z.object({
+  format: z.string(),
+  config: RunConfigSchema,
+  trainable: z.array(z.string()),
+}).passthrough();
+
+export interface ExportResult {
+  steps: number;
+  final_weights_sha256: string;
+  files: string[];
+}
+
+const TOKENIZER_FILES = [
+  "config.json",
+  "generation_config.json",
+  "vocab.json",
+  "merges.txt",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+];
+
+export async function exportRun(
+  runDir: string,
+  outDir: string,
+  log: (l: string) => void = (l) => console.error(l),
+): Promise<ExportResult> {
+  const runPath = `${runDir}/run.json`;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await Deno.readTextFile(runPath));
+  } catch (e) {
+    throw new Error(`${runPath}: ${e instanceof Deno.errors.NotFound ? "not found: is --run a run directory?" : "not valid JSON"}`);
+  }
+  const parsed = RunJson.safeParse(raw);
+  if (!parsed.success) throw new Error(`${runPath}: ${formatZodError(parsed.error)}`);
+  const { config } = parsed.data;
+  const entries = await readLedger(`${runDir}/ledger.jsonl`);
+  await initBackend(config.backend);
+  const { stage, trainable } = await loadModel(config);
+  if (trainable.join() !== parsed.data.trainable.join()) {
+    throw new Error(`${runPath}: the trainable tensors differ from the base checkpoint's; wrong model?`);
+  }
+  const worker = createStageWorker(stage, trainable);
+  const t0 = performance.now();
+  for (const e of entries) {
+    const seed = BigInt(e.seed);
+    for (const pass of stepPasses(e)) {
+      applyPass(worker, seed, pass.coeff, pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined);
+    }
+    if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
+  }
+  log(`replayed ${entries.length} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const sha = weightsSha256(canonicalOrder(stage), stageDigests(worker));
+
+  await Deno.mkdir(outDir, { recursive: true });
+  const tensors = stage.specs.map((spec) => ({
+    name: spec.name,
+    shape: spec.shape,
+    data: stage.params.get(spec.name)!.dataSync() as Float32Array,
+  }));
+  const isLora = (n: string) => n.includes(".lora_");
+  const files: string[] = [];
+  await writeSafetensors(`${outDir}/model.safetensors`, tensors.filter((t) => !isLora(t.name)));
+  files.push("model.safetensors");
+  if (config.mode.type === "lora") {
+    await writeSafetensors(
+      `${outDir}/adapter_model.safetensors`,
+      tensors.filter((t) => isLora(t.name)).map((t) => ({ ...t, name: `base_model.model.${t.name}` })),
+    );
+    await Deno.writeTextFile(
+      `${outDir}/adapter_config.json`,
+      JSON.stringify(
+        {
+          peft_type: "LORA",
+          task_type: "CAUSAL_LM",
+          r: config.mode.rank,
+          lora_alpha: config.mode.alpha,
+          lora_dropout: 0,
+          target_modules: ["q_proj", "v_proj"],
+          bias: "none",
+          base_model_name_or_path: config.model,
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    files.push("adapter_model.safetensors", "adapter_config.json");
+  }
+  for (const f of TOKENIZER_FILES) {
+    try {
+      await Deno.copyFile(`${config.model}/${f}`, `${outDir}/${f}`);
+      files.push(f);
+    } catch { /* optional file */ }
+  }
+  return { steps: entries.length, final_weights_sha256: sha, files };
+}

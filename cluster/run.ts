@@ -1,0 +1,273 @@
+/**
+ * A training run on the embedded default: the coordinator and one pipeline of stage workers in
+ * this process, talking through the in-process transport (the same coordinator and worker code
+ * that runs over NATS). Writes the run directory:
+ *
+ *   run.json       config, base checkpoint and its content hash, z spec version, trainable tensors
+ *   ledger.jsonl   one durable line per released step (base checkpoint + ledger = the model)
+ *   metrics.jsonl  per-step and per-evaluation metrics
+ *   summary.json   epsilon, delta, final metrics, final_weights_sha256
+ */
+import { createHash } from "node:crypto";
+import type { RunConfig } from "../src/dpzo/config.ts";
+import { openCheckpoint } from "../src/model/checkpoint.ts";
+import { loadStage, type Stage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { attachLora } from "../src/dpzo/lora.ts";
+import { loadTokenizer } from "../src/tokenizer/mod.ts";
+import { loadSst2 } from "../src/data/sst2.ts";
+import { sst2Request } from "../src/tasks/sst2.ts";
+import type { ExampleRequest } from "../src/tasks/task.ts";
+import { cryptoRandom, insecureRandom } from "../src/dpzo/randomness.ts";
+import { LedgerWriter } from "../src/checkpoint/ledger.ts";
+import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
+import { describeBackend, initBackend } from "../src/tensor/backend.ts";
+import { createStageWorker } from "./worker.ts";
+import { inProcessTransport } from "./transport/in_process.ts";
+import { evaluate, type Schedule, train } from "./coordinator.ts";
+import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
+import { Progress } from "./progress.ts";
+
+export const Z_SPEC_VERSION = 1;
+export const RUN_FORMAT = "dpzo-run/1";
+
+export interface RunSummary {
+  format: string;
+  private: boolean;
+  insecure_seed: number | null;
+  epsilon: number | null;
+  epsilon_error: number | null;
+  delta: number | null;
+  mechanism: string;
+  sigma?: number;
+  b?: number;
+  accountant: string | null;
+  sampling_rate: number;
+  steps: number;
+  final: { val_accuracy: number | null; test_accuracy: number | null; val_loss: number | null; test_loss: number | null };
+  train_loss_first: number | null;
+  train_loss_last: number | null;
+  final_weights_sha256: string;
+  param_sync_bytes_per_step_per_worker: number;
+  wall_s: number;
+  backend: string;
+}
+
+/** SHA-256 over the checkpoint's safetensors files (sorted by name): the base's content hash. */
+export async function checkpointContentHash(files: string[]): Promise<string> {
+  const h = createHash("sha256");
+  for (const f of [...files].sort()) {
+    const file = await Deno.open(f);
+    for await (const chunk of file.readable) h.update(chunk);
+  }
+  return h.digest("hex");
+}
+
+/** Canonical parameter order of a whole model (for final_weights_sha256). */
+export function canonicalOrder(stage: Stage): string[] {
+  return stage.specs.map((s) => s.name);
+}
+
+export interface TaskData {
+  train: ExampleRequest[];
+  val: ExampleRequest[];
+  test: ExampleRequest[];
+}
+
+/** Loads the task's splits and turns them into score requests. */
+export async function loadTask(config: RunConfig): Promise<TaskData> {
+  const tok = await loadTokenizer(config.model);
+  const t = config.task;
+  const splits = await loadSst2(t.data, {
+    train: t.train_examples,
+    val: t.val_examples,
+    test: t.test_examples,
+    seed: t.split_seed,
+  });
+  const req = (e: (typeof splits.train)[number]) => sst2Request(e, tok, t.max_length);
+  return { train: splits.train.map(req), val: splits.val.map(req), test: splits.test.map(req) };
+}
+
+/** Loads the whole model as one stage (and LoRA when configured); returns the trainable names. */
+export async function loadModel(config: RunConfig): Promise<{ stage: Stage; trainable: string[]; files: string[] }> {
+  const ckpt = await openCheckpoint(config.model);
+  const stage = await loadStage(ckpt, wholeModel(ckpt.config));
+  let trainable = stageParameters(ckpt.config, stage.range).map((s) => s.name);
+  if (config.mode.type === "lora") {
+    const specs = attachLora(stage, {
+      rank: config.mode.rank,
+      alpha: config.mode.alpha,
+      initSeed: config.mode.init_seed,
+    });
+    trainable = specs.map((s) => s.name);
+  }
+  const files = [...new Set([...ckpt.tensors.values()].map((l) => l.path))];
+  return { stage, trainable, files };
+}
+
+export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedule {
+  const q = config.train.batch_size / config.task.train_examples;
+  return {
+    steps: plan ? plan.steps : config.train.steps,
+    lr: config.train.lr,
+    phi: config.train.phi,
+    weightDecay: config.train.weight_decay,
+    q,
+    privatization: plan
+      ? {
+        private: true,
+        mechanism: plan.mechanism,
+        clip: config.privacy.clip,
+        noiseMultiplier: plan.noiseMultiplier,
+        expectedBatchSize: q * config.task.train_examples,
+      }
+      : { private: false },
+    microBatch: 16,
+    evalEvery: config.train.eval_every,
+    evalExamples: config.train.eval_examples,
+  };
+}
+
+async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, JSON.stringify(value, null, 2) + "\n");
+  await Deno.rename(tmp, path);
+}
+
+async function prepareRunDir(dir: string): Promise<void> {
+  try {
+    for await (const _ of Deno.readDir(dir)) {
+      throw new Error(
+        `run_dir: ${dir} already holds a run; choose another run_dir (--set run_dir=...) or remove it`,
+      );
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  await Deno.mkdir(dir, { recursive: true });
+}
+
+export interface TrainOptions {
+  quiet?: boolean;
+  log?: (line: string) => void;
+}
+
+/** Runs `dpzo train` on the embedded default and returns the summary it wrote. */
+export async function trainEmbedded(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const started = performance.now();
+  await initBackend(config.backend);
+  log(describeBackend());
+  if (config.insecure_seed !== null) {
+    log(
+      `WARNING: insecure_seed is set: sampling, noise and seeds are reproducible from it. ` +
+        `This run is NOT differentially private; use it only for tests and comparisons.`,
+    );
+  }
+  const plan = config.privacy.enabled ? await planPrivacy(config, log) : null;
+  if (!config.privacy.enabled) log("privacy: disabled (non-private MeZO run): no (epsilon, delta) guarantee");
+
+  const data = await loadTask(config);
+  const { stage, trainable, files } = await loadModel(config);
+  const runDir = config.run_dir;
+  await prepareRunDir(runDir);
+  await writeJsonAtomic(`${runDir}/run.json`, {
+    format: RUN_FORMAT,
+    created: new Date().toISOString(),
+    config,
+    base_model: { dir: config.model, files, sha256: await checkpointContentHash(files) },
+    z_spec_version: Z_SPEC_VERSION,
+    trainable,
+    privacy_plan: plan,
+  });
+  const ledger = await LedgerWriter.open(`${runDir}/ledger.jsonl`);
+  const metricsFile = await Deno.open(`${runDir}/metrics.jsonl`, { append: true, create: true });
+  const writeMetric = async (m: unknown) => {
+    await metricsFile.write(new TextEncoder().encode(JSON.stringify(m) + "\n"));
+  };
+
+  const worker = createStageWorker(stage, trainable);
+  const transport = inProcessTransport([[worker]]);
+  const schedule = scheduleOf(config, plan);
+  const rng = config.insecure_seed !== null ? insecureRandom(config.insecure_seed) : cryptoRandom();
+  const progress = new Progress(schedule.steps, { quiet: opts.quiet, log });
+  const losses: number[] = [];
+  let lastEps: { epsilon: number; error: number } | null = null;
+  const logEvery = config.train.log_every;
+  try {
+    await train({
+      transport,
+      schedule,
+      train: data.train,
+      val: data.val,
+      padId: stage.config.padTokenId,
+      rng,
+      ledger,
+      hooks: {
+        onStep: async (m) => {
+          const loss = (m.loss_plus + m.loss_minus) / 2;
+          if (Number.isFinite(loss)) losses.push(loss);
+          if (plan && (m.step % logEvery === 0 || m.step === schedule.steps)) {
+            lastEps = plan.epsilonAt(m.step);
+          }
+          await writeMetric({
+            ...m,
+            perturb_s: worker.perturbSeconds,
+            ...(lastEps && m.step % logEvery === 0 ? { epsilon: lastEps.epsilon } : {}),
+          });
+          worker.perturbSeconds = 0;
+          progress.update(m.step, {
+            loss: Number.isFinite(loss) ? loss.toFixed(4) : "-",
+            ...(lastEps ? { eps: lastEps.epsilon.toFixed(3) } : {}),
+            clip: plan ? `${(m.clipped_fraction * 100).toFixed(0)}%` : undefined,
+          });
+        },
+        onEval: async (m) => {
+          await writeMetric({ event: "eval", ...m });
+          progress.note(`step ${m.step}: ${m.split} accuracy ${(m.accuracy * 100).toFixed(1)}%`);
+        },
+      },
+    });
+  } finally {
+    ledger.close();
+    progress.done();
+  }
+  const evalOpts = { step: schedule.steps, padId: stage.config.padTokenId, microBatch: 16 };
+  const val = await evaluate(transport, data.val, evalOpts);
+  const test = await evaluate(transport, data.test, evalOpts);
+  await writeMetric({ event: "eval", step: schedule.steps, split: "val", ...val, examples: data.val.length });
+  await writeMetric({ event: "eval", step: schedule.steps, split: "test", ...test, examples: data.test.length });
+  metricsFile.close();
+  const digests = await transport.digests();
+  const eps = plan ? plan.epsilonAt(schedule.steps) : null;
+  const window = Math.min(100, Math.floor(losses.length / 2) || 1);
+  const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
+  const summary: RunSummary = {
+    format: RUN_FORMAT,
+    private: plan !== null && config.insecure_seed === null,
+    insecure_seed: config.insecure_seed,
+    epsilon: eps ? eps.epsilon : null,
+    epsilon_error: eps ? eps.error : null,
+    delta: plan ? config.privacy.delta : null,
+    mechanism: plan ? plan.mechanism : "none",
+    ...(plan?.mechanism === "gaussian" ? { sigma: plan.noiseMultiplier } : {}),
+    ...(plan?.mechanism === "laplace" ? { b: plan.noiseMultiplier } : {}),
+    accountant: plan ? plan.accountant : null,
+    sampling_rate: schedule.q,
+    steps: schedule.steps,
+    final: {
+      val_accuracy: Number.isNaN(val.accuracy) ? null : val.accuracy,
+      test_accuracy: Number.isNaN(test.accuracy) ? null : test.accuracy,
+      val_loss: Number.isNaN(val.loss) ? null : val.loss,
+      test_loss: Number.isNaN(test.loss) ? null : test.loss,
+    },
+    train_loss_first: avg(losses.slice(0, window)),
+    train_loss_last: avg(losses.slice(-window)),
+    final_weights_sha256: weightsSha256(canonicalOrder(stage), digests),
+    param_sync_bytes_per_step_per_worker: transport.paramSyncBytes() / schedule.steps,
+    wall_s: (performance.now() - started) / 1000,
+    backend: config.backend,
+  };
+  await writeJsonAtomic(`${runDir}/summary.json`, summary);
+  await transport.close();
+  return summary;
+}

@@ -1,0 +1,47 @@
+/**
+ * The in-process transport: coordinator and stage workers in one process, messages passed as
+ * plain values. It is the embedded default of `dpzo train`; the coordinator and worker code are
+ * the same as over NATS.
+ */
+import { pack } from "msgpackr";
+import type { ControlMessage, ForwardRequest, ForwardResult } from "../protocol.ts";
+import { forwardStage, handleControl, stageDigests, type StageWorker } from "../worker.ts";
+import type { Transport } from "./transport.ts";
+
+/** `pipelines[g][k]` is stage k of replica group g. */
+export function inProcessTransport(pipelines: StageWorker[][]): Transport {
+  let syncBytes = 0;
+  return {
+    groups: pipelines.length,
+    broadcast(msg: ControlMessage) {
+      // Counted as it would be encoded on the wire, per worker.
+      syncBytes += pack(msg).length;
+      for (const pipeline of pipelines) for (const w of pipeline) handleControl(w, msg);
+      return Promise.resolve();
+    },
+    forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
+      let hidden: Float32Array | undefined;
+      for (const w of pipelines[group]) {
+        const out = forwardStage(w, req, hidden);
+        if (out.result) return Promise.resolve(out.result);
+        hidden = out.hidden;
+      }
+      return Promise.reject(new Error("in-process transport: the pipeline has no head stage"));
+    },
+    digests() {
+      const all = new Map<string, string>();
+      for (const w of pipelines[0]) {
+        for (const [name, d] of stageDigests(w)) {
+          const prev = all.get(name);
+          if (prev !== undefined && prev !== d) {
+            throw new Error(`tied copies of ${name} differ between stages`);
+          }
+          all.set(name, d);
+        }
+      }
+      return Promise.resolve(all);
+    },
+    paramSyncBytes: () => syncBytes,
+    close: () => Promise.resolve(),
+  };
+}

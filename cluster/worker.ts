@@ -1,0 +1,138 @@
+/**
+ * A stage worker: owns a contiguous slice of the model, perturbs and updates only that slice in
+ * place, runs its part of the forward pass, and (as the last stage) turns features into scores.
+ *
+ * Its step state machine accepts control messages in order — begin(t), flip(t), update(t) or
+ * abort(t) — and refuses anything else, so a duplicated or stray message can never apply a
+ * pass twice.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { logProbsAt, type Stage, stageForward } from "../src/model/opt.ts";
+import { weightView } from "../src/tensor/backend.ts";
+import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
+import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
+import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
+
+export interface StageWorker {
+  stage: Stage;
+  /** Names of the tensors this stage perturbs (all of them, or only LoRA's). */
+  trainable: string[];
+  /** Last step whose update was applied. */
+  appliedStep: number;
+  phase: "idle" | "plus" | "minus";
+  current?: { step: number; seed: bigint; phi: number };
+  /** Seconds spent in perturbation passes (for metrics). */
+  perturbSeconds: number;
+}
+
+export function createStageWorker(stage: Stage, trainable: string[], appliedStep = 0): StageWorker {
+  for (const name of trainable) {
+    if (!stage.params.has(name)) throw new Error(`worker: stage does not hold ${name}`);
+  }
+  return { stage, trainable, appliedStep, phase: "idle", perturbSeconds: 0 };
+}
+
+/** Live views of the trainable tensors (taken right before each pass). */
+function trainableViews(w: StageWorker): NamedTensor[] {
+  return w.trainable.map((name) => ({ name, data: weightView(w.stage.params.get(name)!) }));
+}
+
+/** theta += coeff z(seed) over the trainable tensors, optionally with MeZO weight decay. */
+export function applyPass(
+  w: StageWorker,
+  seed: bigint,
+  coeff: number,
+  decay?: { lr: number; decay: number },
+): void {
+  const t0 = performance.now();
+  perturb(trainableViews(w), seed, coeff, {
+    weightDecay: decay && decay.decay > 0
+      ? { lr: decay.lr, decay: decay.decay, appliesTo: mezoDecayApplies }
+      : undefined,
+  });
+  w.perturbSeconds += (performance.now() - t0) / 1000;
+}
+
+/** Applies a control message; throws (without changing anything) when it is out of order. */
+export function handleControl(w: StageWorker, msg: ControlMessage): void {
+  switch (msg.type) {
+    case "step.begin": {
+      if (w.phase !== "idle" || msg.step !== w.appliedStep + 1) {
+        throw new Error(`worker: step.begin ${msg.step} out of order (applied ${w.appliedStep}, ${w.phase})`);
+      }
+      const seed = BigInt(msg.seed);
+      applyPass(w, seed, msg.phi);
+      w.current = { step: msg.step, seed, phi: msg.phi };
+      w.phase = "plus";
+      return;
+    }
+    case "step.flip": {
+      if (w.phase !== "plus" || w.current?.step !== msg.step) {
+        throw new Error(`worker: step.flip ${msg.step} out of order (${w.phase})`);
+      }
+      applyPass(w, w.current.seed, -2 * w.current.phi);
+      w.phase = "minus";
+      return;
+    }
+    case "step.update": {
+      if (w.phase !== "minus" || w.current?.step !== msg.step) {
+        throw new Error(`worker: step.update ${msg.step} out of order (${w.phase})`);
+      }
+      applyPass(w, w.current.seed, msg.coeff, { lr: msg.lr, decay: msg.weight_decay });
+      w.appliedStep = msg.step;
+      w.phase = "idle";
+      w.current = undefined;
+      return;
+    }
+    case "step.abort": {
+      if (w.current?.step !== msg.step) return; // nothing of that step was applied here
+      // Undo exactly the passes applied so far, in reverse: the weights return to theta up to
+      // float32 rounding, which a later replay reproduces (it performs the same passes).
+      if (w.phase === "minus") applyPass(w, w.current.seed, 2 * w.current.phi);
+      applyPass(w, w.current.seed, -w.current.phi);
+      w.phase = "idle";
+      w.current = undefined;
+      return;
+    }
+  }
+}
+
+/**
+ * Runs this stage on a micro-batch. The first stage reads token ids; later stages read the
+ * previous stage's hidden states. The last stage returns scores, the others hidden states.
+ */
+export function forwardStage(
+  w: StageWorker,
+  req: ForwardRequest,
+  hidden?: Float32Array,
+): { hidden?: Float32Array; result?: ForwardResult } {
+  const { stage } = w;
+  const batch = { batchSize: req.batchSize, seqLen: req.seqLen, ids: req.ids, mask: req.mask };
+  const input = hidden
+    ? tf.tensor2d(hidden, [stage.config.hiddenSize, req.batchSize * req.seqLen])
+    : undefined;
+  const out = stageForward(stage, batch, input);
+  input?.dispose();
+  if (!stage.range.head) {
+    const data = out.dataSync() as Float32Array;
+    out.dispose();
+    return { hidden: data };
+  }
+  const lp = logProbsAt(stage, out, req.pairPos, req.pairTok);
+  out.dispose();
+  const sums = new Float64Array(req.numScores), counts = new Float64Array(req.numScores);
+  for (let k = 0; k < lp.length; k++) {
+    sums[req.pairScore[k]] += lp[k];
+    counts[req.pairScore[k]]++;
+  }
+  const scores = new Float32Array(req.numScores);
+  for (let i = 0; i < scores.length; i++) scores[i] = sums[i] / counts[i];
+  return { result: { step: req.step, micro: req.micro, sign: req.sign, scores } };
+}
+
+/** SHA-256 of each tensor this stage holds (HF layout: the same bytes). */
+export function stageDigests(w: StageWorker): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [name, t] of w.stage.params) out.set(name, tensorDigest(t.dataSync() as Float32Array));
+  return out;
+}

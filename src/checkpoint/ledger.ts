@@ -1,0 +1,112 @@
+/**
+ * The ledger: the source of truth of a run (DESIGN.md, invariant 3). Base checkpoint + ledger
+ * = the fine-tuned model. One JSON line per released step, appended and flushed to disk
+ * (fsync) BEFORE the update is broadcast, so a released step is never lost; a step that was
+ * not logged was never released.
+ *
+ * Each line carries `check`, the first 16 hex digits of the SHA-256 of the line's JSON without
+ * that field, so a corrupt or hand-edited line is reported with its file and line number.
+ */
+import { createHash } from "node:crypto";
+import { z } from "zod";
+import { formatZodError } from "../validation.ts";
+
+export const LedgerEntrySchema = z.object({
+  step: z.number().int().positive(),
+  /** Public 64-bit step seed, as a decimal string (exact). */
+  seed: z.string().regex(/^\d+$/),
+  phi: z.number().positive(),
+  ghat: z.number(),
+  lr: z.number().nonnegative(),
+  /** The coefficient of the fused restore + update pass: phi - lr * ghat, as applied. */
+  update_coeff: z.number(),
+  weight_decay: z.number().nonnegative(),
+  q: z.number().gt(0).lte(1),
+  mechanism: z.enum(["gaussian", "laplace", "none"]),
+  sigma: z.number().positive().optional(),
+  b: z.number().positive().optional(),
+  time: z.string(),
+}).strict();
+
+export type LedgerEntry = z.infer<typeof LedgerEntrySchema>;
+
+function checksum(json: string): string {
+  return createHash("sha256").update(json).digest("hex").slice(0, 16);
+}
+
+/** One ledger line with its checksum. */
+export function encodeLedgerLine(entry: LedgerEntry): string {
+  const body = JSON.stringify(entry);
+  return `${body.slice(0, -1)},"check":"${checksum(body)}"}\n`;
+}
+
+/** An append-only ledger file; every append is on disk when it returns. */
+export class LedgerWriter {
+  #file: Deno.FsFile;
+  private constructor(file: Deno.FsFile) {
+    this.#file = file;
+  }
+  static async open(path: string): Promise<LedgerWriter> {
+    return new LedgerWriter(await Deno.open(path, { append: true, create: true }));
+  }
+  async append(entry: LedgerEntry): Promise<void> {
+    const bytes = new TextEncoder().encode(encodeLedgerLine(entry));
+    let off = 0;
+    while (off < bytes.length) off += await this.#file.write(bytes.subarray(off));
+    await this.#file.sync();
+  }
+  close(): void {
+    this.#file.close();
+  }
+}
+
+/** Reads and verifies a ledger; errors name the file, the line and the problem. */
+export async function readLedger(path: string): Promise<LedgerEntry[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${path}: ledger not found`);
+    throw e;
+  }
+  const entries: LedgerEntry[] = [];
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    if (line === "") continue;
+    const where = `${path}:${i + 1}`;
+    let raw: Record<string, unknown>;
+    try {
+      raw = JSON.parse(line);
+    } catch {
+      const last = i === lines.length - 1;
+      throw new Error(
+        `${where}: corrupt ledger line (not JSON${last ? "; the file ends in a partial line" : ""})`,
+      );
+    }
+    const { check, ...rest } = raw;
+    const parsed = LedgerEntrySchema.safeParse(rest);
+    if (!parsed.success) throw new Error(`${where}: ${formatZodError(parsed.error)}`);
+    if (check !== checksum(JSON.stringify(rest))) {
+      throw new Error(`${where}: checksum mismatch: the ledger line was altered or corrupted`);
+    }
+    const expected = (entries.at(-1)?.step ?? 0) + 1;
+    if (parsed.data.step !== expected) {
+      throw new Error(`${where}: step ${parsed.data.step} where step ${expected} was expected`);
+    }
+    entries.push(parsed.data);
+  }
+  return entries;
+}
+
+/**
+ * The three in-place passes of a released step, in order: +phi, -2 phi, then the fused restore
+ * and update. Live workers and replay both apply exactly these coefficients.
+ */
+export function stepPasses(e: LedgerEntry): { coeff: number; decay: boolean }[] {
+  return [
+    { coeff: e.phi, decay: false },
+    { coeff: -2 * e.phi, decay: false },
+    { coeff: e.update_coeff, decay: e.weight_decay > 0 },
+  ];
+}

@@ -1,0 +1,135 @@
+/**
+ * The run configuration of `dpzo train`: YAML or JSON, validated with zod, every field
+ * overridable from the command line with `--set path.to.field=value`.
+ *
+ * Field names follow the paper and MeZO: `train.phi` is MeZO's perturbation scale epsilon,
+ * `privacy.clip` the per-example clipping threshold C, `train.batch_size` the expected Poisson
+ * batch size q n.
+ */
+import { z } from "zod";
+import YAML from "yaml";
+import { formatZodError, UsageError } from "../validation.ts";
+
+const Lora = z.object({
+  rank: z.number().int().positive().default(8),
+  alpha: z.number().positive().default(16),
+  init_seed: z.number().int().nonnegative().default(0),
+}).strict();
+
+const Privacy = z.object({
+  enabled: z.boolean().default(true),
+  mechanism: z.enum(["gaussian", "laplace"]).default("gaussian"),
+  clip: z.number().positive().default(0.05),
+  delta: z.number().gt(0).lt(1).default(1e-5),
+  /** Target epsilon: sigma (or b) is calibrated to it unless given. */
+  target_epsilon: z.number().positive().optional(),
+  /** Gaussian noise multiplier (std sigma * clip). */
+  sigma: z.number().positive().optional(),
+  /** Laplace scale multiplier (scale b * clip). */
+  b: z.number().positive().optional(),
+  accountant: z.enum(["pld", "prv", "rdp"]).default("pld"),
+}).strict();
+
+const Task = z.object({
+  name: z.enum(["sst2"]),
+  /** A directory in the GLUE TSV layout (train.tsv, dev.tsv, test.tsv) or one TSV file. */
+  data: z.string().min(1),
+  train_examples: z.number().int().positive().default(1000),
+  val_examples: z.number().int().nonnegative().default(500),
+  test_examples: z.number().int().nonnegative().default(1000),
+  split_seed: z.number().int().nonnegative().default(42),
+  max_length: z.number().int().positive().default(128),
+}).strict();
+
+const Train = z.object({
+  steps: z.number().int().positive(),
+  lr: z.number().positive(),
+  phi: z.number().positive().default(1e-3),
+  batch_size: z.number().positive().default(16),
+  weight_decay: z.number().nonnegative().default(0),
+  eval_every: z.number().int().nonnegative().default(0),
+  eval_examples: z.number().int().positive().optional(),
+  log_every: z.number().int().positive().default(10),
+}).strict();
+
+export const RunConfigSchema = z.object({
+  run_dir: z.string().min(1),
+  model: z.string().min(1),
+  backend: z.enum(["wasm", "cpu", "tensorflow"]).default("wasm"),
+  /** Makes sampling, noise and seeds reproducible. The run is then NOT private. */
+  insecure_seed: z.number().int().nonnegative().nullable().default(null),
+  mode: z.discriminatedUnion("type", [
+    z.object({ type: z.literal("full") }).strict(),
+    z.object({ type: z.literal("lora") }).extend(Lora.shape).strict(),
+  ]).default({ type: "full" }),
+  task: Task,
+  train: Train,
+  privacy: Privacy.default(Privacy.parse({})),
+}).strict();
+
+export type RunConfig = z.infer<typeof RunConfigSchema>;
+
+/** Applies `path.to.field=value` (value parsed as YAML: numbers, booleans, null, strings). */
+export function applyOverride(raw: Record<string, unknown>, assignment: string): void {
+  const eq = assignment.indexOf("=");
+  if (eq <= 0) {
+    throw new UsageError(`--set ${assignment}: expected key=value, e.g. --set train.steps=100`);
+  }
+  const path = assignment.slice(0, eq).split(".");
+  const value = YAML.parse(assignment.slice(eq + 1));
+  let node: Record<string, unknown> = raw;
+  for (const key of path.slice(0, -1)) {
+    if (typeof node[key] !== "object" || node[key] === null) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]] = value;
+}
+
+/** Validates a raw config; errors name the field, prefixed by `source`. */
+export function parseRunConfig(raw: unknown, source: string): RunConfig {
+  const r = RunConfigSchema.safeParse(raw);
+  if (!r.success) throw new UsageError(`${source}: ${formatZodError(r.error)}`);
+  const c = r.data;
+  if (c.privacy.enabled) {
+    const { mechanism, sigma, b, target_epsilon } = c.privacy;
+    if (mechanism === "gaussian" && b !== undefined) {
+      throw new UsageError(`${source}: privacy.b: is the Laplace scale; use privacy.sigma with gaussian`);
+    }
+    if (mechanism === "laplace" && sigma !== undefined) {
+      throw new UsageError(`${source}: privacy.sigma: is the Gaussian multiplier; use privacy.b with laplace`);
+    }
+    if (sigma === undefined && b === undefined && target_epsilon === undefined) {
+      throw new UsageError(
+        `${source}: privacy: set target_epsilon (noise is calibrated to it) or the noise ` +
+          `(sigma for gaussian, b for laplace), or privacy.enabled: false for a non-private run`,
+      );
+    }
+  }
+  if (c.train.batch_size > c.task.train_examples) {
+    throw new UsageError(
+      `${source}: train.batch_size (${c.train.batch_size}) exceeds task.train_examples ` +
+        `(${c.task.train_examples})`,
+    );
+  }
+  return c;
+}
+
+/** Reads a YAML or JSON config file and applies `--set` overrides. */
+export async function loadRunConfig(path: string, overrides: string[] = []): Promise<RunConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError(`--config: ${path} not found`);
+    throw e;
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text);
+  } catch (e) {
+    throw new UsageError(`${path}: not valid YAML/JSON (${(e as Error).message.split("\n")[0]})`);
+  }
+  if (typeof raw !== "object" || raw === null) throw new UsageError(`${path}: expected a mapping`);
+  for (const o of overrides) applyOverride(raw as Record<string, unknown>, o);
+  return parseRunConfig(raw, path);
+}
