@@ -145,7 +145,9 @@ export function runPrivacy(
     };
     const text = `${noiseName} = ${c.noise} (least on a 0.001 grid, rounded up) gives (${
       fmtEps(c.epsilon)
-    }, ${fmtDelta(delta)})-DP <= target epsilon ${query.epsilon} for add/remove of one example over ${steps} steps with q=${q} (accountant: ${
+    }, ${
+      fmtDelta(delta)
+    })-DP <= target epsilon ${query.epsilon} for add/remove of one example over ${steps} steps with q=${q} (accountant: ${
       accountantLabel(c.accountant, accountant)
     }${c.accountant === "pld" ? `; discretisation error <= ${fmtErr(c.error)}` : ""})`;
     return { json, text };
@@ -168,9 +170,9 @@ export function runPrivacy(
     json.epsilon_pure = r.epsilonPure;
     if (delta > 0) extra = `; pure DP at delta = 0: epsilon ${fmtEps(r.epsilonPure)}`;
   }
-  const text = `(${
-    fmtEps(r.epsilon)
-  }, ${fmtDelta(delta)})-DP for add/remove of one example over ${steps} steps with q=${q}, ${noiseName}=${noise} (accountant: ${
+  const text = `(${fmtEps(r.epsilon)}, ${
+    fmtDelta(delta)
+  })-DP for add/remove of one example over ${steps} steps with q=${q}, ${noiseName}=${noise} (accountant: ${
     accountantLabel(r.accountant, accountant)
   }${r.accountant === "pld" ? `; discretisation error <= ${fmtErr(r.error)}` : ""}${extra})`;
   return { json, text };

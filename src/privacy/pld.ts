@@ -69,6 +69,8 @@ export interface PldOptions {
 
 /** A discrete (sub-)distribution of the loss on the grid k h, k = kMin .. kMin + length - 1. */
 interface DiscreteLoss {
+  /** The grid is offset + k h. */
+  offset: number;
   kMin: number;
   masses: Float64Array;
   /** Mass at +infinity. */
@@ -80,6 +82,8 @@ interface DiscreteLoss {
 /** A composed loss distribution over the window K = kLo .. kLo + masses.length - 1. */
 export interface ComposedLoss {
   h: number;
+  /** The window's losses are offset + K h. */
+  offset: number;
   kLo: number;
   masses: Float64Array;
   infMass: number;
@@ -188,7 +192,7 @@ function coarseWindow(supports: Support[], tau: number): { lo: number; hi: numbe
     const up = new Float64Array(n + 1);
     const down = new Float64Array(n + 1);
     const masses = new Float64Array(n + 1);
-    const t = Array.from({ length: n + 1 }, (_, i) => loss.tails(lo + i * w));
+    const t = Array.from({ length: n + 1 }, (_, i) => loss.tails(i === n ? hi : lo + i * w));
     masses[0] = t[0].cdfP;
     up[0] = lo;
     down[0] = lo;
@@ -219,14 +223,14 @@ function coarseWindow(supports: Support[], tau: number): { lo: number; hi: numbe
 }
 
 /** Read the tails of a loss at the grid points kMin .. kMax. */
-function gridTails(loss: PrivacyLoss, h: number, kMin: number, kMax: number) {
+function gridTails(loss: PrivacyLoss, h: number, offset: number, kMin: number, kMax: number) {
   const n = kMax - kMin + 1;
   const cdfP = new Float64Array(n);
   const sfP = new Float64Array(n);
   const cdfQ = new Float64Array(n);
   const sfQ = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const t = loss.tails((kMin + i) * h);
+    const t = loss.tails(offset + (kMin + i) * h);
     cdfP[i] = t.cdfP;
     sfP[i] = t.sfP;
     cdfQ[i] = t.cdfQ;
@@ -239,10 +243,11 @@ function gridTails(loss: PrivacyLoss, h: number, kMin: number, kMax: number) {
 function discretisePessimistic(
   loss: PrivacyLoss,
   h: number,
+  offset: number,
   kMin: number,
   kMax: number,
 ): DiscreteLoss {
-  const { cdfP, sfP, cdfQ, sfQ } = gridTails(loss, h, kMin, kMax);
+  const { cdfP, sfP, cdfQ, sfQ } = gridTails(loss, h, offset, kMin, kMax);
   const n = kMax - kMin + 1;
   const masses = new Float64Array(n);
   masses[0] = cdfP[0];
@@ -251,58 +256,60 @@ function discretisePessimistic(
     const [a, b] = cellMasses(cdfP, sfP, cdfQ, sfQ, i);
     if (a === 0) continue;
     // split a between l_i and l_i+1 keeping the Q-mass b: a_up e^{-l_i+1} + a_lo e^{-l_i} = b
-    let upper = (a - Math.exp((kMin + i) * h) * b) / spread;
+    let upper = (a - Math.exp(offset + (kMin + i) * h) * b) / spread;
     upper = Math.min(a, Math.max(0, upper));
     masses[i + 1] += upper;
     masses[i] += a - upper;
   }
-  return { kMin, masses, infMass: sfP[n - 1], violation: 0 };
+  return { offset, kMin, masses, infMass: sfP[n - 1], violation: 0 };
 }
 
-/** Tangent-hull (optimistic) discretisation on k h, k in [kMin, kMax]. */
-function discretiseOptimistic(
+/**
+ * Tangent-hull (optimistic) discretisation on offset + k h, k in [kMin, kMax]. Each grid value
+ * of the delta curve (in y = e^eps) is lowered to the smaller of the tangents taken at the
+ * (geometric) midpoints of its two cells, so each chord lies below a tangent, hence below the
+ * curve; the lower convex hull of these points is a valid, dominated delta curve.
+ */
+export function discretiseOptimistic(
   loss: PrivacyLoss,
   h: number,
+  offset: number,
   kMin: number,
   kMax: number,
 ): DiscreteLoss {
   const n = kMax - kMin + 1;
   const y = new Float64Array(n);
-  const f = new Float64Array(n);
-  const d = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    const l = (kMin + i) * h;
-    y[i] = Math.exp(l);
-    f[i] = loss.delta(l);
-    d[i] = -loss.tails(l).sfQ;
+  for (let i = 0; i < n; i++) y[i] = Math.exp(offset + (kMin + i) * h);
+  // tangent at the midpoint of cell c = (l_c-1, l_c): value fm, slope dm, at ym; cell 0 is
+  // the one left of the grid (it carries the curve down to y = 0)
+  const fm = new Float64Array(n);
+  const dm = new Float64Array(n);
+  const ym = new Float64Array(n);
+  for (let c = 0; c < n; c++) {
+    const l = offset + (kMin + c - 0.5) * h;
+    ym[c] = Math.exp(l);
+    fm[c] = loss.delta(l);
+    dm[c] = -loss.tails(l).sfQ;
   }
-  // largest gap between the chord and the two end tangents in each cell
-  const gap = new Float64Array(Math.max(0, n - 1));
-  for (let i = 0; i + 1 < n; i++) {
-    const dy = y[i + 1] - y[i];
-    const dd = d[i + 1] - d[i];
-    if (!(dd > 0)) continue;
-    const chordSlope = (f[i + 1] - f[i]) / dy;
-    let t = (f[i + 1] - f[i] - d[i + 1] * dy) / -dd; // y* - y_i
-    t = Math.min(dy, Math.max(0, t));
-    gap[i] = Math.max(0, t * (chordSlope - d[i]));
-  }
+  const tangent = (c: number, at: number) => fm[c] + dm[c] * (at - ym[c]);
   let violation = 0;
   const g = new Float64Array(n);
   for (let i = 0; i < n; i++) {
-    const c = Math.max(i > 0 ? gap[i - 1] : 0, i + 1 < n ? gap[i] : 0);
-    g[i] = f[i] - c;
+    let v = tangent(i, y[i]);
+    if (i + 1 < n) v = Math.min(v, tangent(i + 1, y[i]));
     if (i === n - 1) {
-      violation = Math.max(violation, (n > 1 ? gap[n - 2] : 0) - f[i]);
-      g[i] = 0;
-    } else if (g[i] < 0) {
-      violation = Math.max(violation, -g[i]);
-      g[i] = 0;
+      // the curve of a finite pmf is 0 beyond its last atom
+      violation = Math.max(violation, -v);
+      v = 0;
+    } else if (v < 0) {
+      violation = Math.max(violation, -v);
+      v = 0;
     }
+    g[i] = v;
   }
-  // lower convex hull of (0, intercept), (y_i, g_i); index -1 is the intercept point
+  // lower convex hull of (0, intercept of the first tangent), (y_i, g_i); index -1 = intercept
   const px = (j: number) => (j < 0 ? 0 : y[j]);
-  const py = (j: number) => (j < 0 ? g[0] - d[0] * y[0] : g[j]);
+  const py = (j: number) => (j < 0 ? Math.min(1, tangent(0, 0)) : g[j]);
   const hull: number[] = [-1];
   for (let j = 0; j < n; j++) {
     while (hull.length >= 2) {
@@ -322,7 +329,7 @@ function discretiseOptimistic(
     const sRight = v + 1 < hull.length ? (py(hull[v + 1]) - py(j)) / (px(hull[v + 1]) - px(j)) : 0;
     masses[j] = Math.max(0, y[j] * (sRight - sLeft));
   }
-  return { kMin, masses, infMass: 0, violation: Math.max(0, violation) };
+  return { offset, kMin, masses, infMass: 0, violation };
 }
 
 function discreteLogMgf(p: DiscreteLoss, h: number, lambda: number): number {
@@ -425,6 +432,7 @@ function compose(
   let accIm: Float64Array | undefined;
   let logNoInf = 0;
   let violation = 0;
+  let offset = 0;
   for (const { loss, count } of parts) {
     const re = new Float64Array(n);
     const im = new Float64Array(n);
@@ -454,6 +462,7 @@ function compose(
       }
     }
     logNoInf += count * Math.log1p(-loss.infMass);
+    offset += count * loss.offset;
     violation += count * loss.violation;
   }
   if (accRe === undefined || accIm === undefined) throw new RangeError("compose: no steps");
@@ -462,6 +471,7 @@ function compose(
   for (let j = 0; j < n; j++) masses[j] = accRe[mod(kLo + j)];
   return {
     h,
+    offset,
     kLo,
     masses,
     infMass: -Math.expm1(logNoInf),
@@ -475,7 +485,7 @@ export function composedDelta(c: ComposedLoss, eps: number): number {
   let s = 0;
   const { masses, kLo, h } = c;
   for (let j = masses.length - 1; j >= 0; j--) {
-    const l = (kLo + j) * h;
+    const l = c.offset + (kLo + j) * h;
     if (l <= eps) break;
     s += masses[j] * -Math.expm1(eps - l);
   }
@@ -509,7 +519,7 @@ export function composedEpsilon(c: ComposedLoss, delta: number): number {
   let ref: number;
   if (jStar === -1) {
     // even at the bottom of the window delta is below target: all atoms are above eps
-    ref = kLo * h;
+    ref = c.offset + kLo * h;
     a = 0;
     b = 0;
     for (let j = 0; j < n; j++) {
@@ -517,7 +527,7 @@ export function composedEpsilon(c: ComposedLoss, delta: number): number {
       b += masses[j] * Math.exp(-j * h);
     }
   } else {
-    ref = (kLo + jStar) * h;
+    ref = c.offset + (kLo + jStar) * h;
     a = 0;
     b = 0;
     for (let j = jStar; j < n; j++) {
@@ -529,30 +539,40 @@ export function composedEpsilon(c: ComposedLoss, delta: number): number {
   return Math.max(0, ref + Math.log((a - target) / b));
 }
 
-/** Grid spacing and per-group truncated supports for one direction. */
+/**
+ * Grid spacing and per-group truncated supports for one direction. A Laplace loss has atoms at
+ * both ends of its support; when the ledger has one Laplace group, the grid is shifted and
+ * its spacing shrunk so that both atoms are grid points (errors then stay second order).
+ */
 function plan(
   groups: StepGroup[],
   direction: 0 | 1,
   tau: number,
   fftSize: number,
-): { h: number; supports: Support[] } {
+): { h: number; supports: (Support & { offset: number })[] } {
   const total = groups.reduce((s, g) => s + g.count, 0);
   const tauStep = tau / Math.max(1, total);
-  const supports: Support[] = groups.map((g) => {
+  const supports = groups.map((g) => {
     const loss = stepLosses(g.step)[direction];
     const lo = lowerCut(loss, tauStep);
     let hi = upperCut(loss, tauStep);
     if (!(hi > lo)) hi = lo + 1e-9;
-    return { loss, count: g.count, lo, hi };
+    return { loss, count: g.count, lo, hi, offset: 0, laplace: g.step.mechanism === "laplace" };
   });
-  const w = coarseWindow(supports, tau);
-  let h = Math.max(w.hi - w.lo, 1e-12) / (0.8 * fftSize);
-  for (const s of supports) h = Math.max(h, (s.hi - s.lo) / (4 * fftSize));
   const maxAbs = supports.reduce((m, s) => Math.max(m, Math.abs(s.lo), Math.abs(s.hi)), 0);
   if (maxAbs > 700) {
     throw new RangeError(
       "privacy loss range too wide for the PLD accountant (noise too small); use --accountant rdp",
     );
+  }
+  const w = coarseWindow(supports, tau);
+  let h = Math.max(w.hi - w.lo, 1e-12) / (0.8 * fftSize);
+  for (const s of supports) h = Math.max(h, (s.hi - s.lo) / (4 * fftSize));
+  const laplace = supports.filter((s) => s.laplace);
+  if (laplace.length === 1) {
+    const s = laplace[0];
+    h = (s.hi - s.lo) / Math.ceil((s.hi - s.lo) / h);
+    s.offset = s.lo - Math.floor(s.lo / h) * h;
   }
   return { h, supports };
 }
@@ -566,11 +586,14 @@ export function composeDirection(
 ): ComposedLoss {
   const { h, supports } = plan(groups, direction, opts.tailMass, opts.fftSize);
   const parts = supports.map((s) => {
-    const kMin = Math.floor(s.lo / h);
-    const kMax = Math.max(kMin + 1, Math.ceil(s.hi / h));
+    const { offset } = s;
+    let kMin = Math.floor((s.lo - offset) / h);
+    while (offset + kMin * h > s.lo) kMin--;
+    let kMax = Math.max(kMin + 1, Math.ceil((s.hi - offset) / h));
+    while (offset + kMax * h < s.hi) kMax++;
     const loss = pessimistic
-      ? discretisePessimistic(s.loss, h, kMin, kMax)
-      : discretiseOptimistic(s.loss, h, kMin, kMax);
+      ? discretisePessimistic(s.loss, h, offset, kMin, kMax)
+      : discretiseOptimistic(s.loss, h, offset, kMin, kMax);
     return { loss, count: s.count };
   });
   return compose(parts, h, opts.tailMass, pessimistic);
