@@ -9,7 +9,6 @@
 import { Command } from "@commander-js/extra-typings";
 import { UsageError } from "../src/validation.ts";
 import { scoreCommand } from "./cli/score.ts";
-import { privacyCommand } from "./cli/privacy.ts";
 import { trainCommand } from "./cli/train.ts";
 import { exportCommand } from "./cli/export.ts";
 import { privacyCommand } from "./cli/privacy.ts";
@@ -22,7 +21,6 @@ export function buildProgram(): Command {
   program.addCommand(trainCommand());
   program.addCommand(exportCommand());
   program.addCommand(scoreCommand());
-  program.addCommand(privacyCommand());
   program.addCommand(privacyCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();
