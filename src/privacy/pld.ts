@@ -97,7 +97,7 @@ const COARSE_BINS = 2000;
 
 function lambdaGrid(): number[] {
   const out: number[] = [];
-  for (let e = -4; e <= 4.0001; e += 0.05) out.push(10 ** e);
+  for (let e = -4; e <= 4.0001; e += 0.1) out.push(10 ** e);
   return out;
 }
 const LAMBDAS = lambdaGrid();
@@ -161,17 +161,20 @@ function cellMasses(
   return [Math.max(0, a), Math.max(0, b)];
 }
 
-function logSumExpMgf(values: Float64Array, masses: Float64Array, lambda: number): number {
+/** log sum_i exp(logMasses_i + lambda values_i), masses given as logs (-Infinity for 0). */
+function logSumExpMgf(values: Float64Array, logMasses: Float64Array, lambda: number): number {
   let m = -Infinity;
-  for (let i = 0; i < values.length; i++) {
-    if (masses[i] > 0) m = Math.max(m, Math.log(masses[i]) + lambda * values[i]);
-  }
+  for (let i = 0; i < values.length; i++) m = Math.max(m, logMasses[i] + lambda * values[i]);
   if (m === -Infinity) return -Infinity;
   let s = 0;
   for (let i = 0; i < values.length; i++) {
-    if (masses[i] > 0) s += Math.exp(Math.log(masses[i]) + lambda * values[i] - m);
+    if (logMasses[i] !== -Infinity) s += Math.exp(logMasses[i] + lambda * values[i] - m);
   }
   return m + Math.log(s);
+}
+
+function logs(masses: Float64Array): Float64Array {
+  return masses.map((m) => (m > 0 ? Math.log(m) : -Infinity));
 }
 
 interface Support {
@@ -204,7 +207,7 @@ function coarseWindow(supports: Support[], tau: number): { lo: number; hi: numbe
       up[i + 1] = lo + (i + 1) * w;
       down[i + 1] = lo + i * w;
     }
-    return { count, up, down, masses };
+    return { count, up, down, masses: logs(masses) };
   });
   const logTau = Math.log(tau);
   let hi = supports.reduce((s, x) => s + x.count * x.hi, 0);
@@ -332,18 +335,12 @@ export function discretiseOptimistic(
   return { offset, kMin, masses, infMass: 0, violation };
 }
 
-function discreteLogMgf(p: DiscreteLoss, h: number, lambda: number): number {
-  let m = -Infinity;
-  const { masses, kMin } = p;
-  for (let i = 0; i < masses.length; i++) {
-    if (masses[i] > 0) m = Math.max(m, Math.log(masses[i]) + lambda * (kMin + i) * h);
-  }
-  if (m === -Infinity) return -Infinity;
-  let s = 0;
-  for (let i = 0; i < masses.length; i++) {
-    if (masses[i] > 0) s += Math.exp(Math.log(masses[i]) + lambda * (kMin + i) * h - m);
-  }
-  return m + Math.log(s);
+/** log E[exp(lambda k h)] of each part, for the lambdas asked. */
+function discreteLogMgfs(p: DiscreteLoss, h: number, lambdas: number[]): number[] {
+  const values = new Float64Array(p.masses.length);
+  for (let i = 0; i < values.length; i++) values[i] = (p.kMin + i) * h;
+  const lm = logs(p.masses);
+  return lambdas.map((lambda) => logSumExpMgf(values, lm, lambda));
 }
 
 /** At most 4096 bins of a discrete loss, values rounded up (`up`) or down (`down`). */
@@ -359,7 +356,7 @@ function binLoss(p: DiscreteLoss, h: number) {
     down[j] = (p.kMin + j * width) * h;
     up[j] = (p.kMin + Math.min(len - 1, (j + 1) * width - 1)) * h;
   }
-  return { up, down, masses };
+  return { up, down, masses: logs(masses) };
 }
 
 /**
@@ -385,7 +382,7 @@ function compose(
   const binned = parts.map(({ loss, count }) => ({ count, ...binLoss(loss, h) }));
   let bestUp = { t: Infinity, lambda: NaN };
   let bestDown = { t: -Infinity, lambda: NaN };
-  for (let e = -3; e <= 5.0001; e += 0.0625) {
+  for (let e = -3; e <= 5.0001; e += 0.125) {
     const lambda = 10 ** e / scale;
     let su = 0;
     let sd = 0;
@@ -400,14 +397,15 @@ function compose(
   }
   let tHi = Infinity;
   let tLo = -Infinity;
-  if (Number.isFinite(bestUp.lambda)) {
+  if (Number.isFinite(bestUp.lambda) && Number.isFinite(bestDown.lambda)) {
     let su = 0;
-    for (const { loss, count } of parts) su += count * discreteLogMgf(loss, h, bestUp.lambda);
-    tHi = (su - logTau) / bestUp.lambda;
-  }
-  if (Number.isFinite(bestDown.lambda)) {
     let sd = 0;
-    for (const { loss, count } of parts) sd += count * discreteLogMgf(loss, h, -bestDown.lambda);
+    for (const { loss, count } of parts) {
+      const [u, d] = discreteLogMgfs(loss, h, [bestUp.lambda, -bestDown.lambda]);
+      su += count * u;
+      sd += count * d;
+    }
+    tHi = (su - logTau) / bestUp.lambda;
     tLo = -(sd - logTau) / bestDown.lambda;
   }
   let kHi = kMaxSum;
