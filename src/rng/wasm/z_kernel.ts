@@ -77,90 +77,158 @@ export function setKey(h0: i32, h1: i32): void {
   v128.store(KEYV + 336, i32x4.splat(h1));
 }
 
-// Box-Muller for the pairs (a, c) in lanes 0 and 1 of `a4`, `c4` (lanes 2, 3 ignored). Returns
-// f32x4 [cos(pair 0), sin(pair 0), cos(pair 1), sin(pair 1)], each float32(r * trig).
-function boxMuller2(a4: v128, c4: v128): v128 {
-  // Radius.
-  const nd = f64x2.convert_low_i32x4_u(v128.or(a4, i32x4.splat(1)));
-  const mant = v128.and(nd, i64x2.splat(MANT_MASK));
-  const big = i64x2.ge_s(mant, i64x2.splat(TH_MANT)); // all ones where nn >= threshold
-  const m = i64x2.sub(v128.or(mant, i64x2.splat(ONE_BITS)), v128.and(big, i64x2.splat(EXP_ONE)));
+// Constants as splatted vectors in memory (initialised below by the start function). They are
+// loaded, not written as v128.const: V8 rematerialises each v128.const inside the loop with
+// several instructions, while a load is one.
+const CONSTS: usize = 65536 + 2048;
+const K_ONE_I: usize = CONSTS;
+const K_MANT: usize = CONSTS + 16;
+const K_TH: usize = CONSTS + 32;
+const K_ONE_BITS: usize = CONSTS + 48;
+const K_EXP_ONE: usize = CONSTS + 64;
+const K_MAGIC: usize = CONSTS + 80;
+const K_MAGIC_EM32: usize = CONSTS + 96;
+const K_ONE: usize = CONSTS + 112;
+const K_LN2: usize = CONSTS + 128;
+const K_M2: usize = CONSTS + 144;
+const K_F29: usize = CONSTS + 160;
+const K_PI: usize = CONSTS + 176;
+const K_THREE: usize = CONSTS + 192;
+const K_SIGN: usize = CONSTS + 208;
+const K_M0: usize = CONSTS + 224;
+const K_M1: usize = CONSTS + 240;
+const K_IOTA: usize = CONSTS + 256;
+const K_POLY: usize = CONSTS + 272; // L3..L13, S3..S11, C2..C12 (17 vectors)
+
+function initConsts(): void {
+  v128.store(K_ONE_I, i32x4.splat(1));
+  v128.store(K_MANT, i64x2.splat(MANT_MASK));
+  v128.store(K_TH, i64x2.splat(TH_MANT));
+  v128.store(K_ONE_BITS, i64x2.splat(ONE_BITS));
+  v128.store(K_EXP_ONE, i64x2.splat(EXP_ONE));
+  v128.store(K_MAGIC, i64x2.splat(MAGIC_BITS));
+  v128.store(K_MAGIC_EM32, f64x2.splat(MAGIC_EM32));
+  v128.store(K_ONE, f64x2.splat(1.0));
+  v128.store(K_LN2, f64x2.splat(LN2));
+  v128.store(K_M2, f64x2.splat(-2.0));
+  v128.store(K_F29, i32x4.splat(0x1fffffff));
+  v128.store(K_PI, f64x2.splat(PI_2_32));
+  v128.store(K_THREE, i32x4.splat(3));
+  v128.store(K_SIGN, i32x4.splat(0x80000000));
+  v128.store(K_M0, i32x4.splat(M0));
+  v128.store(K_M1, i32x4.splat(M1));
+  v128.store(K_IOTA, v128(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0));
+  const poly: f64[] = [L3, L5, L7, L9, L11, L13, S3, S5, S7, S9, S11, C2, C4, C6, C8, C10, C12];
+  for (let i = 0; i < poly.length; i++) {
+    v128.store(K_POLY + (<usize> i << 4), f64x2.splat(unchecked(poly[i])));
+  }
+}
+initConsts();
+
+const K_L3 = K_POLY;
+const K_L5 = K_POLY + 16;
+const K_L7 = K_POLY + 32;
+const K_L9 = K_POLY + 48;
+const K_L11 = K_POLY + 64;
+const K_L13 = K_POLY + 80;
+const K_S3 = K_POLY + 96;
+const K_S5 = K_POLY + 112;
+const K_S7 = K_POLY + 128;
+const K_S9 = K_POLY + 144;
+const K_S11 = K_POLY + 160;
+const K_C2 = K_POLY + 176;
+const K_C4 = K_POLY + 192;
+const K_C6 = K_POLY + 208;
+const K_C8 = K_POLY + 224;
+const K_C10 = K_POLY + 240;
+const K_C12 = K_POLY + 256;
+
+// float32(r * C) and float32(r * S) (C, S > 0 on the reduced angle w) for the two pairs whose
+// uint32 `n = a | 1` and `2g + 1` are in lanes 0, 1 of n4 and g4; returned as f32x4 lanes 0, 1
+// (lanes 2, 3 zero) through the two-element store at `dst` (rC) and `dst + 16` (rS).
+function radiusTrig2(n4: v128, g4: v128, dst: usize): void {
+  // Radius: the double nd = n is exact; its exponent is e and its mantissa nn * 2^-31.
+  const nd = f64x2.convert_low_i32x4_u(n4);
+  const mant = v128.and(nd, v128.load(K_MANT));
+  const big = i64x2.ge_s(mant, v128.load(K_TH)); // all ones where nn >= threshold
+  const m = i64x2.sub(v128.or(mant, v128.load(K_ONE_BITS)), v128.and(big, v128.load(K_EXP_ONE)));
   const ebits = i64x2.sub(i64x2.shr_u(nd, 52), big); // e + 1023
-  const em32 = f64x2.sub(
-    v128.or(ebits, i64x2.splat(MAGIC_BITS)),
-    f64x2.splat(MAGIC_EM32),
-  );
-  const one = f64x2.splat(1.0);
+  const em32 = f64x2.sub(v128.or(ebits, v128.load(K_MAGIC)), v128.load(K_MAGIC_EM32));
+  const one = v128.load(K_ONE);
   const s = f64x2.div(f64x2.sub(m, one), f64x2.add(m, one));
   const s2 = f64x2.mul(s, s);
-  let p = f64x2.mul(s2, f64x2.splat(L13));
-  p = f64x2.mul(s2, f64x2.add(f64x2.splat(L11), p));
-  p = f64x2.mul(s2, f64x2.add(f64x2.splat(L9), p));
-  p = f64x2.mul(s2, f64x2.add(f64x2.splat(L7), p));
-  p = f64x2.mul(s2, f64x2.add(f64x2.splat(L5), p));
-  p = f64x2.mul(s2, f64x2.add(f64x2.splat(L3), p));
+  let p = f64x2.mul(s2, v128.load(K_L13));
+  p = f64x2.mul(s2, f64x2.add(v128.load(K_L11), p));
+  p = f64x2.mul(s2, f64x2.add(v128.load(K_L9), p));
+  p = f64x2.mul(s2, f64x2.add(v128.load(K_L7), p));
+  p = f64x2.mul(s2, f64x2.add(v128.load(K_L5), p));
+  p = f64x2.mul(s2, f64x2.add(v128.load(K_L3), p));
   p = f64x2.add(one, p);
-  const l = f64x2.add(
-    f64x2.mul(f64x2.add(s, s), p),
-    f64x2.mul(em32, f64x2.splat(LN2)),
-  );
-  const r = f64x2.sqrt(f64x2.mul(f64x2.splat(-2.0), l));
+  const l = f64x2.add(f64x2.mul(f64x2.add(s, s), p), f64x2.mul(em32, v128.load(K_LN2)));
+  const r = f64x2.sqrt(f64x2.mul(v128.load(K_M2), l));
 
-  // Angle: octant o = c >>> 29; odd octants reflect f and negate S.
-  const oddm = i32x4.shr_s(i32x4.shl(c4, 2), 31); // -1 where o is odd
-  const g = v128.xor(
-    v128.and(c4, i32x4.splat(0x1fffffff)),
-    v128.and(oddm, i32x4.splat(0x1fffffff)),
-  );
-  const g21 = v128.or(i32x4.shl(g, 1), i32x4.splat(1)); // 2g + 1 < 2^30
-  const w = f64x2.mul(f64x2.convert_low_i32x4_s(g21), f64x2.splat(PI_2_32));
+  // Reduced angle w = (2g + 1) pi 2^-32 in (0, pi/4).
+  const w = f64x2.mul(f64x2.convert_low_i32x4_s(g4), v128.load(K_PI));
   const w2 = f64x2.mul(w, w);
-  let ps = f64x2.mul(w2, f64x2.splat(S11));
-  ps = f64x2.mul(w2, f64x2.add(f64x2.splat(S9), ps));
-  ps = f64x2.mul(w2, f64x2.add(f64x2.splat(S7), ps));
-  ps = f64x2.mul(w2, f64x2.add(f64x2.splat(S5), ps));
-  ps = f64x2.mul(w2, f64x2.add(f64x2.splat(S3), ps));
+  let ps = f64x2.mul(w2, v128.load(K_S11));
+  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S9), ps));
+  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S7), ps));
+  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S5), ps));
+  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S3), ps));
   const sn = f64x2.mul(w, f64x2.add(one, ps));
-  let pc = f64x2.mul(w2, f64x2.splat(C12));
-  pc = f64x2.mul(w2, f64x2.add(f64x2.splat(C10), pc));
-  pc = f64x2.mul(w2, f64x2.add(f64x2.splat(C8), pc));
-  pc = f64x2.mul(w2, f64x2.add(f64x2.splat(C6), pc));
-  pc = f64x2.mul(w2, f64x2.add(f64x2.splat(C4), pc));
-  pc = f64x2.mul(w2, f64x2.add(f64x2.splat(C2), pc));
+  let pc = f64x2.mul(w2, v128.load(K_C12));
+  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C10), pc));
+  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C8), pc));
+  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C6), pc));
+  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C4), pc));
+  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C2), pc));
   const cs = f64x2.add(one, pc);
+  v128.store(dst, f32x4.demote_f64x2_zero(f64x2.mul(r, cs)));
+  v128.store(dst, f32x4.demote_f64x2_zero(f64x2.mul(r, sn)), 16);
+}
 
-  // k = ((o + odd) >>> 1) & 3; sign bits in bit 31 of i32 lanes, moved to bit 63 of i64 lanes.
-  const k = v128.and(
-    i32x4.shr_u(i32x4.sub(i32x4.shr_u(c4, 29), oddm), 1),
-    i32x4.splat(3),
-  );
-  const swap32 = i32x4.shr_s(i32x4.shl(k, 31), 31); // -1 where k is odd
-  const sgnT32 = i32x4.shl(oddm, 31);
-  const signBit = i32x4.splat(0x80000000);
-  const sgn0_32 = v128.and(i32x4.shl(i32x4.add(k, i32x4.splat(1)), 30), signBit); // bit 31 = ((k + 1) & 2) != 0
-  const sgn1_32 = v128.and(i32x4.shl(k, 30), signBit); // bit 31 = (k & 2) != 0
-  const zero = i32x4.splat(0);
-  const swap = i32x4.shuffle(swap32, swap32, 0, 0, 1, 1);
-  const t = v128.xor(sn, i32x4.shuffle(zero, sgnT32, 0, 4, 0, 5));
-  const a0 = v128.bitselect(t, cs, swap);
-  const a1 = v128.bitselect(cs, t, swap);
-  const cosv = v128.xor(a0, i32x4.shuffle(zero, sgn0_32, 0, 4, 0, 5));
-  const sinv = v128.xor(a1, i32x4.shuffle(zero, sgn1_32, 0, 4, 0, 5));
-  const zc = f32x4.demote_f64x2_zero(f64x2.mul(r, cosv));
-  const zs = f32x4.demote_f64x2_zero(f64x2.mul(r, sinv));
-  return i32x4.shuffle(zc, zs, 0, 4, 1, 5);
+const TMP: usize = 65536 + 4096; // 8 x v128 scratch
+
+// Box-Muller on the four pairs (a, c) of lanes 0..3 of a4, c4: stores f32x4 cos-lanes
+// float32(r cos theta) at dst and sin-lanes float32(r sin theta) at dst + 16. The spec's
+// quadrant selection (cos, sin) = (C, T), (-T, C), (-C, -T), (T, -C) with T = sigma S is applied
+// after rounding, on float32 lanes: float32(r * (-x)) = -float32(r * x), so selecting and
+// negating the rounded products gives the same bits as rounding the selected products.
+function boxMuller4(a4: v128, c4: v128, dst: usize): void {
+  const n4 = v128.or(a4, v128.load(K_ONE_I));
+  const oddm = i32x4.shr_s(i32x4.shl(c4, 2), 31); // -1 where the octant o = c >>> 29 is odd
+  const f29 = v128.load(K_F29);
+  const g = v128.xor(v128.and(c4, f29), v128.and(oddm, f29));
+  const g4 = v128.or(i32x4.shl(g, 1), v128.load(K_ONE_I)); // 2g + 1 < 2^30
+  radiusTrig2(n4, g4, TMP);
+  radiusTrig2(i32x4.shuffle(n4, n4, 2, 3, 2, 3), i32x4.shuffle(g4, g4, 2, 3, 2, 3), TMP + 32);
+  const rc = i32x4.shuffle(v128.load(TMP), v128.load(TMP, 32), 0, 1, 4, 5);
+  const rs = i32x4.shuffle(v128.load(TMP, 16), v128.load(TMP, 48), 0, 1, 4, 5);
+  // k = ((o + odd) >>> 1) & 3; swap where k is odd; sign bits (bit 31) of T, of the cos factor
+  // (k in {1, 2}: bit 1 of k + 1) and of the sin factor (k in {2, 3}: bit 1 of k).
+  const k = v128.and(i32x4.shr_u(i32x4.sub(i32x4.shr_u(c4, 29), oddm), 1), v128.load(K_THREE));
+  const swap = i32x4.shr_s(i32x4.shl(k, 31), 31);
+  const sign = v128.load(K_SIGN);
+  const sgnT = v128.and(oddm, sign);
+  const sgnCos = v128.and(i32x4.shl(i32x4.add(k, v128.load(K_ONE_I)), 30), sign);
+  const sgnSin = v128.and(i32x4.shl(k, 30), sign);
+  // cos = sgnCos * (swap ? T : C); sin = sgnSin * (swap ? C : T).
+  const cosv = v128.xor(v128.bitselect(rs, rc, swap), v128.xor(sgnCos, v128.and(sgnT, swap)));
+  const sinv = v128.xor(v128.bitselect(rc, rs, swap), v128.xor(sgnSin, v128.andnot(sgnT, swap)));
+  v128.store(dst, cosv);
+  v128.store(dst, sinv, 16);
 }
 
 // z for the 16 elements of blocks b..b+3 (b = blo + 2^32 bhi) into four f32x4 at `dst`.
 function group(blo: i32, bhi: i32, dst: usize): void {
   const base = i32x4.splat(blo);
-  let x0 = i32x4.add(base, v128(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0));
+  let x0 = i32x4.add(base, v128.load(K_IOTA));
   // Carry into the high word where the low word wrapped (x0 < base unsigned).
   let x1 = i32x4.sub(i32x4.splat(bhi), i32x4.lt_u(x0, base));
   let x2 = v128.load(KEYV + 320);
   let x3 = v128.load(KEYV + 336);
-  const m0 = i32x4.splat(M0);
-  const m1 = i32x4.splat(M1);
+  const m0 = v128.load(K_M0);
+  const m1 = v128.load(K_M1);
   for (let r: usize = 0; r < 20; r += 2) {
     const p0l = i64x2.extmul_low_i32x4_u(x0, m0);
     const p0h = i64x2.extmul_high_i32x4_u(x0, m0);
@@ -175,15 +243,22 @@ function group(blo: i32, bhi: i32, dst: usize): void {
     x2 = v128.xor(v128.xor(hi0, x3), v128.load(KEYV + ((r + 1) << 4)));
     x3 = lo0;
   }
-  // Pairs (x0, x1) -> lanes 0, 1 and (x2, x3) -> lanes 2, 3 of each block.
-  const p01 = boxMuller2(x0, x1); // blocks 0, 1: [z0 b0, z1 b0, z0 b1, z1 b1]
-  const p23 = boxMuller2(x2, x3); // [z2 b0, z3 b0, z2 b1, z3 b1]
-  v128.store(dst, i32x4.shuffle(p01, p23, 0, 1, 4, 5));
-  v128.store(dst, i32x4.shuffle(p01, p23, 2, 3, 6, 7), 16);
-  const q01 = boxMuller2(i32x4.shuffle(x0, x0, 2, 3, 2, 3), i32x4.shuffle(x1, x1, 2, 3, 2, 3));
-  const q23 = boxMuller2(i32x4.shuffle(x2, x2, 2, 3, 2, 3), i32x4.shuffle(x3, x3, 2, 3, 2, 3));
-  v128.store(dst, i32x4.shuffle(q01, q23, 0, 1, 4, 5), 32);
-  v128.store(dst, i32x4.shuffle(q01, q23, 2, 3, 6, 7), 48);
+  // Pair (x0, x1) gives lanes 0, 1 and pair (x2, x3) lanes 2, 3 of each block (a 4x4 transpose
+  // of [cos01, sin01, cos23, sin23] over the four blocks).
+  boxMuller4(x0, x1, TMP + 64);
+  boxMuller4(x2, x3, TMP + 96);
+  const c01 = v128.load(TMP, 64);
+  const s01 = v128.load(TMP, 80);
+  const c23 = v128.load(TMP, 96);
+  const s23 = v128.load(TMP, 112);
+  const u0 = i32x4.shuffle(c01, s01, 0, 4, 1, 5); // b0: z0 z1, b1: z0 z1
+  const u1 = i32x4.shuffle(c01, s01, 2, 6, 3, 7); // b2, b3
+  const v0 = i32x4.shuffle(c23, s23, 0, 4, 1, 5);
+  const v1 = i32x4.shuffle(c23, s23, 2, 6, 3, 7);
+  v128.store(dst, i32x4.shuffle(u0, v0, 0, 1, 4, 5));
+  v128.store(dst, i32x4.shuffle(u0, v0, 2, 3, 6, 7), 16);
+  v128.store(dst, i32x4.shuffle(u1, v1, 0, 1, 4, 5), 32);
+  v128.store(dst, i32x4.shuffle(u1, v1, 2, 3, 6, 7), 48);
 }
 
 /**
