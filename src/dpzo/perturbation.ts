@@ -21,6 +21,14 @@
  * still-perturbed `theta - phi z` in the fused pass; the difference from decaying the unperturbed
  * weights is `lr * decay * phi * z`, below float32 resolution for usual settings.
  *
+ * Implementations: by default the WebAssembly SIMD kernel (`src/rng/wasm`) runs the pass, chunk by
+ * chunk of WASM_CHUNK elements: the chunk of theta is copied into the kernel's memory, z is
+ * generated there and the update is done with f32x4 IEEE multiply and add (no FMA; the same
+ * two or three float32 roundings as above), and the chunk is copied back. Where WebAssembly SIMD
+ * is unavailable (or with `impl: "js"`) the JS path generates z with the reference `fillZKeyed`
+ * into a CHUNK scratch and updates in a JS loop. Both give the same bits (tested); NaN payloads
+ * are the only thing not pinned.
+ *
  * Tied weights: pass one buffer once, under its canonical name (OPT's `lm_head.weight` is
  * `model.decoder.embed_tokens.weight`); two stages each holding a copy both pass it, under that
  * name, and stay equal.
@@ -28,9 +36,13 @@
 
 import { fillZKeyed, nameHash, seedKey } from "../rng/z.ts";
 import { philoxRoundKeys } from "../rng/philox.ts";
+import { createZKernel, type ZKernel } from "../rng/wasm/mod.ts";
 
 /** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
 export const CHUNK = 4096;
+
+/** Elements per chunk of the WASM path (a multiple of 4, at most the kernel's capacity). */
+export const WASM_CHUNK = 16384;
 
 /** A named trainable tensor; `data` is its row-major float32 storage, updated in place. */
 export interface NamedTensor {
@@ -49,6 +61,11 @@ export interface WeightDecay {
 /** Options of `perturb`. */
 export interface PerturbOptions {
   weightDecay?: WeightDecay;
+  /**
+   * Implementation: "auto" (default: WASM when available, else JS), "wasm" (throws when
+   * WebAssembly SIMD is unavailable) or "js" (the reference path). All give the same bits.
+   */
+  impl?: "auto" | "wasm" | "js";
 }
 
 /** MeZO's rule: decay every parameter except biases and layer norms. */
@@ -58,6 +75,14 @@ export function mezoDecayApplies(name: string): boolean {
 }
 
 const scratch = new Float32Array(CHUNK);
+
+let kernel: ZKernel | null | undefined;
+
+/** The shared z kernel of this module (created on first use), or null without WASM SIMD. */
+export function perturbKernel(): ZKernel | null {
+  if (kernel === undefined) kernel = createZKernel();
+  return kernel;
+}
 
 /** `theta += coeff * z(seed)` in place over `tensors` (with optional decay); see module doc. */
 export function perturb(
@@ -79,6 +104,11 @@ export function perturb(
     }
     keep = Math.fround(1 - wd.lr * wd.decay);
   }
+  const impl = opts.impl ?? "auto";
+  const k = impl === "js" ? null : perturbKernel();
+  if (impl === "wasm" && k === null) {
+    throw new Error(`perturb: impl "wasm" requested but WebAssembly SIMD is unavailable`);
+  }
   const keys = philoxRoundKeys(...seedKey(seed));
   const c = Math.fround(coeff);
   const seen = new Set<string>();
@@ -90,6 +120,14 @@ export function perturb(
     const [h0, h1] = nameHash(name);
     const decayed = wd !== undefined && keep !== 1 && wd.appliesTo(name);
     const n = data.length;
+    if (k !== null) {
+      k.setKey(keys, h0, h1);
+      const kc = decayed ? keep : undefined;
+      for (let start = 0; start < n; start += WASM_CHUNK) {
+        k.perturb(data.subarray(start, Math.min(n, start + WASM_CHUNK)), start, c, kc);
+      }
+      continue;
+    }
     for (let start = 0; start < n; start += CHUNK) {
       const len = Math.min(CHUNK, n - start);
       const z = len === CHUNK ? scratch : scratch.subarray(0, len);

@@ -15,3 +15,4 @@ export {
   philoxRoundKeys,
 } from "./philox.ts";
 export { boxMullerPair, fillZ, fillZKeyed, nameHash, radius, seedKey, zAt } from "./z.ts";
+export { createZKernel, type ZKernel } from "./wasm/mod.ts";

@@ -38,6 +38,11 @@ export interface ZKernel {
    * The chunk is copied into the kernel, updated with f32x4 IEEE mul/add (no FMA), copied back.
    */
   perturb(data: Float32Array, start: number, c: number, keep?: number): void;
+  /**
+   * The spec's Box-Muller step alone, for tests: out[2j], out[2j + 1] = lane_even, lane_odd of
+   * the pair (a[j], c[j]) (uint32 words), like `boxMullerPair`.
+   */
+  boxMuller(a: Uint32Array, c: Uint32Array, out: Float32Array): void;
 }
 
 interface Exports {
@@ -50,6 +55,7 @@ interface Exports {
   generate(blo: number, bhi: number, nBlocks: number): void;
   perturbAdd(blo: number, bhi: number, n: number, c: number): void;
   perturbDecay(blo: number, bhi: number, n: number, c: number, keep: number): void;
+  boxMullerPairs(nQuads: number): void;
 }
 
 let module: WebAssembly.Module | null | undefined;
@@ -141,6 +147,28 @@ export function createZKernel(): ZKernel | null {
         ex.perturbDecay(block % TWO32, Math.floor(block / TWO32), n, c, keep);
       }
       data.set(n === cap ? theta : theta.subarray(0, n));
+    },
+    boxMuller(a, c, out) {
+      if (c.length !== a.length || out.length !== 2 * a.length) {
+        throw new RangeError("z kernel: boxMuller needs a.length == c.length == out.length / 2");
+      }
+      const words = new Uint32Array(buf, ex.thetaPtr(), cap);
+      const per = cap / 8; // pairs per call (quads of 4 pairs take 8 words)
+      for (let pos = 0; pos < a.length; pos += per) {
+        const n = Math.min(per, a.length - pos);
+        const quads = Math.ceil(n / 4);
+        for (let j = 0; j < n; j++) {
+          const q = j >> 2, l = j & 3;
+          words[8 * q + l] = a[pos + j];
+          words[8 * q + 4 + l] = c[pos + j];
+        }
+        ex.boxMullerPairs(quads);
+        for (let j = 0; j < n; j++) {
+          const q = j >> 2, l = j & 3;
+          out[2 * (pos + j)] = z[8 * q + l];
+          out[2 * (pos + j) + 1] = z[8 * q + 4 + l];
+        }
+      }
     },
   };
 }

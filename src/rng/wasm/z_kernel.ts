@@ -310,3 +310,14 @@ export function perturbDecay(blo: i32, bhi: i32, n: i32, c: f32, keep: f32): voi
     b += 4;
   }
 }
+
+/**
+ * The Box-Muller step alone (for tests of its edge cases): for q in [0, nQuads), reads uint32
+ * a[0..3] at THETA + 32q and c[0..3] at THETA + 32q + 16 and writes the four lane_even values
+ * at Z + 32q and the four lane_odd values at Z + 32q + 16.
+ */
+export function boxMullerPairs(nQuads: i32): void {
+  for (let q: usize = 0; q < <usize> nQuads; q++) {
+    boxMuller4(v128.load(THETA + (q << 5)), v128.load(THETA + (q << 5), 16), Z + (q << 5));
+  }
+}
