@@ -20,7 +20,7 @@
 
 const KEYS: usize = 65536;
 const KEYV: usize = 65536 + 1024;
-const CAP: i32 = 65536; // floats per buffer (a multiple of 16)
+const CAP: i32 = 65536; // floats per buffer (a multiple of 32: whole 8-block groups)
 const Z: usize = 131072;
 const THETA: usize = Z + (<usize> CAP << 2);
 
@@ -143,51 +143,115 @@ const K_C8 = K_POLY + 224;
 const K_C10 = K_POLY + 240;
 const K_C12 = K_POLY + 256;
 
-// float32(r * C) and float32(r * S) (C, S > 0 on the reduced angle w) for the two pairs whose
-// uint32 `n = a | 1` and `2g + 1` are in lanes 0, 1 of n4 and g4; returned as f32x4 lanes 0, 1
-// (lanes 2, 3 zero) through the two-element store at `dst` (rC) and `dst + 16` (rS).
-function radiusTrig2(n4: v128, g4: v128, dst: usize): void {
+// float32(r * C) and float32(r * S) (C, S > 0 on the reduced angle w) for the four pairs whose
+// uint32 `n = a | 1` and `2g + 1` are in lanes 0..3 of n4 and g4: stored as f32x4 rC at `dst`
+// and rS at `dst + 16`. The two f64x2 halves (lanes 0, 1: suffix L; lanes 2, 3: suffix H) are
+// computed in lockstep so that their long dependency chains (div, Horner, sqrt) overlap.
+function radiusTrig4(n4: v128, g4: v128, dst: usize): void {
   // Radius: the double nd = n is exact; its exponent is e and its mantissa nn * 2^-31.
-  const nd = f64x2.convert_low_i32x4_u(n4);
-  const mant = v128.and(nd, v128.load(K_MANT));
-  const big = i64x2.ge_s(mant, v128.load(K_TH)); // all ones where nn >= threshold
-  const m = i64x2.sub(v128.or(mant, v128.load(K_ONE_BITS)), v128.and(big, v128.load(K_EXP_ONE)));
-  const ebits = i64x2.sub(i64x2.shr_u(nd, 52), big); // e + 1023
-  const em32 = f64x2.sub(v128.or(ebits, v128.load(K_MAGIC)), v128.load(K_MAGIC_EM32));
+  const ndL = f64x2.convert_low_i32x4_u(n4);
+  const ndH = f64x2.convert_low_i32x4_u(i32x4.shuffle(n4, n4, 2, 3, 2, 3));
+  const mantMask = v128.load(K_MANT);
+  const mantL = v128.and(ndL, mantMask);
+  const mantH = v128.and(ndH, mantMask);
+  const th = v128.load(K_TH);
+  const bigL = i64x2.ge_s(mantL, th); // all ones where nn >= threshold
+  const bigH = i64x2.ge_s(mantH, th);
+  const oneBits = v128.load(K_ONE_BITS);
+  const expOne = v128.load(K_EXP_ONE);
+  const mL = i64x2.sub(v128.or(mantL, oneBits), v128.and(bigL, expOne));
+  const mH = i64x2.sub(v128.or(mantH, oneBits), v128.and(bigH, expOne));
   const one = v128.load(K_ONE);
-  const s = f64x2.div(f64x2.sub(m, one), f64x2.add(m, one));
-  const s2 = f64x2.mul(s, s);
-  let p = f64x2.mul(s2, v128.load(K_L13));
-  p = f64x2.mul(s2, f64x2.add(v128.load(K_L11), p));
-  p = f64x2.mul(s2, f64x2.add(v128.load(K_L9), p));
-  p = f64x2.mul(s2, f64x2.add(v128.load(K_L7), p));
-  p = f64x2.mul(s2, f64x2.add(v128.load(K_L5), p));
-  p = f64x2.mul(s2, f64x2.add(v128.load(K_L3), p));
-  p = f64x2.add(one, p);
-  const l = f64x2.add(f64x2.mul(f64x2.add(s, s), p), f64x2.mul(em32, v128.load(K_LN2)));
-  const r = f64x2.sqrt(f64x2.mul(v128.load(K_M2), l));
+  const sL = f64x2.div(f64x2.sub(mL, one), f64x2.add(mL, one));
+  const sH = f64x2.div(f64x2.sub(mH, one), f64x2.add(mH, one));
+  const magic = v128.load(K_MAGIC);
+  const magicEm32 = v128.load(K_MAGIC_EM32);
+  const em32L = f64x2.sub(v128.or(i64x2.sub(i64x2.shr_u(ndL, 52), bigL), magic), magicEm32);
+  const em32H = f64x2.sub(v128.or(i64x2.sub(i64x2.shr_u(ndH, 52), bigH), magic), magicEm32);
 
   // Reduced angle w = (2g + 1) pi 2^-32 in (0, pi/4).
-  const w = f64x2.mul(f64x2.convert_low_i32x4_s(g4), v128.load(K_PI));
-  const w2 = f64x2.mul(w, w);
-  let ps = f64x2.mul(w2, v128.load(K_S11));
-  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S9), ps));
-  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S7), ps));
-  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S5), ps));
-  ps = f64x2.mul(w2, f64x2.add(v128.load(K_S3), ps));
-  const sn = f64x2.mul(w, f64x2.add(one, ps));
-  let pc = f64x2.mul(w2, v128.load(K_C12));
-  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C10), pc));
-  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C8), pc));
-  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C6), pc));
-  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C4), pc));
-  pc = f64x2.mul(w2, f64x2.add(v128.load(K_C2), pc));
-  const cs = f64x2.add(one, pc);
-  v128.store(dst, f32x4.demote_f64x2_zero(f64x2.mul(r, cs)));
-  v128.store(dst, f32x4.demote_f64x2_zero(f64x2.mul(r, sn)), 16);
+  const pi = v128.load(K_PI);
+  const wL = f64x2.mul(f64x2.convert_low_i32x4_s(g4), pi);
+  const wH = f64x2.mul(f64x2.convert_low_i32x4_s(i32x4.shuffle(g4, g4, 2, 3, 2, 3)), pi);
+  const w2L = f64x2.mul(wL, wL);
+  const w2H = f64x2.mul(wH, wH);
+  let k = v128.load(K_S11);
+  let psL = f64x2.mul(w2L, k);
+  let psH = f64x2.mul(w2H, k);
+  k = v128.load(K_C12);
+  let pcL = f64x2.mul(w2L, k);
+  let pcH = f64x2.mul(w2H, k);
+  k = v128.load(K_S9);
+  psL = f64x2.mul(w2L, f64x2.add(k, psL));
+  psH = f64x2.mul(w2H, f64x2.add(k, psH));
+  k = v128.load(K_C10);
+  pcL = f64x2.mul(w2L, f64x2.add(k, pcL));
+  pcH = f64x2.mul(w2H, f64x2.add(k, pcH));
+  k = v128.load(K_S7);
+  psL = f64x2.mul(w2L, f64x2.add(k, psL));
+  psH = f64x2.mul(w2H, f64x2.add(k, psH));
+  k = v128.load(K_C8);
+  pcL = f64x2.mul(w2L, f64x2.add(k, pcL));
+  pcH = f64x2.mul(w2H, f64x2.add(k, pcH));
+  k = v128.load(K_S5);
+  psL = f64x2.mul(w2L, f64x2.add(k, psL));
+  psH = f64x2.mul(w2H, f64x2.add(k, psH));
+  k = v128.load(K_C6);
+  pcL = f64x2.mul(w2L, f64x2.add(k, pcL));
+  pcH = f64x2.mul(w2H, f64x2.add(k, pcH));
+  k = v128.load(K_S3);
+  psL = f64x2.mul(w2L, f64x2.add(k, psL));
+  psH = f64x2.mul(w2H, f64x2.add(k, psH));
+  k = v128.load(K_C4);
+  pcL = f64x2.mul(w2L, f64x2.add(k, pcL));
+  pcH = f64x2.mul(w2H, f64x2.add(k, pcH));
+  k = v128.load(K_C2);
+  pcL = f64x2.mul(w2L, f64x2.add(k, pcL));
+  pcH = f64x2.mul(w2H, f64x2.add(k, pcH));
+  const snL = f64x2.mul(wL, f64x2.add(one, psL));
+  const snH = f64x2.mul(wH, f64x2.add(one, psH));
+  const csL = f64x2.add(one, pcL);
+  const csH = f64x2.add(one, pcH);
+
+  // ln u = (2 s) P + (e - 32) LN2, P = 1 + s2 (1/3 + s2 (1/5 + ... s2 (1/13))).
+  const s2L = f64x2.mul(sL, sL);
+  const s2H = f64x2.mul(sH, sH);
+  k = v128.load(K_L13);
+  let pL = f64x2.mul(s2L, k);
+  let pH = f64x2.mul(s2H, k);
+  k = v128.load(K_L11);
+  pL = f64x2.mul(s2L, f64x2.add(k, pL));
+  pH = f64x2.mul(s2H, f64x2.add(k, pH));
+  k = v128.load(K_L9);
+  pL = f64x2.mul(s2L, f64x2.add(k, pL));
+  pH = f64x2.mul(s2H, f64x2.add(k, pH));
+  k = v128.load(K_L7);
+  pL = f64x2.mul(s2L, f64x2.add(k, pL));
+  pH = f64x2.mul(s2H, f64x2.add(k, pH));
+  k = v128.load(K_L5);
+  pL = f64x2.mul(s2L, f64x2.add(k, pL));
+  pH = f64x2.mul(s2H, f64x2.add(k, pH));
+  k = v128.load(K_L3);
+  pL = f64x2.mul(s2L, f64x2.add(k, pL));
+  pH = f64x2.mul(s2H, f64x2.add(k, pH));
+  pL = f64x2.add(one, pL);
+  pH = f64x2.add(one, pH);
+  const ln2 = v128.load(K_LN2);
+  const lL = f64x2.add(f64x2.mul(f64x2.add(sL, sL), pL), f64x2.mul(em32L, ln2));
+  const lH = f64x2.add(f64x2.mul(f64x2.add(sH, sH), pH), f64x2.mul(em32H, ln2));
+  const m2 = v128.load(K_M2);
+  const rL = f64x2.sqrt(f64x2.mul(m2, lL));
+  const rH = f64x2.sqrt(f64x2.mul(m2, lH));
+
+  const rcL = f32x4.demote_f64x2_zero(f64x2.mul(rL, csL));
+  const rcH = f32x4.demote_f64x2_zero(f64x2.mul(rH, csH));
+  const rsL = f32x4.demote_f64x2_zero(f64x2.mul(rL, snL));
+  const rsH = f32x4.demote_f64x2_zero(f64x2.mul(rH, snH));
+  v128.store(dst, i32x4.shuffle(rcL, rcH, 0, 1, 4, 5));
+  v128.store(dst, i32x4.shuffle(rsL, rsH, 0, 1, 4, 5), 16);
 }
 
-const TMP: usize = 65536 + 4096; // 8 x v128 scratch
+const TMP: usize = 65536 + 4096; // 12 x v128 scratch
 
 // Box-Muller on the four pairs (a, c) of lanes 0..3 of a4, c4: stores f32x4 cos-lanes
 // float32(r cos theta) at dst and sin-lanes float32(r sin theta) at dst + 16. The spec's
@@ -200,10 +264,9 @@ function boxMuller4(a4: v128, c4: v128, dst: usize): void {
   const f29 = v128.load(K_F29);
   const g = v128.xor(v128.and(c4, f29), v128.and(oddm, f29));
   const g4 = v128.or(i32x4.shl(g, 1), v128.load(K_ONE_I)); // 2g + 1 < 2^30
-  radiusTrig2(n4, g4, TMP);
-  radiusTrig2(i32x4.shuffle(n4, n4, 2, 3, 2, 3), i32x4.shuffle(g4, g4, 2, 3, 2, 3), TMP + 32);
-  const rc = i32x4.shuffle(v128.load(TMP), v128.load(TMP, 32), 0, 1, 4, 5);
-  const rs = i32x4.shuffle(v128.load(TMP, 16), v128.load(TMP, 48), 0, 1, 4, 5);
+  radiusTrig4(n4, g4, TMP);
+  const rc = v128.load(TMP);
+  const rs = v128.load(TMP, 16);
   // k = ((o + odd) >>> 1) & 3; swap where k is odd; sign bits (bit 31) of T, of the cos factor
   // (k in {1, 2}: bit 1 of k + 1) and of the sin factor (k in {2, 3}: bit 1 of k).
   const k = v128.and(i32x4.shr_u(i32x4.sub(i32x4.shr_u(c4, 29), oddm), 1), v128.load(K_THREE));
@@ -219,38 +282,12 @@ function boxMuller4(a4: v128, c4: v128, dst: usize): void {
   v128.store(dst, sinv, 16);
 }
 
-// z for the 16 elements of blocks b..b+3 (b = blo + 2^32 bhi) into four f32x4 at `dst`.
-function group(blo: i32, bhi: i32, dst: usize): void {
-  const base = i32x4.splat(blo);
-  let x0 = i32x4.add(base, v128.load(K_IOTA));
-  // Carry into the high word where the low word wrapped (x0 < base unsigned).
-  let x1 = i32x4.sub(i32x4.splat(bhi), i32x4.lt_u(x0, base));
-  let x2 = v128.load(KEYV + 320);
-  let x3 = v128.load(KEYV + 336);
-  const m0 = v128.load(K_M0);
-  const m1 = v128.load(K_M1);
-  for (let r: usize = 0; r < 20; r += 2) {
-    const p0l = i64x2.extmul_low_i32x4_u(x0, m0);
-    const p0h = i64x2.extmul_high_i32x4_u(x0, m0);
-    const p1l = i64x2.extmul_low_i32x4_u(x2, m1);
-    const p1h = i64x2.extmul_high_i32x4_u(x2, m1);
-    const hi0 = i32x4.shuffle(p0l, p0h, 1, 3, 5, 7);
-    const lo0 = i32x4.shuffle(p0l, p0h, 0, 2, 4, 6);
-    const hi1 = i32x4.shuffle(p1l, p1h, 1, 3, 5, 7);
-    const lo1 = i32x4.shuffle(p1l, p1h, 0, 2, 4, 6);
-    x0 = v128.xor(v128.xor(hi1, x1), v128.load(KEYV + (r << 4)));
-    x1 = lo1;
-    x2 = v128.xor(v128.xor(hi0, x3), v128.load(KEYV + ((r + 1) << 4)));
-    x3 = lo0;
-  }
-  // Pair (x0, x1) gives lanes 0, 1 and pair (x2, x3) lanes 2, 3 of each block (a 4x4 transpose
-  // of [cos01, sin01, cos23, sin23] over the four blocks).
-  boxMuller4(x0, x1, TMP + 64);
-  boxMuller4(x2, x3, TMP + 96);
-  const c01 = v128.load(TMP, 64);
-  const s01 = v128.load(TMP, 80);
-  const c23 = v128.load(TMP, 96);
-  const s23 = v128.load(TMP, 112);
+// Transposes [cos01, sin01, cos23, sin23] of four blocks (at src) into their 16 z values at dst.
+function transpose4(src: usize, dst: usize): void {
+  const c01 = v128.load(src);
+  const s01 = v128.load(src, 16);
+  const c23 = v128.load(src, 32);
+  const s23 = v128.load(src, 48);
   const u0 = i32x4.shuffle(c01, s01, 0, 4, 1, 5); // b0: z0 z1, b1: z0 z1
   const u1 = i32x4.shuffle(c01, s01, 2, 6, 3, 7); // b2, b3
   const v0 = i32x4.shuffle(c23, s23, 0, 4, 1, 5);
@@ -261,35 +298,81 @@ function group(blo: i32, bhi: i32, dst: usize): void {
   v128.store(dst, i32x4.shuffle(u1, v1, 2, 3, 6, 7), 48);
 }
 
+// z for the 32 elements of blocks b..b+7 (b = blo + 2^32 bhi) into eight f32x4 at `dst`. Two
+// sets of four blocks (A: b..b+3, B: b+4..b+7) run Philox in lockstep, so that the latency of
+// one round's multiply-shuffle-xor chain is hidden by the other set.
+function group(blo: i32, bhi: i32, dst: usize): void {
+  const base = i32x4.splat(blo);
+  const iota = v128.load(K_IOTA);
+  let a0 = i32x4.add(base, iota);
+  let b0 = i32x4.add(base, i32x4.add(iota, i32x4.splat(4)));
+  // Carry into the high word where the low word wrapped (x0 < base unsigned).
+  const hi = i32x4.splat(bhi);
+  let a1 = i32x4.sub(hi, i32x4.lt_u(a0, base));
+  let b1 = i32x4.sub(hi, i32x4.lt_u(b0, base));
+  let a2 = v128.load(KEYV + 320);
+  let a3 = v128.load(KEYV + 336);
+  let b2 = a2;
+  let b3 = a3;
+  const m0 = v128.load(K_M0);
+  const m1 = v128.load(K_M1);
+  for (let r: usize = 0; r < 20; r += 2) {
+    const pa0l = i64x2.extmul_low_i32x4_u(a0, m0);
+    const pb0l = i64x2.extmul_low_i32x4_u(b0, m0);
+    const pa0h = i64x2.extmul_high_i32x4_u(a0, m0);
+    const pb0h = i64x2.extmul_high_i32x4_u(b0, m0);
+    const pa1l = i64x2.extmul_low_i32x4_u(a2, m1);
+    const pb1l = i64x2.extmul_low_i32x4_u(b2, m1);
+    const pa1h = i64x2.extmul_high_i32x4_u(a2, m1);
+    const pb1h = i64x2.extmul_high_i32x4_u(b2, m1);
+    const ka = v128.load(KEYV + (r << 4));
+    const kb = v128.load(KEYV + ((r + 1) << 4));
+    a0 = v128.xor(v128.xor(i32x4.shuffle(pa1l, pa1h, 1, 3, 5, 7), a1), ka);
+    b0 = v128.xor(v128.xor(i32x4.shuffle(pb1l, pb1h, 1, 3, 5, 7), b1), ka);
+    a1 = i32x4.shuffle(pa1l, pa1h, 0, 2, 4, 6);
+    b1 = i32x4.shuffle(pb1l, pb1h, 0, 2, 4, 6);
+    a2 = v128.xor(v128.xor(i32x4.shuffle(pa0l, pa0h, 1, 3, 5, 7), a3), kb);
+    b2 = v128.xor(v128.xor(i32x4.shuffle(pb0l, pb0h, 1, 3, 5, 7), b3), kb);
+    a3 = i32x4.shuffle(pa0l, pa0h, 0, 2, 4, 6);
+    b3 = i32x4.shuffle(pb0l, pb0h, 0, 2, 4, 6);
+  }
+  // Pair (x0, x1) gives lanes 0, 1 and pair (x2, x3) lanes 2, 3 of each block.
+  boxMuller4(a0, a1, TMP + 64);
+  boxMuller4(a2, a3, TMP + 96);
+  boxMuller4(b0, b1, TMP + 128);
+  boxMuller4(b2, b3, TMP + 160);
+  transpose4(TMP + 64, dst);
+  transpose4(TMP + 128, dst + 64);
+}
+
 /**
  * Writes z of blocks b0 .. b0 + nBlocks - 1 (b0 = blo + 2^32 bhi, as uint32 words) to Z:
- * element 4 (b - b0) + lane. Computes whole groups of 4 blocks (up to 12 floats past the end).
+ * element 4 (b - b0) + lane. Computes whole groups of 8 blocks (up to 28 floats past the end).
  */
 export function generate(blo: i32, bhi: i32, nBlocks: i32): void {
   let b: u64 = (<u64> (<u32> bhi) << 32) | <u64> (<u32> blo);
   const end: usize = Z + (<usize> nBlocks << 4);
-  for (let dst: usize = Z; dst < end; dst += 64) {
+  for (let dst: usize = Z; dst < end; dst += 128) {
     group(<i32> b, <i32> (b >> 32), dst);
-    b += 4;
+    b += 8;
   }
 }
 
 /**
  * Fused pass on THETA[0 .. n): theta_i = float32(theta_i + float32(c * z_i)) with z_i the
  * element i of the stream starting at block b0 (so THETA[0] is element 4 b0). Whole vectors are
- * processed (up to 15 floats past n, never read back by the caller).
+ * processed (up to 31 floats past n, never read back by the caller).
  */
 export function perturbAdd(blo: i32, bhi: i32, n: i32, c: f32): void {
   let b: u64 = (<u64> (<u32> bhi) << 32) | <u64> (<u32> blo);
   const cv = f32x4.splat(c);
   const end: usize = THETA + (<usize> n << 2);
-  for (let p: usize = THETA; p < end; p += 64) {
+  for (let p: usize = THETA; p < end; p += 128) {
     group(<i32> b, <i32> (b >> 32), Z);
-    v128.store(p, f32x4.add(v128.load(p), f32x4.mul(cv, v128.load(Z))));
-    v128.store(p, f32x4.add(v128.load(p, 16), f32x4.mul(cv, v128.load(Z, 16))), 16);
-    v128.store(p, f32x4.add(v128.load(p, 32), f32x4.mul(cv, v128.load(Z, 32))), 32);
-    v128.store(p, f32x4.add(v128.load(p, 48), f32x4.mul(cv, v128.load(Z, 48))), 48);
-    b += 4;
+    for (let o: usize = 0; o < 128; o += 16) {
+      v128.store(p + o, f32x4.add(v128.load(p + o), f32x4.mul(cv, v128.load(Z + o))));
+    }
+    b += 8;
   }
 }
 
@@ -299,15 +382,15 @@ export function perturbDecay(blo: i32, bhi: i32, n: i32, c: f32, keep: f32): voi
   const cv = f32x4.splat(c);
   const kv = f32x4.splat(keep);
   const end: usize = THETA + (<usize> n << 2);
-  for (let p: usize = THETA; p < end; p += 64) {
+  for (let p: usize = THETA; p < end; p += 128) {
     group(<i32> b, <i32> (b >> 32), Z);
-    for (let o: usize = 0; o < 64; o += 16) {
+    for (let o: usize = 0; o < 128; o += 16) {
       v128.store(
         p + o,
         f32x4.add(f32x4.mul(kv, v128.load(p + o)), f32x4.mul(cv, v128.load(Z + o))),
       );
     }
-    b += 4;
+    b += 8;
   }
 }
 
