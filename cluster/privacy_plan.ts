@@ -26,7 +26,7 @@ export function planPrivacy(config: RunConfig, log: (l: string) => void): Privac
   const q = config.train.batch_size / config.task.train_examples;
   const T = config.train.steps;
   const base = { q, delta: p.delta, mechanism: p.mechanism, accountant: p.accountant };
-  let noise = p.mechanism === "gaussian" ? p.sigma : p.b;
+  let noise = (p.mechanism === "gaussian" ? p.sigma : p.b) ?? undefined;
   const target = p.target_epsilon ?? null;
   if (noise === undefined) {
     noise = calibrateNoise({ ...base, steps: T, epsilon: target! });

@@ -22,11 +22,11 @@ const Privacy = z.object({
   clip: z.number().positive().default(0.05),
   delta: z.number().gt(0).lt(1).default(1e-5),
   /** Target epsilon: sigma (or b) is calibrated to it unless given. */
-  target_epsilon: z.number().positive().optional(),
+  target_epsilon: z.number().positive().nullish(),
   /** Gaussian noise multiplier (std sigma * clip). */
-  sigma: z.number().positive().optional(),
+  sigma: z.number().positive().nullish(),
   /** Laplace scale multiplier (scale b * clip). */
-  b: z.number().positive().optional(),
+  b: z.number().positive().nullish(),
   accountant: z.enum(["pld", "prv", "rdp"]).default("pld"),
 }).strict();
 
@@ -92,13 +92,13 @@ export function parseRunConfig(raw: unknown, source: string): RunConfig {
   const c = r.data;
   if (c.privacy.enabled) {
     const { mechanism, sigma, b, target_epsilon } = c.privacy;
-    if (mechanism === "gaussian" && b !== undefined) {
+    if (mechanism === "gaussian" && b != null) {
       throw new UsageError(`${source}: privacy.b: is the Laplace scale; use privacy.sigma with gaussian`);
     }
-    if (mechanism === "laplace" && sigma !== undefined) {
+    if (mechanism === "laplace" && sigma != null) {
       throw new UsageError(`${source}: privacy.sigma: is the Gaussian multiplier; use privacy.b with laplace`);
     }
-    if (sigma === undefined && b === undefined && target_epsilon === undefined) {
+    if (sigma == null && b == null && target_epsilon == null) {
       throw new UsageError(
         `${source}: privacy: set target_epsilon (noise is calibrated to it) or the noise ` +
           `(sigma for gaussian, b for laplace), or privacy.enabled: false for a non-private run`,
