@@ -11,6 +11,7 @@ import { UsageError } from "../src/validation.ts";
 import { scoreCommand } from "./cli/score.ts";
 import { trainCommand } from "./cli/train.ts";
 import { exportCommand } from "./cli/export.ts";
+import { benchCommand } from "./cli/bench.ts";
 import { privacyCommand } from "./cli/privacy.ts";
 
 export function buildProgram(): Command {
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   program.addCommand(trainCommand());
   program.addCommand(exportCommand());
   program.addCommand(scoreCommand());
+  program.addCommand(benchCommand());
   program.addCommand(privacyCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();

@@ -1,0 +1,120 @@
+/**
+ * `dpzo bench`: the cost of a DP-ZO step on random tokens, the same work as
+ * `../shared/bench/torch_mezo_step.py` (three in-place passes over every parameter and two
+ * forward passes with per-example losses over the full vocabulary), so the two can be
+ * compared side by side. `targetTokens` limits the loss to the last N positions of each row
+ * (the task-like case: only answer tokens carry a loss).
+ */
+import { openCheckpoint } from "../src/model/checkpoint.ts";
+import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
+import type { ForwardRequest } from "./protocol.ts";
+
+export interface BenchOptions {
+  model: string;
+  batch: number;
+  seqLen: number;
+  steps: number;
+  targetTokens?: number;
+  warmup?: number;
+}
+
+export interface BenchResult {
+  model: string;
+  batch: number;
+  seq_len: number;
+  target_tokens: number;
+  params: number;
+  weight_bytes_f32: number;
+  forward_s: number;
+  perturb_pass_s: number;
+  step_s: number;
+  perturb_params_per_s: number;
+  peak_rss_bytes: number;
+}
+
+/** Peak resident set size of this process (VmHWM on Linux, else the current RSS). */
+export function peakRssBytes(): number {
+  try {
+    const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/);
+    if (m) return Number(m[1]) * 1024;
+  } catch { /* not Linux */ }
+  return Deno.memoryUsage().rss;
+}
+
+function randomRequest(B: number, S: number, vocab: number, targetTokens: number): ForwardRequest {
+  const ids = new Int32Array(B * S);
+  for (let i = 0; i < ids.length; i++) ids[i] = 4 + Math.floor(Math.random() * (vocab - 4));
+  const pos: number[] = [], tok: number[] = [], score: number[] = [];
+  for (let b = 0; b < B; b++) {
+    for (let s = Math.max(0, S - 1 - targetTokens); s < S - 1; s++) {
+      pos.push(b * S + s);
+      tok.push(ids[b * S + s + 1]);
+      score.push(b);
+    }
+  }
+  return {
+    step: 0,
+    micro: 0,
+    sign: 0,
+    batchSize: B,
+    seqLen: S,
+    ids,
+    mask: new Int32Array(B * S).fill(1),
+    pairPos: Int32Array.from(pos),
+    pairTok: Int32Array.from(tok),
+    pairScore: Int32Array.from(score),
+    numScores: B,
+  };
+}
+
+export async function benchStep(
+  opts: BenchOptions,
+  log: (l: string) => void = () => {},
+): Promise<BenchResult> {
+  const ckpt = await openCheckpoint(opts.model);
+  const stage = await loadStage(ckpt, wholeModel(ckpt.config));
+  const specs = stageParameters(ckpt.config, stage.range);
+  const params = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  const worker = createStageWorker(stage, specs.map((s) => s.name));
+  const targets = opts.targetTokens ?? opts.seqLen - 1;
+  const req = randomRequest(opts.batch, opts.seqLen, ckpt.config.vocabSize, targets);
+  const seed = 0x5eedn;
+  const time = (f: () => void) => {
+    const t0 = performance.now();
+    f();
+    return (performance.now() - t0) / 1000;
+  };
+  const step = () => {
+    let fwd = 0, pert = 0;
+    pert += time(() => applyPass(worker, seed, 1e-3));
+    fwd += time(() => forwardStage(worker, req));
+    pert += time(() => applyPass(worker, seed, -2e-3));
+    fwd += time(() => forwardStage(worker, req));
+    pert += time(() => applyPass(worker, seed, 1e-3));
+    return { fwd: fwd / 2, pert: pert / 3 };
+  };
+  for (let i = 0; i < (opts.warmup ?? 1); i++) step();
+  let fwd = 0, pert = 0, total = 0;
+  for (let i = 0; i < opts.steps; i++) {
+    const t0 = performance.now();
+    const r = step();
+    total += (performance.now() - t0) / 1000;
+    fwd += r.fwd;
+    pert += r.pert;
+    log(`step ${i + 1}/${opts.steps}: ${((performance.now() - t0) / 1000).toFixed(3)} s`);
+  }
+  return {
+    model: opts.model,
+    batch: opts.batch,
+    seq_len: opts.seqLen,
+    target_tokens: targets,
+    params,
+    weight_bytes_f32: params * 4,
+    forward_s: fwd / opts.steps,
+    perturb_pass_s: pert / opts.steps,
+    step_s: total / opts.steps,
+    perturb_params_per_s: params / (pert / opts.steps),
+    peak_rss_bytes: peakRssBytes(),
+  };
+}

@@ -1,0 +1,50 @@
+/**
+ * `dpzo bench --model DIR --batch B --seq-len S --steps N [--target-tokens N] [--json]`:
+ * times forward, perturbation pass and a whole ZO step on random tokens.
+ */
+import { Command } from "@commander-js/extra-typings";
+import { benchStep } from "../bench.ts";
+import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
+
+export function benchCommand() {
+  return new Command("bench")
+    .description("time a DP-ZO step (forward, perturbation pass, whole step) on random tokens")
+    .requiredOption("--model <dir>", "Hugging Face OPT checkpoint directory")
+    .option("--batch <n>", "rows per batch", "16")
+    .option("--seq-len <n>", "tokens per row", "64")
+    .option("--steps <n>", "timed steps (after one warm-up step)", "5")
+    .option("--target-tokens <n>", "loss on only the last N positions of each row (default: all)")
+    .option("--json", "print one JSON line")
+    .addOption(backendOption())
+    .action(async (opts) => {
+      const batch = flag("--batch", positiveInt, opts.batch);
+      const seqLen = flag("--seq-len", positiveInt, opts.seqLen);
+      const steps = flag("--steps", positiveInt, opts.steps);
+      const targetTokens = opts.targetTokens === undefined
+        ? undefined
+        : flag("--target-tokens", positiveInt, opts.targetTokens);
+      await startBackend(opts.backend);
+      const r = await benchStep(
+        { model: opts.model, batch, seqLen, steps, targetTokens },
+        (l) => console.error(l),
+      );
+      if (opts.json) {
+        console.log(JSON.stringify({ ...r, backend: opts.backend }));
+        return;
+      }
+      console.log(
+        `model ${r.model}: ${r.params} parameters, batch ${r.batch} x ${r.seq_len} tokens`,
+      );
+      console.log(`forward + losses (${r.target_tokens} targets/row): ${r.forward_s.toFixed(3)} s`);
+      console.log(
+        `perturbation pass: ${r.perturb_pass_s.toFixed(3)} s (${
+          (r.perturb_params_per_s / 1e6).toFixed(0)
+        }M parameters/s)`,
+      );
+      console.log(`ZO step: ${r.step_s.toFixed(3)} s`);
+      console.log(
+        `peak RSS: ${(r.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB = ` +
+          `${(r.peak_rss_bytes / r.weight_bytes_f32).toFixed(2)} x float32 weights`,
+      );
+    });
+}
