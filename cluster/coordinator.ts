@@ -124,7 +124,14 @@ export async function scoreExamples(
     work.push((async () => {
       for (let start = 0, micro = 0; start < mine.length; start += opts.microBatch, micro++) {
         const idx = mine.slice(start, start + opts.microBatch);
-        const req = packRequests(idx.map((i) => examples[i]), opts.seqLen, opts.padId, opts.step, micro, opts.sign);
+        const req = packRequests(
+          idx.map((i) => examples[i]),
+          opts.seqLen,
+          opts.padId,
+          opts.step,
+          micro,
+          opts.sign,
+        );
         const result = await transport.forward(g, req);
         let k = 0;
         for (const i of idx) {
@@ -200,7 +207,9 @@ export async function trainStep(
   if (!Number.isFinite(est.ghat)) {
     await transport.broadcast({ type: "step.abort", step });
     throw new Error(
-      `step ${step}: the projected gradient is ${est.ghat} (losses ${mean(plus)} / ${mean(minus)}); ` +
+      `step ${step}: the projected gradient is ${est.ghat} (losses ${mean(plus)} / ${
+        mean(minus)
+      }); ` +
         `lower train.lr or train.phi`,
     );
   }
@@ -258,7 +267,11 @@ export async function train(inp: TrainInputs): Promise<void> {
     const { metrics, entry } = await trainStep(inp, step);
     await inp.hooks?.onStep?.(metrics, entry);
     if (s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length) {
-      const r = await evaluate(inp.transport, valSet, { step, padId: inp.padId, microBatch: s.microBatch });
+      const r = await evaluate(inp.transport, valSet, {
+        step,
+        padId: inp.padId,
+        microBatch: s.microBatch,
+      });
       await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
     }
   }

@@ -47,7 +47,13 @@ export async function exportRun(
   try {
     raw = JSON.parse(await Deno.readTextFile(runPath));
   } catch (e) {
-    throw new Error(`${runPath}: ${e instanceof Deno.errors.NotFound ? "not found: is --run a run directory?" : "not valid JSON"}`);
+    throw new Error(
+      `${runPath}: ${
+        e instanceof Deno.errors.NotFound
+          ? "not found: is --run a run directory?"
+          : "not valid JSON"
+      }`,
+    );
   }
   const parsed = RunJson.safeParse(raw);
   if (!parsed.success) throw new Error(`${runPath}: ${formatZodError(parsed.error)}`);
@@ -56,14 +62,21 @@ export async function exportRun(
   await initBackend(config.backend);
   const { stage, trainable } = await loadModel(config);
   if (trainable.join() !== parsed.data.trainable.join()) {
-    throw new Error(`${runPath}: the trainable tensors differ from the base checkpoint's; wrong model?`);
+    throw new Error(
+      `${runPath}: the trainable tensors differ from the base checkpoint's; wrong model?`,
+    );
   }
   const worker = createStageWorker(stage, trainable);
   const t0 = performance.now();
   for (const e of entries) {
     const seed = BigInt(e.seed);
     for (const pass of stepPasses(e)) {
-      applyPass(worker, seed, pass.coeff, pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined);
+      applyPass(
+        worker,
+        seed,
+        pass.coeff,
+        pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined,
+      );
     }
     if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
   }
@@ -83,7 +96,10 @@ export async function exportRun(
   if (config.mode.type === "lora") {
     await writeSafetensors(
       `${outDir}/adapter_model.safetensors`,
-      tensors.filter((t) => isLora(t.name)).map((t) => ({ ...t, name: `base_model.model.${t.name}` })),
+      tensors.filter((t) => isLora(t.name)).map((t) => ({
+        ...t,
+        name: `base_model.model.${t.name}`,
+      })),
     );
     await Deno.writeTextFile(
       `${outDir}/adapter_config.json`,

@@ -17,7 +17,9 @@ function engine(name: AccountingQuery["accountant"]): "pld" | "rdp" {
   return name === "rdp" ? "rdp" : "pld";
 }
 
-export function epsilonOf(query: AccountingQuery & { noise: number }): { epsilon: number; error: number } {
+export function epsilonOf(
+  query: AccountingQuery & { noise: number },
+): { epsilon: number; error: number } {
   if (query.steps === 0) return { epsilon: 0, error: 0 };
   const step = query.mechanism === "gaussian"
     ? { q: query.q, sigma: query.noise, mechanism: query.mechanism }

@@ -50,7 +50,9 @@ export function planPrivacy(config: RunConfig, log: (l: string) => void): Privac
       `privacy: WARNING: ${T} steps would exceed the target epsilon ${target}; ` +
         `the run stops after ${steps} steps. Raise the noise or lower train.steps.`,
     );
-    if (steps === 0) throw new Error("privacy: the target epsilon does not allow a single step; raise the noise");
+    if (steps === 0) {
+      throw new Error("privacy: the target epsilon does not allow a single step; raise the noise");
+    }
   }
   return {
     mechanism: p.mechanism,

@@ -23,8 +23,12 @@ export class Progress {
     const elapsed = (now - this.#start) / 1000;
     const rate = step / Math.max(elapsed, 1e-9);
     const eta = (this.#total - step) / Math.max(rate, 1e-9);
-    const parts = Object.entries(figures).filter(([, v]) => v !== undefined).map(([k, v]) => `${k} ${v}`);
-    const line = `step ${step}/${this.#total} ${parts.join(" ")} ${rate.toFixed(2)} steps/s ETA ${formatSeconds(eta)}`;
+    const parts = Object.entries(figures).filter(([, v]) => v !== undefined).map(([k, v]) =>
+      `${k} ${v}`
+    );
+    const line = `step ${step}/${this.#total} ${parts.join(" ")} ${rate.toFixed(2)} steps/s ETA ${
+      formatSeconds(eta)
+    }`;
     if (this.#tty) {
       const width = 30, filled = Math.round((width * step) / this.#total);
       const bar = "#".repeat(filled) + ".".repeat(width - filled);
@@ -51,5 +55,9 @@ export class Progress {
 export function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
-  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : m > 0 ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+  return h > 0
+    ? `${h}h${String(m).padStart(2, "0")}m`
+    : m > 0
+    ? `${m}m${String(sec).padStart(2, "0")}s`
+    : `${sec}s`;
 }

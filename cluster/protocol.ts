@@ -37,7 +37,12 @@ export const StepAbort = z.object({
   step: z.number().int().positive(),
 });
 
-export const ControlMessage = z.discriminatedUnion("type", [StepBegin, StepFlip, StepUpdate, StepAbort]);
+export const ControlMessage = z.discriminatedUnion("type", [
+  StepBegin,
+  StepFlip,
+  StepUpdate,
+  StepAbort,
+]);
 export type ControlMessage = z.infer<typeof ControlMessage>;
 
 /**

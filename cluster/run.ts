@@ -43,7 +43,12 @@ export interface RunSummary {
   accountant: string | null;
   sampling_rate: number;
   steps: number;
-  final: { val_accuracy: number | null; test_accuracy: number | null; val_loss: number | null; test_loss: number | null };
+  final: {
+    val_accuracy: number | null;
+    test_accuracy: number | null;
+    val_loss: number | null;
+    test_loss: number | null;
+  };
   train_loss_first: number | null;
   train_loss_last: number | null;
   final_weights_sha256: string;
@@ -88,7 +93,9 @@ export async function loadTask(config: RunConfig): Promise<TaskData> {
 }
 
 /** Loads the whole model as one stage (and LoRA when configured); returns the trainable names. */
-export async function loadModel(config: RunConfig): Promise<{ stage: Stage; trainable: string[]; files: string[] }> {
+export async function loadModel(
+  config: RunConfig,
+): Promise<{ stage: Stage; trainable: string[]; files: string[] }> {
   const ckpt = await openCheckpoint(config.model);
   const stage = await loadStage(ckpt, wholeModel(ckpt.config));
   let trainable = stageParameters(ckpt.config, stage.range).map((s) => s.name);
@@ -152,7 +159,10 @@ export interface TrainOptions {
 }
 
 /** Runs `dpzo train` on the embedded default and returns the summary it wrote. */
-export async function trainEmbedded(config: RunConfig, opts: TrainOptions = {}): Promise<RunSummary> {
+export async function trainEmbedded(
+  config: RunConfig,
+  opts: TrainOptions = {},
+): Promise<RunSummary> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const started = performance.now();
   await initBackend(config.backend);
@@ -164,7 +174,9 @@ export async function trainEmbedded(config: RunConfig, opts: TrainOptions = {}):
     );
   }
   const plan = config.privacy.enabled ? await planPrivacy(config, log) : null;
-  if (!config.privacy.enabled) log("privacy: disabled (non-private MeZO run): no (epsilon, delta) guarantee");
+  if (!config.privacy.enabled) {
+    log("privacy: disabled (non-private MeZO run): no (epsilon, delta) guarantee");
+  }
 
   const data = await loadTask(config);
   const { stage, trainable, files } = await loadModel(config);
@@ -234,8 +246,20 @@ export async function trainEmbedded(config: RunConfig, opts: TrainOptions = {}):
   const evalOpts = { step: schedule.steps, padId: stage.config.padTokenId, microBatch: 16 };
   const val = await evaluate(transport, data.val, evalOpts);
   const test = await evaluate(transport, data.test, evalOpts);
-  await writeMetric({ event: "eval", step: schedule.steps, split: "val", ...val, examples: data.val.length });
-  await writeMetric({ event: "eval", step: schedule.steps, split: "test", ...test, examples: data.test.length });
+  await writeMetric({
+    event: "eval",
+    step: schedule.steps,
+    split: "val",
+    ...val,
+    examples: data.val.length,
+  });
+  await writeMetric({
+    event: "eval",
+    step: schedule.steps,
+    split: "test",
+    ...test,
+    examples: data.test.length,
+  });
   metricsFile.close();
   const digests = await transport.digests();
   const eps = plan ? plan.epsilonAt(schedule.steps) : null;

@@ -58,7 +58,9 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
   switch (msg.type) {
     case "step.begin": {
       if (w.phase !== "idle" || msg.step !== w.appliedStep + 1) {
-        throw new Error(`worker: step.begin ${msg.step} out of order (applied ${w.appliedStep}, ${w.phase})`);
+        throw new Error(
+          `worker: step.begin ${msg.step} out of order (applied ${w.appliedStep}, ${w.phase})`,
+        );
       }
       const seed = BigInt(msg.seed);
       applyPass(w, seed, msg.phi);

@@ -11,8 +11,16 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 export function trainCommand() {
   return new Command("train")
     .description("fine-tune with DP-ZO on the embedded default (one process)")
-    .requiredOption("--config <file>", "run configuration (YAML or JSON), e.g. configs/tiny-sst2.yaml")
-    .option("--set <key=value>", "override a config field, e.g. --set train.steps=100 (repeatable)", collect, [] as string[])
+    .requiredOption(
+      "--config <file>",
+      "run configuration (YAML or JSON), e.g. configs/tiny-sst2.yaml",
+    )
+    .option(
+      "--set <key=value>",
+      "override a config field, e.g. --set train.steps=100 (repeatable)",
+      collect,
+      [] as string[],
+    )
     .option("--quiet", "plain progress lines every 30 s instead of a live bar")
     .action(async (opts) => {
       const config = await loadRunConfig(opts.config, opts.set);
@@ -23,7 +31,9 @@ export function trainCommand() {
       if (s.epsilon !== null) {
         const noise = s.mechanism === "gaussian" ? `sigma=${s.sigma}` : `b=${s.b}`;
         console.log(
-          `privacy: (${s.epsilon.toFixed(4)}, ${s.delta})-DP for add/remove of one training example ` +
+          `privacy: (${
+            s.epsilon.toFixed(4)
+          }, ${s.delta})-DP for add/remove of one training example ` +
             `over ${s.steps} steps with q=${s.sampling_rate}, ${noise} (accountant ${s.accountant}, ` +
             `error <= ${s.epsilon_error?.toExponential(1)})` +
             (s.insecure_seed !== null ? " — NOT PRIVATE: insecure_seed was set" : ""),

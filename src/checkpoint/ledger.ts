@@ -81,7 +81,9 @@ export async function readLedger(path: string): Promise<LedgerEntry[]> {
     } catch {
       const last = i === lines.length - 1;
       throw new Error(
-        `${where}: corrupt ledger line (not JSON${last ? "; the file ends in a partial line" : ""})`,
+        `${where}: corrupt ledger line (not JSON${
+          last ? "; the file ends in a partial line" : ""
+        })`,
       );
     }
     const { check, ...rest } = raw;

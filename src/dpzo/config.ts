@@ -93,10 +93,14 @@ export function parseRunConfig(raw: unknown, source: string): RunConfig {
   if (c.privacy.enabled) {
     const { mechanism, sigma, b, target_epsilon } = c.privacy;
     if (mechanism === "gaussian" && b != null) {
-      throw new UsageError(`${source}: privacy.b: is the Laplace scale; use privacy.sigma with gaussian`);
+      throw new UsageError(
+        `${source}: privacy.b: is the Laplace scale; use privacy.sigma with gaussian`,
+      );
     }
     if (mechanism === "laplace" && sigma != null) {
-      throw new UsageError(`${source}: privacy.sigma: is the Gaussian multiplier; use privacy.b with laplace`);
+      throw new UsageError(
+        `${source}: privacy.sigma: is the Gaussian multiplier; use privacy.b with laplace`,
+      );
     }
     if (sigma == null && b == null && target_epsilon == null) {
       throw new UsageError(

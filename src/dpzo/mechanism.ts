@@ -46,7 +46,11 @@ export interface PrivateEstimate {
 }
 
 /** Per-example projected gradients g_i = (L+_i - L-_i) / (2 phi). */
-export function finiteDifferences(lossPlus: Float64Array | number[], lossMinus: Float64Array | number[], phi: number): Float64Array {
+export function finiteDifferences(
+  lossPlus: Float64Array | number[],
+  lossMinus: Float64Array | number[],
+  phi: number,
+): Float64Array {
   const g = new Float64Array(lossPlus.length);
   for (let i = 0; i < g.length; i++) g[i] = (lossPlus[i] - lossMinus[i]) / (2 * phi);
   return g;

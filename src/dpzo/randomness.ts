@@ -61,7 +61,15 @@ export function insecureRandom(seed: number | bigint): SecretRandom {
   let counter = 0, pos = 4;
   return fromWords(() => {
     if (pos === 4) {
-      philox4x32_10(counter % 4294967296, Math.floor(counter / 4294967296), DOMAIN, DOMAIN, k0, k1, out);
+      philox4x32_10(
+        counter % 4294967296,
+        Math.floor(counter / 4294967296),
+        DOMAIN,
+        DOMAIN,
+        k0,
+        k1,
+        out,
+      );
       counter++;
       pos = 0;
     }

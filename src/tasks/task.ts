@@ -45,7 +45,10 @@ export function classificationRequest(
   if (candidates.every((c) => c.length === 1)) {
     const ids = truncateLeft(prompt, maxLength);
     const last = ids.length - 1;
-    return { rows: [{ ids, scores: candidates.map((c) => ({ positions: [last], tokens: c })) }], label };
+    return {
+      rows: [{ ids, scores: candidates.map((c) => ({ positions: [last], tokens: c })) }],
+      label,
+    };
   }
   const rows = candidates.map((cand) => {
     const ids = truncateLeft([...prompt, ...cand], maxLength);
