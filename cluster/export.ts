@@ -13,7 +13,7 @@ import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { formatZodError } from "../src/validation.ts";
 import { initBackend } from "../src/tensor/backend.ts";
 import { applyPass, createStageWorker, stageDigests } from "./worker.ts";
-import { canonicalOrder, loadModel } from "./run.ts";
+import { loadModel, modelOrder } from "./run.ts";
 
 const RunJson = z.object({
   format: z.string(),
@@ -81,7 +81,7 @@ export async function exportRun(
     if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
   }
   log(`replayed ${entries.length} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  const sha = weightsSha256(canonicalOrder(stage), stageDigests(worker));
+  const sha = weightsSha256(modelOrder(config, stage.config), stageDigests(worker));
 
   await Deno.mkdir(outDir, { recursive: true });
   const tensors = stage.specs.map((spec) => ({

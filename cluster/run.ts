@@ -10,9 +10,17 @@
  */
 import { createHash } from "node:crypto";
 import type { RunConfig } from "../src/dpzo/config.ts";
-import { openCheckpoint } from "../src/model/checkpoint.ts";
-import { loadStage, type Stage, stageParameters, wholeModel } from "../src/model/opt.ts";
-import { attachLora } from "../src/dpzo/lora.ts";
+import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.ts";
+import {
+  loadStage,
+  type Stage,
+  stageParameters,
+  type StageRange,
+  wholeModel,
+} from "../src/model/opt.ts";
+import type { OptConfig } from "../src/model/config.ts";
+import type { Transport } from "./transport/transport.ts";
+import { attachLora, loraSpecs } from "../src/dpzo/lora.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { loadSst2 } from "../src/data/sst2.ts";
 import { sst2Request } from "../src/tasks/sst2.ts";
@@ -67,9 +75,20 @@ export async function checkpointContentHash(files: string[]): Promise<string> {
   return h.digest("hex");
 }
 
-/** Canonical parameter order of a whole model (for final_weights_sha256). */
-export function canonicalOrder(stage: Stage): string[] {
-  return stage.specs.map((s) => s.name);
+/** The names a stage perturbs: every parameter, or in LoRA mode only the LoRA tensors. */
+export function stageTrainable(config: RunConfig, model: OptConfig, range: StageRange): string[] {
+  return config.mode.type === "lora"
+    ? loraSpecs(model, range, config.mode.rank).map((s) => s.name)
+    : stageParameters(model, range).map((s) => s.name);
+}
+
+/** Canonical parameter order of the whole model (for final_weights_sha256). */
+export function modelOrder(config: RunConfig, model: OptConfig): string[] {
+  const whole = wholeModel(model);
+  const base = stageParameters(model, whole).map((s) => s.name);
+  return config.mode.type === "lora"
+    ? [...base, ...loraSpecs(model, whole, config.mode.rank).map((s) => s.name)]
+    : base;
 }
 
 export interface TaskData {
@@ -92,23 +111,27 @@ export async function loadTask(config: RunConfig): Promise<TaskData> {
   return { train: splits.train.map(req), val: splits.val.map(req), test: splits.test.map(req) };
 }
 
-/** Loads the whole model as one stage (and LoRA when configured); returns the trainable names. */
-export async function loadModel(
+/** Loads the tensors of one stage (and its LoRA adapters) for a run; returns what it perturbs. */
+export async function loadRunStage(
   config: RunConfig,
-): Promise<{ stage: Stage; trainable: string[]; files: string[] }> {
-  const ckpt = await openCheckpoint(config.model);
-  const stage = await loadStage(ckpt, wholeModel(ckpt.config));
-  let trainable = stageParameters(ckpt.config, stage.range).map((s) => s.name);
+  ckpt: Checkpoint,
+  range: StageRange,
+): Promise<{ stage: Stage; trainable: string[] }> {
+  const stage = await loadStage(ckpt, range);
   if (config.mode.type === "lora") {
-    const specs = attachLora(stage, {
+    attachLora(stage, {
       rank: config.mode.rank,
       alpha: config.mode.alpha,
       initSeed: config.mode.init_seed,
     });
-    trainable = specs.map((s) => s.name);
   }
-  const files = [...new Set([...ckpt.tensors.values()].map((l) => l.path))];
-  return { stage, trainable, files };
+  return { stage, trainable: stageTrainable(config, ckpt.config, range) };
+}
+
+/** Loads the whole model as one stage (and LoRA when configured). */
+export async function loadModel(config: RunConfig): Promise<{ stage: Stage; trainable: string[] }> {
+  const ckpt = await openCheckpoint(config.model);
+  return await loadRunStage(config, ckpt, wholeModel(ckpt.config));
 }
 
 export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedule {
@@ -158,48 +181,74 @@ export interface TrainOptions {
   log?: (line: string) => void;
 }
 
-/** Runs `dpzo train` on the embedded default and returns the summary it wrote. */
-export async function trainEmbedded(
-  config: RunConfig,
-  opts: TrainOptions = {},
-): Promise<RunSummary> {
+/** What the coordinator side of a run holds: never any parameters. */
+export interface RunContext {
+  config: RunConfig;
+  model: OptConfig;
+  plan: PrivacyPlan | null;
+  data: TaskData;
+  schedule: Schedule;
+  started: number;
+  log: (line: string) => void;
+}
+
+/**
+ * Prepares the coordinator side of a new run: privacy plan, task data, run directory and
+ * run.json. Reads only the checkpoint's config and headers, never its weights.
+ */
+export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Promise<RunContext> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const started = performance.now();
-  await initBackend(config.backend);
-  log(describeBackend());
   if (config.insecure_seed !== null) {
     log(
       `WARNING: insecure_seed is set: sampling, noise and seeds are reproducible from it. ` +
         `This run is NOT differentially private; use it only for tests and comparisons.`,
     );
   }
-  const plan = config.privacy.enabled ? await planPrivacy(config, log) : null;
+  const plan = config.privacy.enabled ? planPrivacy(config, log) : null;
   if (!config.privacy.enabled) {
     log("privacy: disabled (non-private MeZO run): no (epsilon, delta) guarantee");
   }
-
   const data = await loadTask(config);
-  const { stage, trainable, files } = await loadModel(config);
-  const runDir = config.run_dir;
-  await prepareRunDir(runDir);
-  await writeJsonAtomic(`${runDir}/run.json`, {
+  const ckpt = await openCheckpoint(config.model);
+  const files = [...new Set([...ckpt.tensors.values()].map((l) => l.path))];
+  await prepareRunDir(config.run_dir);
+  await writeJsonAtomic(`${config.run_dir}/run.json`, {
     format: RUN_FORMAT,
     created: new Date().toISOString(),
     config,
     base_model: { dir: config.model, files, sha256: await checkpointContentHash(files) },
     z_spec_version: Z_SPEC_VERSION,
-    trainable,
+    trainable: modelOrder(config, ckpt.config).filter((n) =>
+      config.mode.type === "lora" ? n.includes(".lora_") : true
+    ),
     privacy_plan: plan,
   });
+  return {
+    config,
+    model: ckpt.config,
+    plan,
+    data,
+    schedule: scheduleOf(config, plan),
+    started,
+    log,
+  };
+}
+
+/** Runs the training loop over a transport, evaluates, and writes summary.json. */
+export async function coordinateRun(
+  ctx: RunContext,
+  transport: Transport,
+  opts: TrainOptions = {},
+): Promise<RunSummary> {
+  const { config, plan, data, schedule, log } = ctx;
+  const runDir = config.run_dir;
+  const padId = ctx.model.padTokenId;
   const ledger = await LedgerWriter.open(`${runDir}/ledger.jsonl`);
   const metricsFile = await Deno.open(`${runDir}/metrics.jsonl`, { append: true, create: true });
   const writeMetric = async (m: unknown) => {
     await metricsFile.write(new TextEncoder().encode(JSON.stringify(m) + "\n"));
   };
-
-  const worker = createStageWorker(stage, trainable);
-  const transport = inProcessTransport([[worker]]);
-  const schedule = scheduleOf(config, plan);
   const rng = config.insecure_seed !== null ? insecureRandom(config.insecure_seed) : cryptoRandom();
   const progress = new Progress(schedule.steps, { quiet: opts.quiet, log });
   const losses: number[] = [];
@@ -211,7 +260,7 @@ export async function trainEmbedded(
       schedule,
       train: data.train,
       val: data.val,
-      padId: stage.config.padTokenId,
+      padId,
       rng,
       ledger,
       hooks: {
@@ -223,10 +272,8 @@ export async function trainEmbedded(
           }
           await writeMetric({
             ...m,
-            perturb_s: worker.perturbSeconds,
             ...(lastEps && m.step % logEvery === 0 ? { epsilon: lastEps.epsilon } : {}),
           });
-          worker.perturbSeconds = 0;
           progress.update(m.step, {
             loss: Number.isFinite(loss) ? loss.toFixed(4) : "-",
             ...(lastEps ? { eps: lastEps.epsilon.toFixed(3) } : {}),
@@ -243,9 +290,10 @@ export async function trainEmbedded(
     ledger.close();
     progress.done();
   }
-  const evalOpts = { step: schedule.steps, padId: stage.config.padTokenId, microBatch: 16 };
+  const evalOpts = { step: schedule.steps, padId, microBatch: schedule.microBatch };
   const val = await evaluate(transport, data.val, evalOpts);
   const test = await evaluate(transport, data.test, evalOpts);
+  const n = (v: number) => (Number.isNaN(v) ? null : v);
   await writeMetric({
     event: "eval",
     step: schedule.steps,
@@ -279,19 +327,36 @@ export async function trainEmbedded(
     sampling_rate: schedule.q,
     steps: schedule.steps,
     final: {
-      val_accuracy: Number.isNaN(val.accuracy) ? null : val.accuracy,
-      test_accuracy: Number.isNaN(test.accuracy) ? null : test.accuracy,
-      val_loss: Number.isNaN(val.loss) ? null : val.loss,
-      test_loss: Number.isNaN(test.loss) ? null : test.loss,
+      val_accuracy: n(val.accuracy),
+      test_accuracy: n(test.accuracy),
+      val_loss: n(val.loss),
+      test_loss: n(test.loss),
     },
     train_loss_first: avg(losses.slice(0, window)),
     train_loss_last: avg(losses.slice(-window)),
-    final_weights_sha256: weightsSha256(canonicalOrder(stage), digests),
+    final_weights_sha256: weightsSha256(modelOrder(config, ctx.model), digests),
     param_sync_bytes_per_step_per_worker: transport.paramSyncBytes() / schedule.steps,
-    wall_s: (performance.now() - started) / 1000,
+    wall_s: (performance.now() - ctx.started) / 1000,
     backend: config.backend,
   };
   await writeJsonAtomic(`${runDir}/summary.json`, summary);
-  await transport.close();
   return summary;
+}
+
+/** Runs `dpzo train` on the embedded default and returns the summary it wrote. */
+export async function trainEmbedded(
+  config: RunConfig,
+  opts: TrainOptions = {},
+): Promise<RunSummary> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  await initBackend(config.backend);
+  log(describeBackend());
+  const ctx = await prepareRun(config, { ...opts, log });
+  const { stage, trainable } = await loadModel(config);
+  const transport = inProcessTransport([[createStageWorker(stage, trainable)]]);
+  try {
+    return await coordinateRun(ctx, transport, opts);
+  } finally {
+    await transport.close();
+  }
 }

@@ -12,7 +12,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { fillZ } from "../rng/z.ts";
-import type { ParamSpec, Stage } from "../model/opt.ts";
+import type { ParamSpec, Stage, StageRange } from "../model/opt.ts";
+import type { OptConfig } from "../model/config.ts";
 
 export interface LoraOptions {
   rank: number;
@@ -23,10 +24,14 @@ export interface LoraOptions {
 export const LORA_TARGETS = ["q_proj", "v_proj"] as const;
 
 /** The LoRA parameters of the stage's layers, in canonical order (layer, q then v, A then B). */
-export function loraSpecs(stage: Stage, rank: number): ParamSpec[] {
-  const D = stage.config.hiddenSize;
+export function loraSpecs(
+  config: OptConfig,
+  range: StageRange,
+  rank: number,
+): ParamSpec[] {
+  const D = config.hiddenSize;
   const specs: ParamSpec[] = [];
-  for (let l = stage.range.firstLayer; l < stage.range.endLayer; l++) {
+  for (let l = range.firstLayer; l < range.endLayer; l++) {
     for (const t of LORA_TARGETS) {
       const base = `model.decoder.layers.${l}.self_attn.${t}`;
       specs.push({ name: `${base}.lora_A.weight`, shape: [rank, D], kind: "weight" });
@@ -38,7 +43,7 @@ export function loraSpecs(stage: Stage, rank: number): ParamSpec[] {
 
 /** Adds freshly initialised LoRA tensors to a stage; returns their specs. */
 export function attachLora(stage: Stage, opts: LoraOptions): ParamSpec[] {
-  const specs = loraSpecs(stage, opts.rank);
+  const specs = loraSpecs(stage.config, stage.range, opts.rank);
   const adapted = new Set<string>();
   for (const spec of specs) {
     const n = spec.shape[0] * spec.shape[1];
