@@ -42,7 +42,15 @@ export interface StepMetrics {
   ghat: number;
   clipped_fraction: number;
   mean_abs_g: number;
+  /** Standard deviation of the noise in ghat: sigma * C / expected batch (Laplace: sqrt2 b C / E). */
+  noise_std: number;
   step_s: number;
+  /** Step time split: the two forward passes; the three perturbation passes (begin, flip,
+   * update, acknowledged by every worker); the rest on the coordinator (sampling, noise,
+   * waiting for the ledger append to be durable). */
+  forward_s: number;
+  perturb_s: number;
+  wait_s: number;
 }
 
 export interface EvalMetrics {
@@ -118,12 +126,21 @@ export async function scoreExamples(
 ): Promise<Float32Array[]> {
   const out: Float32Array[] = new Array(examples.length);
   const groups = transport.groups;
+  // Several micro-batches of a group in flight at once, so that the stages of a pipeline work
+  // at the same time; each result lands at its examples' indices, so order does not matter.
+  const depth = Math.max(1, transport.pipelineDepth ?? 1);
   const work: Promise<void>[] = [];
   for (let g = 0; g < groups; g++) {
     const mine = examples.map((_, i) => i).filter((i) => i % groups === g);
-    work.push((async () => {
-      for (let start = 0, micro = 0; start < mine.length; start += opts.microBatch, micro++) {
-        const idx = mine.slice(start, start + opts.microBatch);
+    const micros: number[][] = [];
+    for (let start = 0; start < mine.length; start += opts.microBatch) {
+      micros.push(mine.slice(start, start + opts.microBatch));
+    }
+    let next = 0;
+    const runner = async () => {
+      while (next < micros.length) {
+        const micro = next++;
+        const idx = micros[micro];
         const req = packRequests(
           idx.map((i) => examples[i]),
           opts.seqLen,
@@ -140,7 +157,8 @@ export async function scoreExamples(
           k += n;
         }
       }
-    })());
+    };
+    for (let r = 0; r < Math.min(depth, micros.length); r++) work.push(runner());
   }
   await Promise.all(work);
   return out;
@@ -197,10 +215,25 @@ export async function trainStep(
   const loss = (scores: Float32Array[]) =>
     Float64Array.from(batch, (ex, i) => candidateCrossEntropy(scores[i], ex.label));
 
-  await transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi });
-  const plus = loss(await scoreExamples(transport, batch, { ...common, sign: 1 }));
-  await transport.broadcast({ type: "step.flip", step });
-  const minus = loss(await scoreExamples(transport, batch, { ...common, sign: -1 }));
+  let forwardMs = 0, perturbMs = 0;
+  const timed = async <T>(f: () => Promise<T>, add: (ms: number) => void): Promise<T> => {
+    const t = performance.now();
+    const r = await f();
+    add(performance.now() - t);
+    return r;
+  };
+  const fwd = (ms: number) => (forwardMs += ms), pert = (ms: number) => (perturbMs += ms);
+  await timed(
+    () => transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi }),
+    pert,
+  );
+  const plus = loss(
+    await timed(() => scoreExamples(transport, batch, { ...common, sign: 1 }), fwd),
+  );
+  await timed(() => transport.broadcast({ type: "step.flip", step }), pert);
+  const minus = loss(
+    await timed(() => scoreExamples(transport, batch, { ...common, sign: -1 }), fwd),
+  );
 
   const g = finiteDifferences(plus, minus, s.phi);
   const est = privatize(g, s.privatization, rng);
@@ -230,13 +263,15 @@ export async function trainStep(
   };
   // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
   await inp.ledger.append(entry);
-  await transport.broadcast({
-    type: "step.update",
-    step,
-    coeff: entry.update_coeff,
-    lr: s.lr,
-    weight_decay: s.weightDecay,
-  });
+  await timed(() =>
+    transport.broadcast({
+      type: "step.update",
+      step,
+      coeff: entry.update_coeff,
+      lr: s.lr,
+      weight_decay: s.weightDecay,
+    }), pert);
+  const stepMs = performance.now() - t0;
   return {
     entry,
     metrics: {
@@ -247,7 +282,12 @@ export async function trainStep(
       ghat: est.ghat,
       clipped_fraction: est.clippedFraction,
       mean_abs_g: est.meanAbsG,
-      step_s: (performance.now() - t0) / 1000,
+      noise_std: !p.private ? 0 : (p.mechanism === "gaussian" ? 1 : Math.SQRT2) *
+        p.noiseMultiplier * p.clip / p.expectedBatchSize,
+      step_s: stepMs / 1000,
+      forward_s: forwardMs / 1000,
+      perturb_s: perturbMs / 1000,
+      wait_s: Math.max(0, stepMs - forwardMs - perturbMs) / 1000,
     },
   };
 }
@@ -259,20 +299,28 @@ function mean(a: Float64Array): number {
   return s / a.length;
 }
 
-/** Runs steps startStep+1 .. schedule.steps with evaluation every `evalEvery` steps. */
+/**
+ * Runs steps startStep+1 .. schedule.steps with evaluation every `evalEvery` steps, and once
+ * before the first step (the base model's figures, for comparison).
+ */
 export async function train(inp: TrainInputs): Promise<void> {
   const s = inp.schedule;
   const valSet = s.evalExamples ? inp.val.slice(0, s.evalExamples) : inp.val;
-  for (let step = (inp.startStep ?? 0) + 1; step <= s.steps; step++) {
+  const evalAt = async (step: number) => {
+    const r = await evaluate(inp.transport, valSet, {
+      step,
+      padId: inp.padId,
+      microBatch: s.microBatch,
+    });
+    await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
+  };
+  const first = (inp.startStep ?? 0) + 1;
+  if (s.evalEvery > 0 && first === 1 && valSet.length) await evalAt(0);
+  for (let step = first; step <= s.steps; step++) {
     const { metrics, entry } = await trainStep(inp, step);
     await inp.hooks?.onStep?.(metrics, entry);
     if (s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length) {
-      const r = await evaluate(inp.transport, valSet, {
-        step,
-        padId: inp.padId,
-        microBatch: s.microBatch,
-      });
-      await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
+      await evalAt(step);
     }
   }
 }

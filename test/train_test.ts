@@ -62,7 +62,7 @@ for (const mode of ["lora", "full"]) {
       const metrics = (await Deno.readTextFile(`${run}/metrics.jsonl`)).trim().split("\n").map((
         l,
       ) => JSON.parse(l));
-      assert.equal(metrics.filter((m) => m.event === "eval" && m.split === "val").length, 3);
+      assert.equal(metrics.filter((m) => m.event === "eval" && m.split === "val").length, 4);
       const e = await dpzo("export", "--run", run, "--out", `${dir}/out`);
       assert.equal(e.code, 0, e.stderr);
       assert.match(e.stdout, new RegExp(`final_weights_sha256: ${summary.final_weights_sha256}`));
