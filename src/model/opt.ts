@@ -22,6 +22,8 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { OptConfig } from "./config.ts";
 import { type Checkpoint, loadTensor } from "./checkpoint.ts";
+import { columnLogSumExp } from "../tensor/head_kernel.ts";
+import { activeBackend, weightView } from "../tensor/backend.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
 export interface StageRange {
@@ -120,11 +122,68 @@ export function stageFromArrays(
 export async function loadStage(ckpt: Checkpoint, range: StageRange): Promise<Stage> {
   const specs = stageParameters(ckpt.config, range);
   const params = new Map<string, tf.Tensor>();
-  for (const spec of specs) {
-    const data = await loadTensor(ckpt, spec.name, spec.shape);
-    params.set(spec.name, tf.tensor(data, internalShape(spec), "float32"));
+  try {
+    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec));
+  } catch (e) {
+    for (const t of params.values()) t.dispose();
+    throw e;
   }
   return { config: ckpt.config, range, specs, params };
+}
+
+/** Bytes read per chunk when a float32 tensor streams from its file into backend memory. */
+const LOAD_CHUNK_BYTES = 4 << 20;
+
+/**
+ * One parameter as a backend tensor. A float32 tensor is streamed from the file straight into
+ * the tensor's backend memory in 4 MiB chunks (no whole-tensor JS copy: the peak memory of
+ * loading stays near the weights themselves); float16/bfloat16 go through `loadTensor`.
+ */
+async function loadParam(ckpt: Checkpoint, spec: ParamSpec): Promise<tf.Tensor> {
+  const loc = ckpt.tensors.get(spec.name);
+  let inPlace = loc?.entry.dtype === "F32" && loc.entry.shape.join(",") === spec.shape.join(",");
+  if (inPlace) {
+    try {
+      inPlace = ["wasm", "cpu"].includes(activeBackend());
+    } catch {
+      inPlace = false;
+    }
+  }
+  if (!loc || !inPlace) {
+    const data = await loadTensor(ckpt, spec.name, spec.shape);
+    return tf.tensor(data, internalShape(spec), "float32");
+  }
+  const t = tf.zeros(internalShape(spec), "float32");
+  const file = await Deno.open(loc.path, { read: true });
+  try {
+    await file.seek(loc.entry.begin, Deno.SeekMode.Start);
+    const total = loc.entry.byteLength;
+    const buf = new Uint8Array(Math.min(LOAD_CHUNK_BYTES, total));
+    let done = 0;
+    while (done < total) {
+      const want = Math.min(buf.length, total - done);
+      let got = 0;
+      while (got < want) {
+        const n = await file.read(buf.subarray(got, want));
+        if (n === null) {
+          throw new Error(
+            `${loc.path}: tensor ${spec.name} is truncated (${done + got} of ${total})`,
+          );
+        }
+        got += n;
+      }
+      // A fresh view after every await: backend memory may have moved meanwhile.
+      const view = weightView(t);
+      new Uint8Array(view.buffer, view.byteOffset + done, want).set(buf.subarray(0, want));
+      done += want;
+    }
+  } catch (e) {
+    t.dispose();
+    throw e;
+  } finally {
+    file.close();
+  }
+  return t;
 }
 
 export function disposeStage(stage: Stage): void {
@@ -295,21 +354,33 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
   });
 }
 
-/** How many positions the LM head handles at once (bounds the [chunk, vocab] logits). */
-const HEAD_CHUNK = 256;
+/**
+ * How many positions the LM head handles at once. It bounds the `[vocab, chunk]` logits block
+ * (12.9 MB for OPT's vocabulary at 64) and is the fastest width of the WASM backend's
+ * `[V, E] · [E, P]` matMul measured on small-opt (P = 64: ~33 GFLOP/s; P = 128-512: 16-20).
+ */
+const HEAD_CHUNK = 64;
+
+/** The LM head's logits transposed, `[vocab, P]`, at the given positions (one column each). */
+function headLogitsT(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
+  return tf.tidy(() => {
+    const sel = tf.gather(features, tf.tensor1d(positions, "int32"), 1) as tf.Tensor2D;
+    return tf.matMul(param(stage, "embed_tokens.weight") as tf.Tensor2D, sel);
+  });
+}
 
 /** Logits `[P, vocab]` at the given token positions (n = b * S + s) of the last stage's output. */
 export function logitsAt(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
-  return tf.tidy(() => {
-    const sel = tf.gather(features, tf.tensor1d(positions, "int32"), 1) as tf.Tensor2D;
-    const logitsT = tf.matMul(param(stage, "embed_tokens.weight") as tf.Tensor2D, sel);
-    return tf.transpose(logitsT) as tf.Tensor2D;
-  });
+  return tf.tidy(() => tf.transpose(headLogitsT(stage, features, positions)) as tf.Tensor2D);
 }
 
 /**
  * Log-probabilities log softmax(logits[position])[token] for (position, token) pairs. Each
  * distinct position goes through the LM head once, and only the requested positions do.
+ *
+ * The logits stay in the layout the matMul writes, `[vocab, chunk]`; the log-sum-exp over the
+ * vocabulary runs along axis 0 (`columnLogSumExp`, a streaming kernel on the WASM heap), so no
+ * `[vocab, chunk]` transpose or temporary is made.
  */
 export function logProbsAt(
   stage: Stage,
@@ -317,28 +388,30 @@ export function logProbsAt(
   positions: Int32Array,
   tokens: Int32Array,
 ): Float32Array {
-  const V = stage.config.vocabSize;
   const unique = [...new Set(positions)];
   const slot = new Map(unique.map((p, i) => [p, i]));
   const out = new Float32Array(positions.length);
   for (let start = 0; start < unique.length; start += HEAD_CHUNK) {
     const chunk = Int32Array.from(unique.slice(start, start + HEAD_CHUNK));
+    const P = chunk.length;
     const pairs: number[] = [];
     for (let i = 0; i < positions.length; i++) {
       const u = slot.get(positions[i])!;
-      if (u >= start && u < start + chunk.length) pairs.push(i);
+      if (u >= start && u < start + P) pairs.push(i);
     }
-    const lp = tf.tidy(() => {
-      const logits = logitsAt(stage, features, chunk);
-      const lse = tf.logSumExp(logits, 1);
-      const flat = Int32Array.from(pairs, (i) => (slot.get(positions[i])! - start) * V + tokens[i]);
-      const rows = Int32Array.from(pairs, (i) => slot.get(positions[i])! - start);
-      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
-      return tf.sub(picked, tf.gather(lse, tf.tensor1d(rows, "int32")));
-    });
-    const values = lp.dataSync() as Float32Array;
-    lp.dispose();
-    pairs.forEach((i, k) => (out[i] = values[k]));
+    const logits = headLogitsT(stage, features, chunk);
+    try {
+      const lse = columnLogSumExp(logits);
+      const picked = tf.tidy(() => {
+        const flat = Int32Array.from(pairs, (i) => tokens[i] * P + slot.get(positions[i])! - start);
+        return tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
+      });
+      const values = picked.dataSync() as Float32Array;
+      picked.dispose();
+      pairs.forEach((i, k) => (out[i] = values[k] - lse[slot.get(positions[i])! - start]));
+    } finally {
+      logits.dispose();
+    }
   }
   return out;
 }
