@@ -1,0 +1,88 @@
+/**
+ * The ZO step descends: with fixed seeds, the mean training loss over the last steps is below
+ * that of the first steps, and the validation loss after training is below the base model's —
+ * non-private (MeZO) and DP with a large epsilon. On tiny-opt to keep the suite short;
+ * `bench/descent.ts` runs the same check on small-opt.
+ */
+import { strict as assert } from "node:assert";
+import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+export async function descentRun(model: string, steps: number, extra: string[]) {
+  const dir = await Deno.makeTempDir();
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "task",
+      "--quiet",
+      "dpzo",
+      "train",
+      "--config",
+      "configs/tiny-sst2.yaml",
+      "--quiet",
+      "--set",
+      `run_dir=${dir}/run`,
+      "--set",
+      `model=${model}`,
+      "--set",
+      "insecure_seed=2",
+      "--set",
+      `train.steps=${steps}`,
+      "--set",
+      "train.lr=1e-3",
+      "--set",
+      "train.eval_every=100000",
+      "--set",
+      "task.val_examples=200",
+      "--set",
+      "task.test_examples=16",
+      ...extra,
+    ],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const summary = readJson(`${dir}/run/summary.json`);
+  const evals = (await Deno.readTextFile(`${dir}/run/metrics.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l)).filter((m) => m.event === "eval" && m.split === "val");
+  const baseVal = evals.find((m) => m.step === 0).loss;
+  await Deno.remove(dir, { recursive: true });
+  return {
+    trainFirst: summary.train_loss_first as number,
+    trainLast: summary.train_loss_last as number,
+    valBefore: baseVal as number,
+    valAfter: summary.final.val_loss as number,
+  };
+}
+
+const needs = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
+
+Deno.test({
+  name: "non-private (MeZO) ZO steps descend on tiny-opt",
+  ignore: needs,
+  fn: async () => {
+    const r = await descentRun(`${FIXTURES}/tiny-opt`, 300, ["--set", "privacy.enabled=false"]);
+    console.log(r);
+    assert.ok(r.trainLast < r.trainFirst, `train loss ${r.trainFirst} -> ${r.trainLast}`);
+    assert.ok(r.valAfter < r.valBefore, `val loss ${r.valBefore} -> ${r.valAfter}`);
+  },
+});
+
+Deno.test({
+  name: "DP-ZO steps with a large epsilon descend on tiny-opt",
+  ignore: needs,
+  fn: async () => {
+    const r = await descentRun(`${FIXTURES}/tiny-opt`, 300, [
+      "--set",
+      "privacy.sigma=0.5",
+      "--set",
+      "privacy.clip=5",
+      "--set",
+      "privacy.target_epsilon=null",
+    ]);
+    console.log(r);
+    assert.ok(r.trainLast < r.trainFirst, `train loss ${r.trainFirst} -> ${r.trainLast}`);
+    assert.ok(r.valAfter < r.valBefore, `val loss ${r.valBefore} -> ${r.valAfter}`);
+  },
+});
