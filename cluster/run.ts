@@ -19,7 +19,7 @@ import {
   wholeModel,
 } from "../src/model/opt.ts";
 import type { OptConfig } from "../src/model/config.ts";
-import type { Transport, WorkerStats } from "./transport/transport.ts";
+import type { Transport } from "./transport/transport.ts";
 import { attachLora, loraSpecs } from "../src/dpzo/lora.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { loadSst2 } from "../src/data/sst2.ts";
@@ -34,11 +34,10 @@ import { inProcessTransport } from "./transport/in_process.ts";
 import { evaluate, type Schedule, train } from "./coordinator.ts";
 import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
 import { Progress } from "./progress.ts";
+import { resolveModelDir, resolveRunInputs } from "../src/hub/mod.ts";
 
 export const Z_SPEC_VERSION = 1;
 export const RUN_FORMAT = "dpzo-run/1";
-/** The JetStream store of the nats-server `dpzo launch` starts, inside the run directory. */
-export const NATS_STORE_DIR = "nats";
 
 export interface RunSummary {
   format: string;
@@ -63,15 +62,6 @@ export interface RunSummary {
   train_loss_last: number | null;
   final_weights_sha256: string;
   param_sync_bytes_per_step_per_worker: number;
-  /** Forward traffic of a training step: batches, activations between stages, scores. */
-  activation_bytes_per_step: number;
-  /** Set for a sharded run: the layout and each worker's traffic. */
-  cluster?: {
-    stages: number;
-    replicas: number;
-    activation_dtype: string;
-    workers: WorkerStats[];
-  };
   wall_s: number;
   backend: string;
 }
@@ -141,7 +131,7 @@ export async function loadRunStage(
 
 /** Loads the whole model as one stage (and LoRA when configured). */
 export async function loadModel(config: RunConfig): Promise<{ stage: Stage; trainable: string[] }> {
-  const ckpt = await openCheckpoint(config.model);
+  const ckpt = await openCheckpoint(await resolveModelDir(config.model, { quiet: true }));
   return await loadRunStage(config, ckpt, wholeModel(ckpt.config));
 }
 
@@ -162,7 +152,7 @@ export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedul
         expectedBatchSize: q * config.task.train_examples,
       }
       : { private: false },
-    microBatch: config.cluster.micro_batch,
+    microBatch: 16,
     evalEvery: config.train.eval_every,
     evalExamples: config.train.eval_examples,
   };
@@ -176,9 +166,7 @@ async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
 
 async function prepareRunDir(dir: string): Promise<void> {
   try {
-    for await (const e of Deno.readDir(dir)) {
-      // `dpzo launch` keeps its nats-server's JetStream store in the run directory.
-      if (e.name === NATS_STORE_DIR) continue;
+    for await (const _ of Deno.readDir(dir)) {
       throw new Error(
         `run_dir: ${dir} already holds a run; choose another run_dir (--set run_dir=...) or remove it`,
       );
@@ -210,6 +198,7 @@ export interface RunContext {
  * run.json. Reads only the checkpoint's config and headers, never its weights.
  */
 export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Promise<RunContext> {
+  config = await resolveRunInputs(config, { log: opts.log }); // Hub ids -> the local cache
   const log = opts.log ?? ((l: string) => console.error(l));
   const started = performance.now();
   if (config.insecure_seed !== null) {
@@ -323,7 +312,6 @@ export async function coordinateRun(
   });
   metricsFile.close();
   const digests = await transport.digests();
-  const workers = await transport.workerStats?.();
   const eps = plan ? plan.epsilonAt(schedule.steps) : null;
   const window = Math.min(100, Math.floor(losses.length / 2) || 1);
   const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
@@ -350,17 +338,6 @@ export async function coordinateRun(
     train_loss_last: avg(losses.slice(-window)),
     final_weights_sha256: weightsSha256(modelOrder(config, ctx.model), digests),
     param_sync_bytes_per_step_per_worker: transport.paramSyncBytes() / schedule.steps,
-    activation_bytes_per_step: (await transport.activationBytes()) / schedule.steps,
-    ...(workers
-      ? {
-        cluster: {
-          stages: Math.max(...workers.map((w) => w.stage)) + 1,
-          replicas: transport.groups,
-          activation_dtype: config.cluster.activation_dtype,
-          workers,
-        },
-      }
-      : {}),
     wall_s: (performance.now() - ctx.started) / 1000,
     backend: config.backend,
   };
@@ -374,6 +351,7 @@ export async function trainEmbedded(
   opts: TrainOptions = {},
 ): Promise<RunSummary> {
   const log = opts.log ?? ((l: string) => console.error(l));
+  config = await resolveRunInputs(config, { log }); // Hub ids -> the cache (downloads once)
   await initBackend(config.backend);
   log(describeBackend());
   const ctx = await prepareRun(config, { ...opts, log });

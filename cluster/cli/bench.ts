@@ -1,15 +1,19 @@
 /**
- * `dpzo bench --model DIR --batch B --seq-len S --steps N [--target-tokens N] [--json]`:
+ * `dpzo bench --model DIR|ID --batch B --seq-len S --steps N [--target-tokens N] [--json]`:
  * times forward, perturbation pass and a whole ZO step on random tokens.
  */
 import { Command } from "@commander-js/extra-typings";
 import { benchStep } from "../bench.ts";
 import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
+import { resolveModelDir } from "../../src/hub/mod.ts";
 
 export function benchCommand() {
   return new Command("bench")
     .description("time a DP-ZO step (forward, perturbation pass, whole step) on random tokens")
-    .requiredOption("--model <dir>", "Hugging Face OPT checkpoint directory")
+    .requiredOption(
+      "--model <dir|id>",
+      "OPT checkpoint directory, or Hub id[@revision] (e.g. facebook/opt-125m), fetched once",
+    )
     .option("--batch <n>", "rows per batch", "16")
     .option("--seq-len <n>", "tokens per row", "64")
     .option("--steps <n>", "timed steps (after one warm-up step)", "5")
@@ -24,8 +28,9 @@ export function benchCommand() {
         ? undefined
         : flag("--target-tokens", positiveInt, opts.targetTokens);
       await startBackend(opts.backend);
+      const model = await resolveModelDir(opts.model);
       const r = await benchStep(
-        { model: opts.model, batch, seqLen, steps, targetTokens },
+        { model, batch, seqLen, steps, targetTokens },
         (l) => console.error(l),
       );
       if (opts.json) {

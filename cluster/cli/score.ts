@@ -1,5 +1,5 @@
 /**
- * `dpzo score --model DIR --input FILE.jsonl [--json] [--batch N]`: for each input line
+ * `dpzo score --model DIR|ID --input FILE.jsonl [--json] [--batch N]`: for each input line
  * `{"text": "..."}` prints its token count, or with `--json` one line
  * `{"ids": [...], "loss": <mean next-token CE in nats>, "next_token": <argmax id>}`.
  */
@@ -10,6 +10,7 @@ import { loadStage, wholeModel } from "../../src/model/opt.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { scoreSequences } from "../../src/eval/score.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";
+import { resolveModelDir } from "../../src/hub/mod.ts";
 import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
 
 const InputLine = z.object({ text: z.string({ error: "expected a string" }) });
@@ -42,7 +43,10 @@ export async function readTextsJsonl(path: string): Promise<string[]> {
 export function scoreCommand() {
   return new Command("score")
     .description("score texts with a model: token counts, or per-text loss and next token")
-    .requiredOption("--model <dir>", "Hugging Face OPT checkpoint directory")
+    .requiredOption(
+      "--model <dir|id>",
+      "OPT checkpoint directory, or Hub id[@revision] (e.g. facebook/opt-125m), fetched once",
+    )
     .requiredOption("--input <file.jsonl>", 'one {"text": "..."} per line')
     .option("--json", "print one JSON line per text with ids, loss and next_token")
     .option("--batch <n>", "texts per forward pass", "8")
@@ -51,8 +55,9 @@ export function scoreCommand() {
       const batch = flag("--batch", positiveInt, opts.batch);
       await startBackend(opts.backend);
       const texts = await readTextsJsonl(opts.input);
-      const tokenizer = await loadTokenizer(opts.model);
-      const ckpt = await openCheckpoint(opts.model);
+      const model = await resolveModelDir(opts.model);
+      const tokenizer = await loadTokenizer(model);
+      const ckpt = await openCheckpoint(model);
       const stage = await loadStage(ckpt, wholeModel(ckpt.config));
       const scores = scoreSequences(stage, texts.map((t) => tokenizer.encode(t)), batch);
       for (const s of scores) {

@@ -10,11 +10,7 @@ import type { Transport } from "./transport.ts";
 
 /** `pipelines[g][k]` is stage k of replica group g. */
 export function inProcessTransport(pipelines: StageWorker[][]): Transport {
-  let syncBytes = 0, actBytes = 0;
-  // What the same traffic would weigh on the wire (raw typed-array bytes).
-  const requestBytes = (r: ForwardRequest) =>
-    r.ids.byteLength + r.mask.byteLength + r.pairPos.byteLength + r.pairTok.byteLength +
-    r.pairScore.byteLength;
+  let syncBytes = 0;
   return {
     groups: pipelines.length,
     broadcast(msg: ControlMessage) {
@@ -25,16 +21,10 @@ export function inProcessTransport(pipelines: StageWorker[][]): Transport {
     },
     forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
       let hidden: Float32Array | undefined;
-      const training = req.sign !== 0;
-      if (training) actBytes += requestBytes(req);
       for (const w of pipelines[group]) {
         const out = forwardStage(w, req, hidden);
-        if (out.result) {
-          if (training) actBytes += out.result.scores.byteLength;
-          return Promise.resolve(out.result);
-        }
+        if (out.result) return Promise.resolve(out.result);
         hidden = out.hidden;
-        if (training) actBytes += hidden!.byteLength;
       }
       return Promise.reject(new Error("in-process transport: the pipeline has no head stage"));
     },
@@ -52,7 +42,6 @@ export function inProcessTransport(pipelines: StageWorker[][]): Transport {
       return Promise.resolve(all);
     },
     paramSyncBytes: () => syncBytes,
-    activationBytes: () => Promise.resolve(actBytes),
     close: () => Promise.resolve(),
   };
 }
