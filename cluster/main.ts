@@ -13,6 +13,7 @@ import { trainCommand } from "./cli/train.ts";
 import { exportCommand } from "./cli/export.ts";
 import { benchCommand } from "./cli/bench.ts";
 import { privacyCommand } from "./cli/privacy.ts";
+import { coordinateCommand, launchCommand, workerCommand } from "./cli/launch.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -24,6 +25,9 @@ export function buildProgram(): Command {
   program.addCommand(scoreCommand());
   program.addCommand(benchCommand());
   program.addCommand(privacyCommand());
+  program.addCommand(launchCommand());
+  program.addCommand(workerCommand());
+  program.addCommand(coordinateCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

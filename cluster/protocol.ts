@@ -8,6 +8,7 @@
  * a seed and scalars, whatever the model size.
  */
 import { z } from "zod";
+import { Packr } from "msgpackr";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -70,4 +71,408 @@ export interface ForwardResult {
   micro: number;
   sign: 1 | -1 | 0;
   scores: Float32Array;
+}
+
+// ---------------------------------------------------------------------------------------------
+// On the wire (NATS): subjects, envelope, schemas, codec, chunking.
+// ---------------------------------------------------------------------------------------------
+
+/** A run id is one NATS subject token (and part of a JetStream stream name). */
+export const RunId = z.string().regex(
+  /^[A-Za-z0-9_-]{1,64}$/,
+  "a run id is 1-64 letters, digits, '-' or '_'",
+);
+
+/** The subjects of one run. Everything of a run lives under `dpzo.<run>.`. */
+export function subjects(run: string) {
+  const p = `dpzo.${run}`;
+  return {
+    /** Workers announce themselves (request/reply: the reply is the assignment). */
+    hello: `${p}.hello`,
+    /** A worker has loaded its slice (or failed to). */
+    ready: `${p}.ready`,
+    heartbeat: `${p}.heartbeat`,
+    /** Control broadcast (step.begin / flip / update / abort); each worker acks on the reply. */
+    control: `${p}.control`,
+    /** Requests every worker answers on the reply subject: digests, stats. */
+    query: `${p}.query`,
+    shutdown: `${p}.shutdown`,
+    /** Input of stage k of group g: the batch (k = 0) or the previous stage's activations. */
+    forward: (group: number, stage: number) => `${p}.fwd.${group}.${stage}`,
+    /** Scores from the last stage of every group back to the coordinator. */
+    result: `${p}.result`,
+    /** The run's metadata stream (JetStream): the config and the stage plan. */
+    meta: `${p}.meta`,
+    stream: `dpzo-${run}`,
+  };
+}
+
+/** Every NATS message is `{v, run, body}`; anything else is logged and dropped. */
+export const Envelope = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  run: z.string(),
+  body: z.unknown(),
+});
+
+const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, "expected bytes");
+
+export const StageRangeSchema = z.object({
+  firstLayer: z.number().int().nonnegative(),
+  endLayer: z.number().int().nonnegative(),
+  embeddings: z.boolean(),
+  head: z.boolean(),
+});
+
+export const Hello = z.object({
+  worker: z.string().min(1),
+  host: z.string(),
+  pid: z.number().int(),
+});
+export const Assignment = z.discriminatedUnion("ok", [
+  z.object({
+    ok: z.literal(true),
+    worker: z.string(),
+    group: z.number().int().nonnegative(),
+    stage: z.number().int().nonnegative(),
+    stages: z.number().int().positive(),
+    groups: z.number().int().positive(),
+    range: StageRangeSchema,
+    activation_dtype: z.enum(["float32", "float16"]),
+  }),
+  z.object({ ok: z.literal(false), error: z.string() }),
+]);
+export type Assignment = z.infer<typeof Assignment>;
+
+export const Ready = z.object({
+  worker: z.string(),
+  ok: z.boolean(),
+  error: z.string().optional(),
+  parameters: z.number().int().nonnegative().optional(),
+});
+export const Heartbeat = z.object({ worker: z.string() });
+export const Ack = z.object({
+  worker: z.string(),
+  ok: z.boolean(),
+  error: z.string().optional(),
+});
+export const Query = z.object({ type: z.enum(["digests", "stats"]) });
+export const QueryReply = z.object({
+  worker: z.string(),
+  group: z.number().int(),
+  stage: z.number().int(),
+  digests: z.record(z.string(), z.string()).optional(),
+  stats: z.object({
+    /** Forward bytes this worker published during training passes (sign != 0) / evaluation. */
+    activation_bytes_train: z.number(),
+    activation_bytes_eval: z.number(),
+    control_bytes: z.number(),
+    forward_s: z.number(),
+    perturb_s: z.number(),
+  }).optional(),
+});
+
+/** One chunk of a forward payload (a batch, activations or scores), split under max_payload. */
+export const Chunk = z.object({
+  id: z.string(),
+  index: z.number().int().nonnegative(),
+  count: z.number().int().positive(),
+  data: bytes,
+});
+
+/** The reassembled forward payload travelling down a pipeline. */
+export const ForwardPayload = z.object({
+  /** A request id chosen by the coordinator, carried to the result. */
+  rid: z.number().int().nonnegative(),
+  group: z.number().int().nonnegative(),
+  step: z.number().int().nonnegative(),
+  micro: z.number().int().nonnegative(),
+  sign: z.union([z.literal(1), z.literal(-1), z.literal(0)]),
+  batchSize: z.number().int().positive(),
+  seqLen: z.number().int().positive(),
+  numScores: z.number().int().nonnegative(),
+  ids: bytes,
+  mask: bytes,
+  pairPos: bytes,
+  pairTok: bytes,
+  pairScore: bytes,
+  /** Hidden states of the previous stage ([hidden, B*S]) in `dtype`; absent for stage 0. */
+  hidden: bytes.optional(),
+  dtype: z.enum(["float32", "float16"]).optional(),
+});
+export type ForwardPayload = z.infer<typeof ForwardPayload>;
+
+export const ResultPayload = z.object({
+  rid: z.number().int().nonnegative(),
+  worker: z.string(),
+  step: z.number().int().nonnegative(),
+  micro: z.number().int().nonnegative(),
+  sign: z.union([z.literal(1), z.literal(-1), z.literal(0)]),
+  scores: bytes.optional(),
+  error: z.string().optional(),
+});
+
+// Typed arrays travel as raw bytes (msgpack bin); plain packing, no records/structures so that
+// every message decodes on its own.
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+export function encode(run: string, body: unknown): Uint8Array {
+  return packr.pack({ v: PROTOCOL_VERSION, run, body });
+}
+
+/**
+ * Decodes and validates a message; returns null (after logging why) for bad msgpack, another
+ * protocol version, another run, or a body that fails its schema. Never throws.
+ */
+export function decode<T>(
+  data: Uint8Array,
+  run: string,
+  schema: z.ZodType<T>,
+  log: (line: string) => void,
+  what: string,
+): T | null {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(data);
+  } catch (e) {
+    log(`protocol: dropped ${what}: not msgpack (${(e as Error).message})`);
+    return null;
+  }
+  const env = Envelope.safeParse(raw);
+  if (!env.success) {
+    const v = (raw as { v?: unknown })?.v;
+    log(
+      `protocol: dropped ${what}: ${
+        v !== undefined && v !== PROTOCOL_VERSION
+          ? `protocol version ${v}, this process speaks ${PROTOCOL_VERSION}`
+          : "not a dpzo envelope"
+      }`,
+    );
+    return null;
+  }
+  if (env.data.run !== run) {
+    log(`protocol: dropped ${what}: run ${env.data.run}, this process serves ${run}`);
+    return null;
+  }
+  const body = schema.safeParse(env.data.body);
+  if (!body.success) {
+    const issue = body.error.issues[0];
+    log(`protocol: dropped ${what}: ${issue?.path.join(".") || "body"}: ${issue?.message}`);
+    return null;
+  }
+  return body.data;
+}
+
+/**
+ * Control messages on the wire are compact tuples `[v, run, code, step, ...fields]`: they are the
+ * whole parameter sync of a step, so every byte counts (about 45 + 3 x run-id bytes per step).
+ */
+const CONTROL_CODES = {
+  "step.begin": 1,
+  "step.flip": 2,
+  "step.update": 3,
+  "step.abort": 4,
+} as const;
+
+export function encodeControl(run: string, m: ControlMessage): Uint8Array {
+  const head = [PROTOCOL_VERSION, run, CONTROL_CODES[m.type], m.step];
+  switch (m.type) {
+    case "step.begin":
+      return packr.pack([...head, m.seed, m.phi]);
+    case "step.update":
+      return packr.pack([...head, m.coeff, m.lr, m.weight_decay]);
+    default:
+      return packr.pack(head);
+  }
+}
+
+const ControlTuple = z.tuple([z.number(), z.string(), z.number().int(), z.unknown()]).rest(
+  z.unknown(),
+);
+
+/** Decodes and validates a control message; null (logged) when invalid. Never throws. */
+export function decodeControl(
+  data: Uint8Array,
+  run: string,
+  log: (line: string) => void,
+): ControlMessage | null {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(data);
+  } catch (e) {
+    log(`protocol: dropped control message: not msgpack (${(e as Error).message})`);
+    return null;
+  }
+  const t = ControlTuple.safeParse(raw);
+  if (!t.success) {
+    log("protocol: dropped control message: not a dpzo control tuple");
+    return null;
+  }
+  const [v, r, code, step, ...rest] = t.data;
+  if (v !== PROTOCOL_VERSION) {
+    log(
+      `protocol: dropped control message: protocol version ${v}, this process speaks ${PROTOCOL_VERSION}`,
+    );
+    return null;
+  }
+  if (r !== run) {
+    log(`protocol: dropped control message: run ${r}, this process serves ${run}`);
+    return null;
+  }
+  const type = Object.entries(CONTROL_CODES).find(([, c]) => c === code)?.[0];
+  const obj = type === "step.begin"
+    ? { type, step, seed: rest[0], phi: rest[1] }
+    : type === "step.update"
+    ? { type, step, coeff: rest[0], lr: rest[1], weight_decay: rest[2] }
+    : { type, step };
+  const m = ControlMessage.safeParse(obj);
+  if (!m.success) {
+    const issue = m.error.issues[0];
+    log(`protocol: dropped control message: ${issue?.path.join(".") || "body"}: ${issue?.message}`);
+    return null;
+  }
+  return m.data;
+}
+
+/** Raw bytes of a typed array (a view, no copy). */
+export function rawBytes(a: ArrayBufferView): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** A copy into a fresh ArrayBuffer (msgpackr may hand out Node Buffers whose slice is a view). */
+export function copyBytes(b: Uint8Array): ArrayBuffer {
+  const c = new Uint8Array(b.byteLength);
+  c.set(b);
+  return c.buffer;
+}
+
+/** A copy of raw bytes as an aligned typed array. */
+export function int32s(b: Uint8Array): Int32Array {
+  if (b.byteLength % 4) throw new Error("int32 array: byte length is not a multiple of 4");
+  return new Int32Array(copyBytes(b));
+}
+export function float32s(b: Uint8Array): Float32Array {
+  if (b.byteLength % 4) throw new Error("float32 array: byte length is not a multiple of 4");
+  return new Float32Array(copyBytes(b));
+}
+
+/** Splits an encoded payload into chunks of at most `max` bytes of data each. */
+export function chunkPayload(id: string, payload: Uint8Array, max: number) {
+  const count = Math.max(1, Math.ceil(payload.byteLength / max));
+  const out: z.infer<typeof Chunk>[] = [];
+  for (let i = 0; i < count; i++) {
+    out.push({ id, index: i, count, data: payload.subarray(i * max, (i + 1) * max) });
+  }
+  return out;
+}
+
+/** Reassembles chunked payloads; returns the whole payload when its last chunk arrives. */
+export class Reassembler {
+  #parts = new Map<string, { got: number; parts: Uint8Array[] }>();
+  add(c: z.infer<typeof Chunk>): Uint8Array | null {
+    if (c.count === 1) return c.data;
+    let e = this.#parts.get(c.id);
+    if (!e) this.#parts.set(c.id, e = { got: 0, parts: new Array(c.count) });
+    if (c.index >= c.count || e.parts.length !== c.count) {
+      throw new Error(`chunk ${c.id}: bad index`);
+    }
+    if (!e.parts[c.index]) e.got++;
+    e.parts[c.index] = c.data;
+    if (e.got < c.count) return null;
+    this.#parts.delete(c.id);
+    const total = e.parts.reduce((n, p) => n + p.byteLength, 0);
+    const out = new Uint8Array(total);
+    let off = 0;
+    for (const p of e.parts) {
+      out.set(p, off);
+      off += p.byteLength;
+    }
+    return out;
+  }
+  get pending(): number {
+    return this.#parts.size;
+  }
+}
+
+/** Decodes a payload blob (the inner msgpack of reassembled chunks); null when invalid. */
+export function decodeBlob<T>(
+  blob: Uint8Array,
+  schema: z.ZodType<T>,
+  log: (line: string) => void,
+  what: string,
+): T | null {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(blob);
+  } catch (e) {
+    log(`protocol: dropped ${what}: not msgpack (${(e as Error).message})`);
+    return null;
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    log(`protocol: dropped ${what}: ${issue?.path.join(".") || "body"}: ${issue?.message}`);
+    return null;
+  }
+  return r.data;
+}
+
+export function encodeBlob(body: unknown): Uint8Array {
+  return packr.pack(body);
+}
+
+// float16 on the wire (IEEE 754 binary16, round to nearest even).
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+export function toFloat16(src: Float32Array): Uint16Array {
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    f32[0] = src[i];
+    const x = u32[0];
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    let mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    const e = exp - 127 + 15;
+    if (e >= 0x1f) {
+      out[i] = sign | 0x7c00;
+      continue;
+    }
+    if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      mant |= 0x800000;
+      const shift = 14 - e;
+      let h = mant >>> shift;
+      const rem = mant & ((1 << shift) - 1), half = 1 << (shift - 1);
+      if (rem > half || (rem === half && (h & 1))) h++;
+      out[i] = sign | h;
+      continue;
+    }
+    let h = (e << 10) | (mant >>> 13);
+    const rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+    out[i] = sign | h; // a carry into the exponent rounds up correctly (to inf at the top)
+  }
+  return out;
+}
+
+export function fromFloat16(src: Uint16Array): Float32Array {
+  const out = new Float32Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    const h = src[i];
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >>> 10) & 0x1f, mant = h & 0x3ff;
+    out[i] = exp === 0
+      ? sign * mant * 2 ** -24
+      : exp === 0x1f
+      ? (mant ? NaN : sign * Infinity)
+      : sign * (1 + mant / 1024) * 2 ** (exp - 15);
+  }
+  return out;
 }

@@ -19,7 +19,7 @@ import {
   wholeModel,
 } from "../src/model/opt.ts";
 import type { OptConfig } from "../src/model/config.ts";
-import type { Transport } from "./transport/transport.ts";
+import type { Transport, WorkerStats } from "./transport/transport.ts";
 import { attachLora, loraSpecs } from "../src/dpzo/lora.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { loadSst2 } from "../src/data/sst2.ts";
@@ -38,6 +38,8 @@ import { resolveModelDir, resolveRunInputs } from "../src/hub/mod.ts";
 
 export const Z_SPEC_VERSION = 1;
 export const RUN_FORMAT = "dpzo-run/1";
+/** The JetStream store of the nats-server `dpzo launch` starts, inside the run directory. */
+export const NATS_STORE_DIR = "nats";
 
 export interface RunSummary {
   format: string;
@@ -62,6 +64,15 @@ export interface RunSummary {
   train_loss_last: number | null;
   final_weights_sha256: string;
   param_sync_bytes_per_step_per_worker: number;
+  /** Forward traffic of a training step: batches, activations between stages, scores. */
+  activation_bytes_per_step: number;
+  /** Set for a sharded run: the layout and each worker's traffic. */
+  cluster?: {
+    stages: number;
+    replicas: number;
+    activation_dtype: string;
+    workers: WorkerStats[];
+  };
   wall_s: number;
   backend: string;
 }
@@ -152,7 +163,7 @@ export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedul
         expectedBatchSize: q * config.task.train_examples,
       }
       : { private: false },
-    microBatch: 16,
+    microBatch: config.cluster.micro_batch,
     evalEvery: config.train.eval_every,
     evalExamples: config.train.eval_examples,
   };
@@ -166,7 +177,9 @@ async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
 
 async function prepareRunDir(dir: string): Promise<void> {
   try {
-    for await (const _ of Deno.readDir(dir)) {
+    for await (const e of Deno.readDir(dir)) {
+      // `dpzo launch` keeps its nats-server's JetStream store in the run directory.
+      if (e.name === NATS_STORE_DIR) continue;
       throw new Error(
         `run_dir: ${dir} already holds a run; choose another run_dir (--set run_dir=...) or remove it`,
       );
@@ -312,6 +325,7 @@ export async function coordinateRun(
   });
   metricsFile.close();
   const digests = await transport.digests();
+  const workers = await transport.workerStats?.();
   const eps = plan ? plan.epsilonAt(schedule.steps) : null;
   const window = Math.min(100, Math.floor(losses.length / 2) || 1);
   const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
@@ -338,6 +352,17 @@ export async function coordinateRun(
     train_loss_last: avg(losses.slice(-window)),
     final_weights_sha256: weightsSha256(modelOrder(config, ctx.model), digests),
     param_sync_bytes_per_step_per_worker: transport.paramSyncBytes() / schedule.steps,
+    activation_bytes_per_step: (await transport.activationBytes()) / schedule.steps,
+    ...(workers
+      ? {
+        cluster: {
+          stages: Math.max(...workers.map((w) => w.stage)) + 1,
+          replicas: transport.groups,
+          activation_dtype: config.cluster.activation_dtype,
+          workers,
+        },
+      }
+      : {}),
     wall_s: (performance.now() - ctx.started) / 1000,
     backend: config.backend,
   };

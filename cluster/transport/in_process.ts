@@ -10,7 +10,11 @@ import type { Transport } from "./transport.ts";
 
 /** `pipelines[g][k]` is stage k of replica group g. */
 export function inProcessTransport(pipelines: StageWorker[][]): Transport {
-  let syncBytes = 0;
+  let syncBytes = 0, actBytes = 0;
+  // What the same traffic would weigh on the wire (raw typed-array bytes).
+  const requestBytes = (r: ForwardRequest) =>
+    r.ids.byteLength + r.mask.byteLength + r.pairPos.byteLength + r.pairTok.byteLength +
+    r.pairScore.byteLength;
   return {
     groups: pipelines.length,
     broadcast(msg: ControlMessage) {
@@ -21,10 +25,16 @@ export function inProcessTransport(pipelines: StageWorker[][]): Transport {
     },
     forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
       let hidden: Float32Array | undefined;
+      const training = req.sign !== 0;
+      if (training) actBytes += requestBytes(req);
       for (const w of pipelines[group]) {
         const out = forwardStage(w, req, hidden);
-        if (out.result) return Promise.resolve(out.result);
+        if (out.result) {
+          if (training) actBytes += out.result.scores.byteLength;
+          return Promise.resolve(out.result);
+        }
         hidden = out.hidden;
+        if (training) actBytes += hidden!.byteLength;
       }
       return Promise.reject(new Error("in-process transport: the pipeline has no head stage"));
     },
@@ -42,6 +52,7 @@ export function inProcessTransport(pipelines: StageWorker[][]): Transport {
       return Promise.resolve(all);
     },
     paramSyncBytes: () => syncBytes,
+    activationBytes: () => Promise.resolve(actBytes),
     close: () => Promise.resolve(),
   };
 }

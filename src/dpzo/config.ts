@@ -52,6 +52,16 @@ const Train = z.object({
   log_every: z.number().int().positive().default(10),
 }).strict();
 
+/** Sharding over NATS (`dpzo launch`): K pipeline stages x R replica groups. */
+const Cluster = z.object({
+  stages: z.number().int().positive().default(1),
+  replicas: z.number().int().positive().default(1),
+  /** Activations between stages on the wire; float16 halves the traffic but is not bit-exact. */
+  activation_dtype: z.enum(["float32", "float16"]).default("float32"),
+  /** Examples per micro-batch sent down a pipeline (several are in flight at once). */
+  micro_batch: z.number().int().positive().default(16),
+}).strict();
+
 export const RunConfigSchema = z.object({
   run_dir: z.string().min(1),
   model: z.string().min(1),
@@ -65,6 +75,7 @@ export const RunConfigSchema = z.object({
   task: Task,
   train: Train,
   privacy: Privacy.default(Privacy.parse({})),
+  cluster: Cluster.default(Cluster.parse({})),
 }).strict();
 
 export type RunConfig = z.infer<typeof RunConfigSchema>;

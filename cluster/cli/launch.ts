@@ -1,0 +1,161 @@
+/**
+ * `dpzo launch --config FILE --stages K --replicas R [--nats URL] [--set ...]`: a sharded run
+ * over NATS in one command (nats-server, coordinator and K x R workers on this machine), or
+ * with `--slurm`, one role per Slurm task. `dpzo coordinate` is the coordinator alone (what
+ * launch starts; for workers started by hand with `dpzo worker`).
+ */
+import { Command } from "@commander-js/extra-typings";
+import { loadRunConfig, type RunConfig } from "../../src/dpzo/config.ts";
+import { UsageError } from "../../src/validation.ts";
+import type { RunSummary } from "../run.ts";
+import { NATS_STORE_DIR } from "../run.ts";
+import {
+  coordinateOverNats,
+  defaultRunId,
+  launchLocal,
+  slurmNatsUrl,
+  slurmRole,
+} from "../launcher.ts";
+import { runWorker } from "../worker_process.ts";
+import { startNatsServer } from "../nats_server.ts";
+import { RunId } from "../protocol.ts";
+import { flag, positiveInt } from "./common.ts";
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+/** The lines `dpzo train` prints at the end of a run. */
+export function printSummary(config: RunConfig, s: RunSummary, out = console.log): void {
+  const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
+  out(`run: ${config.run_dir}`);
+  out(`accuracy: val ${acc(s.final.val_accuracy)}, test ${acc(s.final.test_accuracy)}`);
+  if (s.epsilon !== null) {
+    const noise = s.mechanism === "gaussian" ? `sigma=${s.sigma}` : `b=${s.b}`;
+    out(
+      `privacy: (${s.epsilon.toFixed(4)}, ${s.delta})-DP for add/remove of one training example ` +
+        `over ${s.steps} steps with q=${s.sampling_rate}, ${noise} (accountant ${s.accountant}, ` +
+        `error <= ${s.epsilon_error?.toExponential(1)})` +
+        (s.insecure_seed !== null ? " — NOT PRIVATE: insecure_seed was set" : ""),
+    );
+  } else {
+    out("privacy: none (non-private run)");
+  }
+  out(
+    `traffic per step: parameter sync ${
+      s.param_sync_bytes_per_step_per_worker.toFixed(0)
+    } B per worker, ` +
+      `activations ${(s.activation_bytes_per_step / 1024).toFixed(1)} KiB`,
+  );
+  out(`final_weights_sha256: ${s.final_weights_sha256}`);
+}
+
+function runIdOf(config: RunConfig, run: string | undefined): string {
+  return run === undefined ? defaultRunId(config) : flag("--run", RunId, run);
+}
+
+async function configWith(
+  path: string,
+  sets: string[],
+  stages?: string,
+  replicas?: string,
+): Promise<{ config: RunConfig; sets: string[] }> {
+  const all = [...sets];
+  if (stages !== undefined) all.push(`cluster.stages=${flag("--stages", positiveInt, stages)}`);
+  if (replicas !== undefined) {
+    all.push(`cluster.replicas=${flag("--replicas", positiveInt, replicas)}`);
+  }
+  return { config: await loadRunConfig(path, all), sets: all };
+}
+
+export function launchCommand() {
+  return new Command("launch")
+    .description("a sharded run over NATS: nats-server, coordinator and K x R stage workers")
+    .requiredOption("--config <file>", "run configuration, e.g. configs/tiny-sst2.yaml")
+    .option("--stages <K>", "pipeline stages per replica group (default: cluster.stages, 1)")
+    .option("--replicas <R>", "replica groups splitting each batch (default: cluster.replicas, 1)")
+    .option("--nats <url>", "a running nats-server (default: start one on a free loopback port)")
+    .option("--run <id>", "run id on the NATS server (default: the run directory's name)")
+    .option("--set <key=value>", "override a config field (repeatable)", collect, [] as string[])
+    .option("--slurm", "one role per Slurm task: task 0 coordinator, tasks 1..K*R workers")
+    .option(
+      "--nats-port <port>",
+      "with --slurm and no --nats: the port of nats-server on task 0",
+      "4222",
+    )
+    .option("--quiet", "plain progress lines instead of a live bar")
+    .action(async (opts) => {
+      const { config, sets } = await configWith(opts.config, opts.set, opts.stages, opts.replicas);
+      const run = runIdOf(config, opts.run);
+      if (!opts.slurm) {
+        const code = await launchLocal({
+          configPath: opts.config,
+          sets,
+          config,
+          run,
+          nats: opts.nats,
+          quiet: opts.quiet,
+        });
+        if (code !== 0) throw new Error(`the run failed (exit code ${code}); see the log above`);
+        return;
+      }
+      const { stages, replicas } = config.cluster;
+      const role = slurmRole(Deno.env.toObject(), stages * replicas);
+      const port = flag("--nats-port", positiveInt, opts.natsPort);
+      const url = opts.nats ?? slurmNatsUrl(Deno.env.toObject(), port);
+      const tag = `task ${role.procid}/${role.ntasks}`;
+      if (role.role === "idle") {
+        console.error(`${tag}: nothing to do (the run needs ${stages * replicas + 1} tasks)`);
+        return;
+      }
+      if (role.role === "worker") {
+        await runWorker({ url, run, log: (l) => console.error(`${tag} | ${l}`) });
+        return;
+      }
+      const server = opts.nats ? undefined : await startNatsServer({
+        storeDir: `${config.run_dir}/${NATS_STORE_DIR}`,
+        host: "0.0.0.0",
+        port,
+      });
+      try {
+        const s = await coordinateOverNats(config, {
+          url: server ? `nats://127.0.0.1:${port}` : url,
+          run,
+          quiet: opts.quiet,
+          log: (l) => console.error(`${tag} | ${l}`),
+        });
+        printSummary(config, s);
+      } finally {
+        await server?.stop();
+      }
+    });
+}
+
+export function coordinateCommand() {
+  return new Command("coordinate")
+    .description("the coordinator of a sharded run alone (workers join with dpzo worker)")
+    .requiredOption("--config <file>", "run configuration")
+    .requiredOption("--nats <url>", "the nats-server, e.g. nats://10.0.0.1:4222")
+    .option("--run <id>", "run id (default: the run directory's name)")
+    .option("--set <key=value>", "override a config field (repeatable)", collect, [] as string[])
+    .option("--quiet", "plain progress lines instead of a live bar")
+    .action(async (opts) => {
+      const config = await loadRunConfig(opts.config, opts.set);
+      const run = runIdOf(config, opts.run);
+      const s = await coordinateOverNats(config, { url: opts.nats, run, quiet: opts.quiet });
+      printSummary(config, s);
+    });
+}
+
+export function workerCommand() {
+  return new Command("worker")
+    .description("a stage worker: joins a run over NATS and gets its stage from the coordinator")
+    .requiredOption("--nats <url>", "the run's nats-server, e.g. nats://10.0.0.1:4222")
+    .requiredOption("--run <id>", "the run id the launcher printed")
+    .option("--id <name>", "worker id (default: host-pid-random)")
+    .action(async (opts) => {
+      const run = flag("--run", RunId, opts.run);
+      if (!/^nats:\/\/|^tls:\/\/|^[\w.-]+:\d+$/.test(opts.nats)) {
+        throw new UsageError(`--nats: expected a URL like nats://host:4222, got ${opts.nats}`);
+      }
+      await runWorker({ url: opts.nats, run, workerId: opts.id });
+    });
+}

@@ -1,0 +1,123 @@
+/**
+ * Starts a local `nats-server` (JetStream on, store in a given directory) on a free port, for
+ * `dpzo launch` without `--nats` and for the tests. The caller stops it with `stop()`.
+ */
+export interface NatsServer {
+  url: string;
+  port: number;
+  process: Deno.ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** A port nobody listens on right now (the OS picks it). */
+export function freePort(hostname = "127.0.0.1"): number {
+  const l = Deno.listen({ hostname, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function canConnect(hostname: string, port: number): Promise<boolean> {
+  try {
+    const c = await Deno.connect({ hostname, port });
+    c.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function startNatsServer(opts: {
+  storeDir: string;
+  host?: string;
+  port?: number;
+  /** Where the server's log lines go (default: dropped). */
+  log?: (line: string) => void;
+  binary?: string;
+  timeoutMs?: number;
+  /** The server's max_payload in bytes (default 1 MiB); small values make activations chunk. */
+  maxPayload?: number;
+}): Promise<NatsServer> {
+  const host = opts.host ?? "127.0.0.1";
+  const port = opts.port ?? freePort(host === "0.0.0.0" ? "127.0.0.1" : host);
+  await Deno.mkdir(opts.storeDir, { recursive: true });
+  const extra: string[] = [];
+  if (opts.maxPayload) {
+    const conf = `${opts.storeDir}/server.conf`;
+    await Deno.writeTextFile(conf, `max_payload: ${opts.maxPayload}\n`);
+    extra.push("-c", conf);
+  }
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(opts.binary ?? "nats-server", {
+      args: [...extra, "-a", host, "-p", String(port), "-js", "-sd", opts.storeDir],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Error(
+        "nats-server not found on PATH: install it (Debian/Ubuntu: apt-get install nats-server) " +
+          "or pass --nats URL of a running server",
+      );
+    }
+    throw e;
+  }
+  const tail: string[] = [];
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        tail.push(line);
+        if (tail.length > 20) tail.shift();
+        opts.log?.(line);
+      }
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]).catch(() => {});
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  const probe = host === "0.0.0.0" ? "127.0.0.1" : host;
+  while (!(await canConnect(probe, port))) {
+    if (exited || Date.now() > deadline) {
+      if (!exited) child.kill("SIGKILL");
+      await status;
+      await pumps;
+      throw new Error(`nats-server did not start on ${host}:${port}:\n${tail.join("\n")}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const url = `nats://${probe}:${port}`;
+  return {
+    url,
+    port,
+    process: child,
+    async stop() {
+      if (!exited) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* already gone */ }
+        const t = setTimeout(() => {
+          try {
+            if (!exited) child.kill("SIGKILL");
+          } catch { /* gone */ }
+        }, 5000);
+        await status;
+        clearTimeout(t);
+      }
+      await pumps;
+    },
+  };
+}

@@ -1,0 +1,391 @@
+/**
+ * The NATS transport, coordinator side: the same `Transport` as the in-process one, with the
+ * stage workers in other processes (or machines) behind a `nats-server`.
+ *
+ * Membership: the coordinator publishes the run's config and stage plan to a JetStream stream,
+ * answers each worker's `hello` with a slot (group g, stage k, layer range), and starts once
+ * every slot has reported `ready` (its slice loaded). Workers send heartbeats; a worker that
+ * goes silent fails the run instead of hanging it.
+ *
+ * A step: control messages are broadcast on one subject and every worker acks on the reply
+ * inbox after applying the pass, so `broadcast()` resolves when all have applied it. Micro-
+ * batches go to stage 0 of a group, activations from stage k to stage k+1 (chunked under the
+ * server's max_payload), and the last stage publishes the scores back.
+ */
+import { connect, createInbox, type NatsConnection } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { z } from "zod";
+import type { RunConfig } from "../../src/dpzo/config.ts";
+import type { OptConfig } from "../../src/model/config.ts";
+import type { StagePlan } from "../stage_plan.ts";
+import {
+  Ack,
+  Chunk,
+  chunkPayload,
+  type ControlMessage,
+  decode,
+  decodeBlob,
+  encode,
+  encodeBlob,
+  encodeControl,
+  float32s,
+  type ForwardRequest,
+  type ForwardResult,
+  Heartbeat,
+  Hello,
+  QueryReply,
+  rawBytes,
+  Ready,
+  Reassembler,
+  ResultPayload,
+  subjects,
+} from "../protocol.ts";
+import type { Transport, WorkerStats } from "./transport.ts";
+
+export interface NatsCoordinatorOptions {
+  url: string;
+  run: string;
+  config: RunConfig;
+  model: OptConfig;
+  plan: StagePlan;
+  log?: (line: string) => void;
+  /** How long to wait for every worker to join and load its slice. */
+  readyTimeoutMs?: number;
+  /** A worker silent for this long fails the run. */
+  heartbeatTimeoutMs?: number;
+  /** How long one broadcast or forward may take. */
+  opTimeoutMs?: number;
+  /** Chunk size override (default: the server's max_payload less room for the envelope). */
+  maxChunkBytes?: number;
+}
+
+interface Slot {
+  group: number;
+  stage: number;
+  worker?: string;
+  host?: string;
+  ready: boolean;
+  lastSeen: number;
+}
+
+export interface NatsTransport extends Transport {
+  readonly connection: NatsConnection;
+  /** Resolves when every slot has a worker that has loaded its slice. */
+  ready(): Promise<void>;
+}
+
+/** Connects, publishes the run's metadata, and starts admitting workers. */
+export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise<NatsTransport> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const { run, plan } = opts;
+  const S = subjects(run);
+  const nc = await connect({ servers: opts.url, name: `dpzo-coordinator-${run}` });
+  const maxChunk = opts.maxChunkBytes ?? Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
+  const opTimeout = opts.opTimeoutMs ?? 600_000;
+  const hbTimeout = opts.heartbeatTimeoutMs ?? 120_000;
+
+  // The run's metadata (config + plan) in JetStream: a worker needs only the URL and run id.
+  const jsm = await jetstreamManager(nc);
+  try {
+    await jsm.streams.delete(S.stream);
+  } catch { /* no previous stream of that name */ }
+  await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
+  await jetstream(nc).publish(S.meta, encode(run, { config: opts.config, plan }));
+
+  const slots: Slot[] = [];
+  for (let g = 0; g < plan.groups; g++) {
+    for (let k = 0; k < plan.stages; k++) {
+      slots.push({ group: g, stage: k, ready: false, lastSeen: 0 });
+    }
+  }
+  const label = (s: Slot) => `worker ${s.worker} (group ${s.group}, stage ${s.stage})`;
+
+  let failure: Error | null = null;
+  const failListeners = new Set<(e: Error) => void>();
+  const fail = (e: Error) => {
+    if (failure) return;
+    failure = e;
+    log(`coordinator: ${e.message}`);
+    for (const f of failListeners) f(e);
+  };
+  /** Races `p` against a failure of the run and a timeout. */
+  const guarded = <T>(p: Promise<T>, what: string, ms = opTimeout): Promise<T> => {
+    if (failure) return Promise.reject(failure);
+    return new Promise<T>((resolve, reject) => {
+      const onFail = (e: Error) => done(() => reject(e));
+      const timer = setTimeout(
+        () => done(() => reject(new Error(`${what}: no answer within ${ms / 1000} s`))),
+        ms,
+      );
+      let settled = false;
+      const done = (f: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        failListeners.delete(onFail);
+        f();
+      };
+      failListeners.add(onFail);
+      p.then((v) => done(() => resolve(v)), (e) => done(() => reject(e)));
+    });
+  };
+
+  let readyResolve!: () => void;
+  const allReady = new Promise<void>((r) => (readyResolve = r));
+  const checkReady = () => {
+    if (slots.every((s) => s.ready)) readyResolve();
+  };
+
+  nc.subscribe(S.hello, {
+    callback: (err, msg) => {
+      if (err) return;
+      const h = decode(msg.data, run, Hello, log, "hello");
+      if (!h) return;
+      let slot = slots.find((s) => s.worker === h.worker);
+      if (!slot) slot = slots.find((s) => s.worker === undefined);
+      if (!slot) {
+        msg.respond(
+          encode(run, { ok: false, error: `run ${run} has all ${slots.length} workers` }),
+        );
+        return;
+      }
+      slot.worker = h.worker;
+      slot.host = h.host;
+      slot.lastSeen = Date.now();
+      log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
+      msg.respond(encode(run, {
+        ok: true,
+        worker: h.worker,
+        group: slot.group,
+        stage: slot.stage,
+        stages: plan.stages,
+        groups: plan.groups,
+        range: plan.ranges[slot.stage],
+        activation_dtype: opts.config.cluster.activation_dtype,
+      }));
+    },
+  });
+  nc.subscribe(S.ready, {
+    callback: (err, msg) => {
+      if (err) return;
+      const r = decode(msg.data, run, Ready, log, "ready");
+      if (!r) return;
+      const slot = slots.find((s) => s.worker === r.worker);
+      if (msg.reply) msg.respond(encode(run, { worker: r.worker, ok: slot !== undefined }));
+      if (!slot) return;
+      if (!r.ok) {
+        fail(new Error(`${label(slot)} could not load its slice: ${r.error}`));
+        return;
+      }
+      slot.ready = true;
+      slot.lastSeen = Date.now();
+      log(`coordinator: ${label(slot)} ready (${r.parameters} parameters)`);
+      checkReady();
+    },
+  });
+  nc.subscribe(S.heartbeat, {
+    callback: (err, msg) => {
+      if (err) return;
+      const h = decode(msg.data, run, Heartbeat, log, "heartbeat");
+      const slot = h && slots.find((s) => s.worker === h.worker);
+      if (slot) slot.lastSeen = Date.now();
+    },
+  });
+  const monitor = setInterval(() => {
+    const now = Date.now();
+    for (const s of slots) {
+      if (s.ready && now - s.lastSeen > hbTimeout) {
+        fail(new Error(`${label(s)} lost: no heartbeat for ${(now - s.lastSeen) / 1000} s`));
+      }
+    }
+  }, 1000);
+
+  // Results of forwards, by request id.
+  const pending = new Map<
+    number,
+    { resolve: (r: ForwardResult) => void; reject: (e: Error) => void }
+  >();
+  const results = new Reassembler();
+  let trainBytes = 0, evalBytes = 0, syncBytes = 0;
+  const countForward = (sign: number, n: number) => {
+    if (sign === 0) evalBytes += n;
+    else trainBytes += n;
+  };
+  nc.subscribe(S.result, {
+    callback: (err, msg) => {
+      if (err) return;
+      const c = decode(msg.data, run, Chunk, log, "result chunk");
+      if (!c) return;
+      let blob: Uint8Array | null;
+      try {
+        blob = results.add(c);
+      } catch (e) {
+        log(`protocol: dropped result chunk: ${(e as Error).message}`);
+        return;
+      }
+      if (!blob) return;
+      const r = decodeBlob(blob, ResultPayload, log, "result");
+      if (!r) return;
+      countForward(r.sign, blob.byteLength);
+      const p = pending.get(r.rid);
+      if (!p) {
+        log(`protocol: dropped result ${r.rid}: no such request`);
+        return;
+      }
+      pending.delete(r.rid);
+      if (r.error || !r.scores) {
+        p.reject(new Error(`worker ${r.worker}: ${r.error ?? "no scores"}`));
+      } else p.resolve({ step: r.step, micro: r.micro, sign: r.sign, scores: float32s(r.scores) });
+    },
+  });
+
+  /** Sends `body` to every worker on `subject` and gathers one reply per worker. */
+  async function gather<T extends { worker: string }>(
+    subject: string,
+    data: Uint8Array,
+    schema: z.ZodType<T>,
+    what: string,
+  ): Promise<Map<string, T>> {
+    const expected = new Set(slots.map((s) => s.worker!));
+    const got = new Map<string, T>();
+    const inbox = createInbox();
+    let resolve!: () => void;
+    const all = new Promise<void>((r) => (resolve = r));
+    const sub = nc.subscribe(inbox, {
+      callback: (err, msg) => {
+        if (err) return;
+        const r = decode(msg.data, run, schema, log, `${what} reply`);
+        if (!r || !expected.has(r.worker)) return;
+        got.set(r.worker, r);
+        if (got.size === expected.size) resolve();
+      },
+    });
+    try {
+      nc.publish(subject, data, { reply: inbox });
+      await guarded(all, what);
+    } finally {
+      sub.unsubscribe();
+    }
+    return got;
+  }
+
+  let nextRid = 0;
+  let closed = false;
+  const transport: NatsTransport = {
+    connection: nc,
+    groups: plan.groups,
+    pipelineDepth: plan.stages + 1,
+    async ready() {
+      const ms = opts.readyTimeoutMs ?? 600_000;
+      try {
+        await guarded(allReady, `waiting for ${slots.length} workers`, ms);
+      } catch (e) {
+        const missing = slots.filter((s) => !s.ready).map((s) =>
+          `group ${s.group} stage ${s.stage}${s.worker ? ` (${s.worker}, loading)` : ""}`
+        );
+        throw new Error(
+          `${(e as Error).message}; not ready: ${missing.join(", ")}. ` +
+            `Start workers with: dpzo worker --nats ${opts.url} --run ${run}`,
+        );
+      }
+    },
+    async broadcast(msg: ControlMessage) {
+      const data = encodeControl(run, msg);
+      syncBytes += data.byteLength;
+      const acks = await gather(S.control, data, Ack, msg.type);
+      const bad = [...acks.values()].filter((a) => !a.ok);
+      if (bad.length) {
+        throw new Error(
+          `${msg.type} ${msg.step}: ${bad.map((a) => `worker ${a.worker}: ${a.error}`).join("; ")}`,
+        );
+      }
+    },
+    forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
+      if (failure) return Promise.reject(failure);
+      const rid = nextRid++;
+      const blob = encodeBlob({
+        rid,
+        group,
+        step: req.step,
+        micro: req.micro,
+        sign: req.sign,
+        batchSize: req.batchSize,
+        seqLen: req.seqLen,
+        numScores: req.numScores,
+        ids: rawBytes(req.ids),
+        mask: rawBytes(req.mask),
+        pairPos: rawBytes(req.pairPos),
+        pairTok: rawBytes(req.pairTok),
+        pairScore: rawBytes(req.pairScore),
+      });
+      countForward(req.sign, blob.byteLength);
+      const result = new Promise<ForwardResult>((resolve, reject) =>
+        pending.set(rid, { resolve, reject })
+      );
+      for (const c of chunkPayload(`c${rid}`, blob, maxChunk)) {
+        nc.publish(S.forward(group, 0), encode(run, c));
+      }
+      return guarded(result, `forward ${req.step}/${req.micro} on group ${group}`).finally(() =>
+        pending.delete(rid)
+      );
+    },
+    async digests() {
+      const replies = await gather(
+        S.query,
+        encode(run, { type: "digests" }),
+        QueryReply,
+        "digests",
+      );
+      const byGroup = new Map<number, Map<string, string>>();
+      for (const r of replies.values()) {
+        const m = byGroup.get(r.group) ?? new Map<string, string>();
+        byGroup.set(r.group, m);
+        for (const [name, d] of Object.entries(r.digests ?? {})) {
+          const prev = m.get(name);
+          if (prev !== undefined && prev !== d) {
+            throw new Error(`tied copies of ${name} differ between stages of group ${r.group}`);
+          }
+          m.set(name, d);
+        }
+      }
+      const first = byGroup.get(0)!;
+      for (const [g, m] of byGroup) {
+        for (const [name, d] of m) {
+          if (first.get(name) !== d) {
+            throw new Error(`replica group ${g} diverged from group 0 at ${name}`);
+          }
+        }
+      }
+      return first;
+    },
+    paramSyncBytes: () => syncBytes,
+    async activationBytes() {
+      const stats = await this.workerStats!();
+      return trainBytes + stats.reduce((n, s) => n + s.activation_bytes_train, 0);
+    },
+    async workerStats(): Promise<WorkerStats[]> {
+      const replies = await gather(S.query, encode(run, { type: "stats" }), QueryReply, "stats");
+      return [...replies.values()].map((r) => ({
+        worker: r.worker,
+        group: r.group,
+        stage: r.stage,
+        host: slots.find((s) => s.worker === r.worker)?.host,
+        ...r.stats!,
+      })).sort((a, b) => a.group - b.group || a.stage - b.stage);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      clearInterval(monitor);
+      try {
+        if (!nc.isClosed()) {
+          nc.publish(S.shutdown, encode(run, {}));
+          await nc.drain();
+        }
+      } catch (e) {
+        log(`coordinator: closing the NATS connection: ${(e as Error).message}`);
+      }
+    },
+  };
+  return transport;
+}

@@ -1,0 +1,178 @@
+/**
+ * Sharded training over a real nats-server: the same run (insecure_seed) embedded, over NATS
+ * with K = 2 stages, and with K = 2 x R = 2 replica groups ends with the same
+ * final_weights_sha256 and the same ledger apart from times. Activations are chunked (the
+ * server runs with a small max_payload) and micro-batches are smaller than embedded, so an
+ * example's loss is shown not to depend on its micro-batch companions. Parameter sync per step
+ * and worker is the same for tiny-opt and small-opt, and at most 200 bytes.
+ */
+import { strict as assert } from "node:assert";
+import { startNatsServer } from "../cluster/nats_server.ts";
+import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function hasNatsServer(): boolean {
+  try {
+    new Deno.Command("nats-server", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync();
+    return false;
+  } catch {
+    console.log("skipping: nats-server is not installed");
+    return true;
+  }
+}
+
+async function dpzo(...args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "dpzo", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // A hung run must not hang the suite: kill the launcher (it stops its children) on timeout.
+  const timer = setTimeout(() => child.kill("SIGTERM"), 120_000);
+  const out = await child.output();
+  clearTimeout(timer);
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const ledgerOf = async (run: string) =>
+  (await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").map((l) => {
+    const { time: _t, check: _c, ...rest } = JSON.parse(l);
+    return rest;
+  });
+
+const common = [
+  "--quiet",
+  "--set",
+  "train.steps=6",
+  "--set",
+  "task.val_examples=8",
+  "--set",
+  "task.test_examples=8",
+  "--set",
+  "insecure_seed=7",
+  "--set",
+  "mode={type: full}",
+];
+
+Deno.test({
+  name: "embedded, K=2 and K=2 x R=2 over NATS end bit-identical",
+  ignore: hasNatsServer() || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-cluster-" });
+    const server = await startNatsServer({ storeDir: `${dir}/nats`, maxPayload: 16 * 1024 });
+    try {
+      const cfg = ["--config", "configs/tiny-sst2.yaml", ...common];
+      const embedded = await dpzo("train", ...cfg, "--set", `run_dir=${dir}/embedded`);
+      assert.equal(embedded.code, 0, embedded.stderr);
+      // K = 2 on the test's server (activations chunked under its 16 KiB max_payload),
+      // micro-batches of 3 so that several are in flight down the pipeline.
+      const k2 = await dpzo(
+        "launch",
+        ...cfg,
+        "--stages",
+        "2",
+        "--nats",
+        server.url,
+        "--set",
+        `run_dir=${dir}/k2`,
+        "--set",
+        "cluster.micro_batch=3",
+      );
+      assert.equal(k2.code, 0, k2.stderr);
+      assert.match(k2.stderr, /coord +\| coordinator: all 2 workers ready/);
+      // K = 2 x R = 2 with the launcher's own nats-server.
+      const k2r2 = await dpzo(
+        "launch",
+        ...cfg,
+        "--stages",
+        "2",
+        "--replicas",
+        "2",
+        "--set",
+        `run_dir=${dir}/k2r2`,
+      );
+      assert.equal(k2r2.code, 0, k2r2.stderr);
+
+      const e = readJson(`${dir}/embedded/summary.json`);
+      const a = readJson(`${dir}/k2/summary.json`);
+      const b = readJson(`${dir}/k2r2/summary.json`);
+      assert.equal(a.final_weights_sha256, e.final_weights_sha256);
+      assert.equal(b.final_weights_sha256, e.final_weights_sha256);
+      assert.match(k2.stdout, new RegExp(`final_weights_sha256: ${e.final_weights_sha256}`));
+      const le = await ledgerOf(`${dir}/embedded`);
+      assert.equal(le.length, 6);
+      assert.deepEqual(await ledgerOf(`${dir}/k2`), le);
+      assert.deepEqual(await ledgerOf(`${dir}/k2r2`), le);
+      assert.deepEqual(a.final, e.final);
+      assert.deepEqual(b.final, e.final);
+
+      assert.ok(
+        a.param_sync_bytes_per_step_per_worker <= 200,
+        `${a.param_sync_bytes_per_step_per_worker}`,
+      );
+      assert.ok(a.activation_bytes_per_step > 0);
+      assert.equal(a.cluster.stages, 2);
+      assert.equal(b.cluster.replicas, 2);
+      assert.equal(b.cluster.workers.length, 4);
+      for (const w of b.cluster.workers) {
+        assert.equal(w.control_bytes / 6, b.param_sync_bytes_per_step_per_worker);
+      }
+      // The launcher's nats-server kept its store in the run directory and is gone.
+      assert.ok(Deno.statSync(`${dir}/k2r2/nats`).isDirectory);
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "parameter sync per step and worker is the same for tiny-opt and small-opt",
+  ignore: hasNatsServer() || missing(`${FIXTURES}/small-opt`) || missing(`${DATA}/sst2`),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-cluster-" });
+    try {
+      const bytes: number[] = [];
+      for (const model of ["tiny-opt", "small-opt"]) {
+        const r = await dpzo(
+          "launch",
+          "--config",
+          "configs/tiny-sst2.yaml",
+          "--stages",
+          "2",
+          "--run",
+          "sync",
+          "--quiet",
+          "--set",
+          `model=${FIXTURES}/${model}`,
+          "--set",
+          `run_dir=${dir}/${model}`,
+          "--set",
+          "train.steps=3",
+          "--set",
+          "task.val_examples=2",
+          "--set",
+          "task.test_examples=2",
+          "--set",
+          "insecure_seed=3",
+          "--set",
+          "train.batch_size=4",
+        );
+        assert.equal(r.code, 0, r.stderr);
+        bytes.push(readJson(`${dir}/${model}/summary.json`).param_sync_bytes_per_step_per_worker);
+      }
+      assert.equal(bytes[0], bytes[1]);
+      assert.ok(bytes[0] <= 200, `${bytes[0]} bytes`);
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
