@@ -9,7 +9,12 @@
 import type { Transport } from "./transport/transport.ts";
 import type { ForwardRequest } from "./protocol.ts";
 import type { ExampleRequest } from "../src/tasks/task.ts";
-import { argmax, candidateCrossEntropy, scoreCount } from "../src/tasks/task.ts";
+import {
+  argmax,
+  candidateCrossEntropy,
+  scoreCount,
+  targetCrossEntropy,
+} from "../src/tasks/task.ts";
 import type { SecretRandom } from "../src/dpzo/randomness.ts";
 import {
   finiteDifferences,
@@ -56,8 +61,12 @@ export interface StepMetrics {
 export interface EvalMetrics {
   step: number;
   split: string;
+  /** NaN for generation tasks. */
   accuracy: number;
   loss: number;
+  /** Generation tasks: SQuAD F1 and exact match (NaN without an in-process model). */
+  f1?: number;
+  em?: number;
   examples: number;
 }
 
@@ -187,6 +196,55 @@ export async function evaluate(
   return { accuracy: correct / examples.length, loss: loss / examples.length };
 }
 
+export type EvalResult = { accuracy: number; loss: number; f1?: number; em?: number };
+
+/**
+ * What a task tells the coordinator (src/tasks/mod.ts): the training loss of an example from
+ * its scores, and how a split is evaluated.
+ */
+export interface CoordinatorTask {
+  trainLoss(scores: ArrayLike<number>, ex: ExampleRequest): number;
+  evaluate(
+    transport: Transport,
+    examples: ExampleRequest[],
+    opts: { step: number; padId: number; microBatch: number },
+  ): Promise<EvalResult>;
+}
+
+/** Classification (SST-2, QNLI): candidate cross-entropy; accuracy of the argmax. */
+export const classificationTask: CoordinatorTask = {
+  trainLoss: (scores, ex) => candidateCrossEntropy(scores, ex.label),
+  evaluate,
+};
+
+/**
+ * Generation (SQuAD, DROP): the loss is the mean cross-entropy of the target tokens (over any
+ * transport); F1 and EM come from `generate`, greedy generation with the model in this process
+ * (src/eval/generation.ts), when the run has one; otherwise they are NaN.
+ */
+export function generationTask(
+  generate?: (examples: ExampleRequest[]) => { f1: number; em: number },
+): CoordinatorTask {
+  return {
+    trainLoss: (scores) => targetCrossEntropy(scores),
+    async evaluate(transport, examples, opts) {
+      if (examples.length === 0) return { accuracy: NaN, loss: NaN, f1: NaN, em: NaN };
+      let loss = 0;
+      for (let start = 0; start < examples.length; start += opts.microBatch * transport.groups) {
+        const chunk = examples.slice(start, start + opts.microBatch * transport.groups);
+        const scores = await scoreExamples(transport, chunk, {
+          ...opts,
+          sign: 0,
+          seqLen: paddedLength(chunk),
+        });
+        chunk.forEach((_, i) => (loss += targetCrossEntropy(scores[i])));
+      }
+      const g = generate ? generate(examples) : { f1: NaN, em: NaN };
+      return { accuracy: NaN, loss: loss / examples.length, f1: g.f1, em: g.em };
+    },
+  };
+}
+
 export interface TrainInputs {
   transport: Transport;
   schedule: Schedule;
@@ -199,6 +257,8 @@ export interface TrainInputs {
   /** Steps already in the ledger (a resumed run starts after them). */
   startStep?: number;
   hooks?: CoordinatorHooks;
+  /** The task's loss and evaluation; classification (candidate cross-entropy) by default. */
+  task?: CoordinatorTask;
 }
 
 /** One DP-ZO step; returns its metrics and the released ledger entry. */
@@ -213,7 +273,7 @@ export async function trainStep(
   const seqLen = paddedLength(batch);
   const common = { step, seqLen, padId: inp.padId, microBatch: s.microBatch };
   const loss = (scores: Float32Array[]) =>
-    Float64Array.from(batch, (ex, i) => candidateCrossEntropy(scores[i], ex.label));
+    Float64Array.from(batch, (ex, i) => (inp.task ?? classificationTask).trainLoss(scores[i], ex));
 
   let forwardMs = 0, perturbMs = 0;
   const timed = async <T>(f: () => Promise<T>, add: (ms: number) => void): Promise<T> => {
@@ -307,7 +367,7 @@ export async function train(inp: TrainInputs): Promise<void> {
   const s = inp.schedule;
   const valSet = s.evalExamples ? inp.val.slice(0, s.evalExamples) : inp.val;
   const evalAt = async (step: number) => {
-    const r = await evaluate(inp.transport, valSet, {
+    const r = await (inp.task ?? classificationTask).evaluate(inp.transport, valSet, {
       step,
       padId: inp.padId,
       microBatch: s.microBatch,

@@ -6,13 +6,13 @@
  * `adapter_config.json`.
  */
 import { z } from "zod";
-import { RunConfigSchema } from "../src/dpzo/config.ts";
+import { type RunConfig, RunConfigSchema } from "../src/dpzo/config.ts";
 import { readLedger, stepPasses } from "../src/checkpoint/ledger.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { formatZodError } from "../src/validation.ts";
 import { initBackend } from "../src/tensor/backend.ts";
-import { applyPass, createStageWorker, stageDigests } from "./worker.ts";
+import { applyPass, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
 import { loadModel, modelOrder } from "./run.ts";
 
 const RunJson = z.object({
@@ -37,11 +37,14 @@ const TOKENIZER_FILES = [
   "special_tokens_map.json",
 ];
 
-export async function exportRun(
+/**
+ * Loads a run's base model and replays its ledger onto it (the backend of the run's config is
+ * started): the fine-tuned model as one stage, and the worker that holds it.
+ */
+export async function replayRun(
   runDir: string,
-  outDir: string,
   log: (l: string) => void = (l) => console.error(l),
-): Promise<ExportResult> {
+): Promise<{ config: RunConfig; worker: StageWorker; steps: number }> {
   const runPath = `${runDir}/run.json`;
   let raw: unknown;
   try {
@@ -81,6 +84,16 @@ export async function exportRun(
     if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
   }
   log(`replayed ${entries.length} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return { config, worker, steps: entries.length };
+}
+
+export async function exportRun(
+  runDir: string,
+  outDir: string,
+  log: (l: string) => void = (l) => console.error(l),
+): Promise<ExportResult> {
+  const { config, worker, steps } = await replayRun(runDir, log);
+  const { stage } = worker;
   const sha = weightsSha256(modelOrder(config, stage.config), stageDigests(worker));
 
   await Deno.mkdir(outDir, { recursive: true });
@@ -126,5 +139,5 @@ export async function exportRun(
       files.push(f);
     } catch { /* optional file */ }
   }
-  return { steps: entries.length, final_weights_sha256: sha, files };
+  return { steps, final_weights_sha256: sha, files };
 }

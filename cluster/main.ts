@@ -13,6 +13,7 @@ import { trainCommand } from "./cli/train.ts";
 import { exportCommand } from "./cli/export.ts";
 import { benchCommand } from "./cli/bench.ts";
 import { privacyCommand } from "./cli/privacy.ts";
+import { evalCommand } from "./cli/eval.ts";
 import { coordinateCommand, launchCommand, workerCommand } from "./cli/launch.ts";
 
 export function buildProgram(): Command {
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   program.addCommand(scoreCommand());
   program.addCommand(benchCommand());
   program.addCommand(privacyCommand());
+  program.addCommand(evalCommand());
   program.addCommand(launchCommand());
   program.addCommand(workerCommand());
   program.addCommand(coordinateCommand());

@@ -22,8 +22,8 @@ import type { OptConfig } from "../src/model/config.ts";
 import type { Transport, WorkerStats } from "./transport/transport.ts";
 import { attachLora, loraSpecs } from "../src/dpzo/lora.ts";
 import { loadTokenizer } from "../src/tokenizer/mod.ts";
-import { loadSst2 } from "../src/data/sst2.ts";
-import { sst2Request } from "../src/tasks/sst2.ts";
+import { loadTaskSplits, taskKind } from "../src/tasks/mod.ts";
+import { evaluateGeneration } from "../src/eval/generation.ts";
 import type { ExampleRequest } from "../src/tasks/task.ts";
 import { cryptoRandom, insecureRandom } from "../src/dpzo/randomness.ts";
 import { LedgerWriter } from "../src/checkpoint/ledger.ts";
@@ -31,7 +31,13 @@ import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { describeBackend, initBackend } from "../src/tensor/backend.ts";
 import { createStageWorker } from "./worker.ts";
 import { inProcessTransport } from "./transport/in_process.ts";
-import { evaluate, type Schedule, train } from "./coordinator.ts";
+import {
+  classificationTask,
+  type CoordinatorTask,
+  generationTask,
+  type Schedule,
+  train,
+} from "./coordinator.ts";
 import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
 import { Progress } from "./progress.ts";
 import { resolveModelDir, resolveRunInputs } from "../src/hub/mod.ts";
@@ -59,6 +65,11 @@ export interface RunSummary {
     test_accuracy: number | null;
     val_loss: number | null;
     test_loss: number | null;
+    /** Generation tasks (SQuAD, DROP): F1 and exact match, 0..1. */
+    val_f1?: number | null;
+    test_f1?: number | null;
+    val_em?: number | null;
+    test_em?: number | null;
   };
   train_loss_first: number | null;
   train_loss_last: number | null;
@@ -113,14 +124,32 @@ export interface TaskData {
 export async function loadTask(config: RunConfig): Promise<TaskData> {
   const tok = await loadTokenizer(config.model);
   const t = config.task;
-  const splits = await loadSst2(t.data, {
+  const sizes = {
     train: t.train_examples,
     val: t.val_examples,
     test: t.test_examples,
     seed: t.split_seed,
-  });
-  const req = (e: (typeof splits.train)[number]) => sst2Request(e, tok, t.max_length);
-  return { train: splits.train.map(req), val: splits.val.map(req), test: splits.test.map(req) };
+  };
+  return await loadTaskSplits(t.name, t.data, sizes, tok, t.max_length);
+}
+
+/**
+ * The task's loss and evaluation for the coordinator. Generation tasks score F1/EM by greedy
+ * generation with `pipeline`, the model in this process; without one (a run over NATS) only
+ * their loss is evaluated, and `dpzo eval --run` gives F1/EM afterwards.
+ */
+export async function coordinatorTask(
+  config: RunConfig,
+  pipeline?: Stage[],
+  log: (line: string) => void = () => {},
+): Promise<CoordinatorTask> {
+  if (taskKind(config.task.name) === "classification") return classificationTask;
+  if (!pipeline) {
+    log(`${config.task.name}: F1/EM need the model in this process; run dpzo eval --run after`);
+    return generationTask();
+  }
+  const tok = await loadTokenizer(config.model);
+  return generationTask((examples) => evaluateGeneration(pipeline, tok, examples));
 }
 
 /** Loads the tensors of one stage (and its LoRA adapters) for a run; returns what it perturbs. */
@@ -193,6 +222,8 @@ async function prepareRunDir(dir: string): Promise<void> {
 export interface TrainOptions {
   quiet?: boolean;
   log?: (line: string) => void;
+  /** The model in this process (in-process transport): generation tasks evaluate with it. */
+  pipeline?: Stage[];
 }
 
 /** What the coordinator side of a run holds: never any parameters. */
@@ -269,8 +300,10 @@ export async function coordinateRun(
   const losses: number[] = [];
   let lastEps: { epsilon: number; error: number } | null = null;
   const logEvery = config.train.log_every;
+  const task = await coordinatorTask(config, opts.pipeline, log);
   try {
     await train({
+      task,
       transport,
       schedule,
       train: data.train,
@@ -297,7 +330,11 @@ export async function coordinateRun(
         },
         onEval: async (m) => {
           await writeMetric({ event: "eval", ...m });
-          progress.note(`step ${m.step}: ${m.split} accuracy ${(m.accuracy * 100).toFixed(1)}%`);
+          progress.note(
+            m.f1 !== undefined
+              ? `step ${m.step}: ${m.split} F1 ${(m.f1 * 100).toFixed(1)}%`
+              : `step ${m.step}: ${m.split} accuracy ${(m.accuracy * 100).toFixed(1)}%`,
+          );
         },
       },
     });
@@ -306,8 +343,8 @@ export async function coordinateRun(
     progress.done();
   }
   const evalOpts = { step: schedule.steps, padId, microBatch: schedule.microBatch };
-  const val = await evaluate(transport, data.val, evalOpts);
-  const test = await evaluate(transport, data.test, evalOpts);
+  const val = await task.evaluate(transport, data.val, evalOpts);
+  const test = await task.evaluate(transport, data.test, evalOpts);
   const n = (v: number) => (Number.isNaN(v) ? null : v);
   await writeMetric({
     event: "eval",
@@ -347,6 +384,9 @@ export async function coordinateRun(
       test_accuracy: n(test.accuracy),
       val_loss: n(val.loss),
       test_loss: n(test.loss),
+      ...(val.f1 !== undefined && test.f1 !== undefined
+        ? { val_f1: n(val.f1), test_f1: n(test.f1), val_em: n(val.em!), test_em: n(test.em!) }
+        : {}),
     },
     train_loss_first: avg(losses.slice(0, window)),
     train_loss_last: avg(losses.slice(-window)),
@@ -383,7 +423,7 @@ export async function trainEmbedded(
   const { stage, trainable } = await loadModel(config);
   const transport = inProcessTransport([[createStageWorker(stage, trainable)]]);
   try {
-    return await coordinateRun(ctx, transport, opts);
+    return await coordinateRun(ctx, transport, { ...opts, pipeline: [stage] });
   } finally {
     await transport.close();
   }

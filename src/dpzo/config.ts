@@ -9,6 +9,7 @@
 import { z } from "zod";
 import YAML from "yaml";
 import { formatZodError, UsageError } from "../validation.ts";
+import { TASK_NAMES } from "../tasks/task.ts";
 
 const Lora = z.object({
   rank: z.number().int().positive().default(8),
@@ -31,8 +32,11 @@ const Privacy = z.object({
 }).strict();
 
 const Task = z.object({
-  name: z.enum(["sst2"]),
-  /** A directory in the GLUE TSV layout (train.tsv, dev.tsv, test.tsv) or one TSV file. */
+  name: z.enum(TASK_NAMES),
+  /**
+   * A file or directory of the task's data: GLUE TSV (sst2, qnli), SQuAD JSON, the DROP
+   * JSONL.gz, JSONL with the same fields, or Hugging Face parquet exports (src/data).
+   */
   data: z.string().min(1),
   train_examples: z.number().int().positive().default(1000),
   val_examples: z.number().int().nonnegative().default(500),

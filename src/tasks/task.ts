@@ -22,9 +22,18 @@ export interface ScoreRow {
 
 export interface ExampleRequest {
   rows: ScoreRow[];
-  /** Index of the correct candidate (classification). */
+  /** Index of the correct candidate (classification; 0 for generation). */
   label: number;
+  /**
+   * Generation tasks: the prompt to generate from (token ids, BOS first) and the gold answers.
+   * Its one row is prompt + target; its one score reads the target tokens.
+   */
+  generation?: { prompt: number[]; answers: string[] };
 }
+
+/** The tasks dpzo runs (the paper's: SST-2, QNLI, SQuAD, DROP). */
+export const TASK_NAMES = ["sst2", "qnli", "squad", "drop"] as const;
+export type TaskName = (typeof TASK_NAMES)[number];
 
 /** Keeps at most `maxLength` tokens, dropping from the left but keeping BOS (as MeZO). */
 export function truncateLeft(ids: number[], maxLength: number): number[] {
@@ -59,6 +68,36 @@ export function classificationRequest(
     };
   });
   return { rows, label };
+}
+
+/**
+ * A generation request: one row, prompt + target (truncated from the left with BOS kept), whose
+ * one score is the mean log-probability of the target tokens (teacher forcing); the training
+ * loss is its negative, the mean cross-entropy over the target tokens.
+ */
+export function generationRequest(
+  prompt: number[],
+  target: number[],
+  answers: string[],
+  maxLength: number,
+): ExampleRequest {
+  if (target.length === 0 || target.length >= maxLength) {
+    throw new Error(
+      `a target of ${target.length} tokens does not fit task.max_length ${maxLength}`,
+    );
+  }
+  const ids = truncateLeft([...prompt, ...target], maxLength);
+  const start = ids.length - target.length;
+  return {
+    rows: [{ ids, scores: [{ positions: target.map((_, j) => start + j - 1), tokens: target }] }],
+    label: 0,
+    generation: { prompt: truncateLeft(prompt, maxLength), answers },
+  };
+}
+
+/** A generation example's training loss: mean cross-entropy over its target tokens. */
+export function targetCrossEntropy(scores: ArrayLike<number>): number {
+  return -scores[0];
 }
 
 /** Scores of one example, in row order then score order. */
