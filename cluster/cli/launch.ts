@@ -94,6 +94,7 @@ export function launchCommand() {
           nats: opts.nats,
           quiet: opts.quiet,
         });
+        if (code === 130) throw new Error("interrupted; every process of the run was stopped");
         if (code !== 0) throw new Error(`the run failed (exit code ${code}); see the log above`);
         return;
       }
