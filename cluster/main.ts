@@ -15,6 +15,7 @@ import { benchCommand } from "./cli/bench.ts";
 import { privacyCommand } from "./cli/privacy.ts";
 import { evalCommand } from "./cli/eval.ts";
 import { coordinateCommand, launchCommand, workerCommand } from "./cli/launch.ts";
+import { reportCommand } from "./cli/report.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   program.addCommand(launchCommand());
   program.addCommand(workerCommand());
   program.addCommand(coordinateCommand());
+  program.addCommand(reportCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

@@ -40,6 +40,8 @@ import {
 } from "./coordinator.ts";
 import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
 import { Progress } from "./progress.ts";
+import { type HostInfo, hostInfo, RunMonitor, writeReport } from "../src/report/mod.ts";
+import { LiveFigures } from "../src/report/live.ts";
 import { resolveModelDir, resolveRunInputs } from "../src/hub/mod.ts";
 
 export const Z_SPEC_VERSION = 1;
@@ -86,6 +88,8 @@ export interface RunSummary {
   };
   wall_s: number;
   backend: string;
+  /** The coordinator's machine. */
+  host?: HostInfo;
 }
 
 /** SHA-256 over the checkpoint's safetensors files (sorted by name): the base's content hash. */
@@ -298,6 +302,13 @@ export async function coordinateRun(
   const rng = config.insecure_seed !== null ? insecureRandom(config.insecure_seed) : cryptoRandom();
   const progress = new Progress(schedule.steps, { quiet: opts.quiet, log });
   const losses: number[] = [];
+  const monitor = new RunMonitor({
+    private: plan !== null,
+    clip: config.privacy.clip,
+    lr: config.train.lr,
+    steps: schedule.steps,
+  });
+  const live = new LiveFigures({ private: plan !== null });
   let lastEps: { epsilon: number; error: number } | null = null;
   const logEvery = config.train.log_every;
   const task = await coordinatorTask(config, opts.pipeline, log);
@@ -322,14 +333,17 @@ export async function coordinateRun(
             ...m,
             ...(lastEps && m.step % logEvery === 0 ? { epsilon: lastEps.epsilon } : {}),
           });
-          progress.update(m.step, {
-            loss: Number.isFinite(loss) ? loss.toFixed(4) : "-",
-            ...(lastEps ? { eps: lastEps.epsilon.toFixed(3) } : {}),
-            clip: plan ? `${(m.clipped_fraction * 100).toFixed(0)}%` : undefined,
-          });
+          live.step(m, lastEps?.epsilon);
+          progress.update(m.step, live.figures());
+          // Warnings a user can act on; a loss blow-up throws (the run stops, message names lr).
+          for (const w of monitor.observe(m)) {
+            await writeMetric({ event: "warning", ...w });
+            progress.note(w.message);
+          }
         },
         onEval: async (m) => {
           await writeMetric({ event: "eval", ...m });
+          live.eval(m.accuracy);
           progress.note(
             m.f1 !== undefined
               ? `step ${m.step}: ${m.split} F1 ${(m.f1 * 100).toFixed(1)}%`
@@ -338,6 +352,13 @@ export async function coordinateRun(
         },
       },
     });
+  } catch (e) {
+    // Record why the run stopped and still write the report: the curves show what went wrong.
+    progress.done();
+    await writeMetric({ event: "stopped", message: e instanceof Error ? e.message : String(e) });
+    metricsFile.close();
+    await writeReport(runDir).catch(() => {});
+    throw e;
   } finally {
     ledger.close();
     progress.done();
@@ -405,8 +426,14 @@ export async function coordinateRun(
       : {}),
     wall_s: (performance.now() - ctx.started) / 1000,
     backend: config.backend,
+    host: await hostInfo(),
   };
   await writeJsonAtomic(`${runDir}/summary.json`, summary);
+  try {
+    log(`report: ${await writeReport(runDir)}`);
+  } catch (e) {
+    log(`WARNING: report not written (${e}); run dpzo report --run ${runDir}`);
+  }
   return summary;
 }
 

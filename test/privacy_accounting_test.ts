@@ -197,7 +197,10 @@ Deno.test("dpzo privacy: flags validated with one clear line, JSON has the field
   }
   assert.equal(json.accountant, "pld");
   within(json.epsilon as number, 3.995, 0.01, "CLI epsilon");
-  assert.match(text, /^\(3\.995\d?, 1e-5\)-DP for add\/remove of one example over 75000 steps/);
+  assert.match(
+    text,
+    /^\(3\.995\d?, 1e-5\)-DP for add\/remove of one training example over 75000 steps/,
+  );
   assert.throws(() => parsePrivacyFlags({ ...raw, samplingRate: "1.5" }), /--sampling-rate/);
   assert.throws(() => parsePrivacyFlags({ ...raw, steps: "1.5" }), /--steps/);
   assert.throws(() => parsePrivacyFlags({ ...raw, epsilon: "4" }), /exactly one of --sigma/);

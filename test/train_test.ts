@@ -50,7 +50,7 @@ for (const mode of ["lora", "full"]) {
       assert.equal(r.code, 0, r.stderr);
       assert.match(
         r.stdout,
-        /privacy: \([0-9.]+, 0\.00001\)-DP for add\/remove of one training example over 30 steps/,
+        /privacy: \([0-9.]+, 1e-5\)-DP for add\/remove of one training example over 30 steps/,
       );
       const summary = readJson(`${run}/summary.json`);
       assert.ok(summary.epsilon > 0 && summary.epsilon <= 8, `epsilon ${summary.epsilon}`);

@@ -13,11 +13,10 @@ import {
   ACCOUNTANT_NAMES,
   type AccountantName,
   calibrateNoise,
-  ledgerEpsilon,
-  type LedgerStepPrivacy,
   type Mechanism,
 } from "../../src/privacy/mod.ts";
 import { UsageError } from "../../src/validation.ts";
+import { guaranteeOf, privacyStatement } from "../../src/report/privacy_statement.ts";
 
 const MECHANISMS = ["gaussian", "laplace"] as const;
 
@@ -92,31 +91,6 @@ export function parsePrivacyFlags(raw: Record<string, unknown>): PrivacyQuery {
   return r.data;
 }
 
-/** Rounds up (the safe direction for an epsilon) to `digits` decimals. */
-function ceilTo(x: number, digits: number): number {
-  const s = 10 ** digits;
-  return Math.ceil(x * s - 1e-9) / s;
-}
-
-function fmtEps(x: number): string {
-  return Number.isFinite(x) ? String(ceilTo(x, 4)) : "infinity";
-}
-
-function fmtErr(x: number): string {
-  if (!(x > 0)) return "0";
-  return String(Number(x.toPrecision(2)));
-}
-
-function fmtDelta(d: number): string {
-  return d !== 0 && d < 1e-3 ? d.toExponential().replace(/e([+-])/, "e$1") : String(d);
-}
-
-function accountantLabel(used: string, requested: AccountantName): string {
-  if (used === "pure") return "pure DP (Laplace, exact at delta = 0)";
-  if (used === "rdp") return "RDP";
-  return requested === "prv" ? "PLD (as prv), pessimistic" : "PLD, pessimistic";
-}
-
 /** Runs a query; returns the JSON object and the human sentence. */
 export function runPrivacy(
   query: PrivacyQuery,
@@ -143,20 +117,18 @@ export function runPrivacy(
       accountant: c.accountant,
       ...requested,
     };
-    const text = `${noiseName} = ${c.noise} (least on a 0.001 grid, rounded up) gives (${
-      fmtEps(c.epsilon)
-    }, ${
-      fmtDelta(delta)
-    })-DP <= target epsilon ${query.epsilon} for add/remove of one example over ${steps} steps with q=${q} (accountant: ${
-      accountantLabel(c.accountant, accountant)
-    }${c.accountant === "pld" ? `; discretisation error <= ${fmtErr(c.error)}` : ""})`;
+    const text =
+      `${noiseName} = ${c.noise} (least on a 0.001 grid, rounded up) meets target epsilon ${query.epsilon}: ${
+        privacyStatement(
+          { q, steps, delta, mechanism, noise: c.noise, accountant },
+          { epsilon: c.epsilon, error: c.error, delta, accountant: c.accountant },
+        )
+      }`;
     return { json, text };
   }
   const noise = (mechanism === "gaussian" ? query.sigma : query.b) as number;
-  const step: LedgerStepPrivacy = mechanism === "gaussian"
-    ? { mechanism, q, sigma: noise }
-    : { mechanism, q, b: noise };
-  const r = ledgerEpsilon([{ step, count: steps }], delta, accountant);
+  const params = { q, steps, delta, mechanism, noise, accountant };
+  const r = guaranteeOf(params);
   const json: Record<string, unknown> = {
     epsilon: r.epsilon,
     epsilon_error: r.error,
@@ -165,16 +137,8 @@ export function runPrivacy(
     accountant: r.accountant,
     ...requested,
   };
-  let extra = "";
-  if (r.epsilonPure !== undefined) {
-    json.epsilon_pure = r.epsilonPure;
-    if (delta > 0) extra = `; pure DP at delta = 0: epsilon ${fmtEps(r.epsilonPure)}`;
-  }
-  const text = `(${fmtEps(r.epsilon)}, ${
-    fmtDelta(delta)
-  })-DP for add/remove of one example over ${steps} steps with q=${q}, ${noiseName}=${noise} (accountant: ${
-    accountantLabel(r.accountant, accountant)
-  }${r.accountant === "pld" ? `; discretisation error <= ${fmtErr(r.error)}` : ""}${extra})`;
+  if (r.epsilonPure !== undefined) json.epsilon_pure = r.epsilonPure;
+  const text = privacyStatement(params, r);
   return { json, text };
 }
 

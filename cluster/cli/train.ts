@@ -5,6 +5,7 @@
 import { Command } from "@commander-js/extra-typings";
 import { loadRunConfig } from "../../src/dpzo/config.ts";
 import { trainEmbedded } from "../run.ts";
+import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -28,19 +29,8 @@ export function trainCommand() {
       const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
       console.log(`run: ${config.run_dir}`);
       console.log(`accuracy: val ${acc(s.final.val_accuracy)}, test ${acc(s.final.test_accuracy)}`);
-      if (s.epsilon !== null) {
-        const noise = s.mechanism === "gaussian" ? `sigma=${s.sigma}` : `b=${s.b}`;
-        console.log(
-          `privacy: (${
-            s.epsilon.toFixed(4)
-          }, ${s.delta})-DP for add/remove of one training example ` +
-            `over ${s.steps} steps with q=${s.sampling_rate}, ${noise} (accountant ${s.accountant}, ` +
-            `error <= ${s.epsilon_error?.toExponential(1)})` +
-            (s.insecure_seed !== null ? " — NOT PRIVATE: insecure_seed was set" : ""),
-        );
-      } else {
-        console.log("privacy: none (non-private run)");
-      }
+      // The same sentence as `dpzo privacy` and the report (src/report/privacy_statement.ts).
+      console.log(`privacy: ${runPrivacyStatement(s)}`);
       console.log(`final_weights_sha256: ${s.final_weights_sha256}`);
     });
 }
