@@ -5,6 +5,7 @@
  * compared side by side. `targetTokens` limits the loss to the last N positions of each row
  * (the task-like case: only answer tokens carry a loss).
  */
+import * as tf from "@tensorflow/tfjs-core";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
 import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
@@ -31,6 +32,10 @@ export interface BenchResult {
   step_s: number;
   perturb_params_per_s: number;
   peak_rss_bytes: number;
+  /** RSS of the process before the weights were loaded (runtime, code, backend). */
+  rss_before_load_bytes: number;
+  /** Size of the WASM backend's heap at the end (weights + the largest live activations). */
+  wasm_heap_bytes?: number;
 }
 
 /** Peak resident set size of this process (VmHWM on Linux, else the current RSS). */
@@ -40,6 +45,11 @@ export function peakRssBytes(): number {
     if (m) return Number(m[1]) * 1024;
   } catch { /* not Linux */ }
   return Deno.memoryUsage().rss;
+}
+
+function wasmHeapBytes(): number | undefined {
+  const b = tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } };
+  return b.wasm?.HEAPU8?.length;
 }
 
 function randomRequest(B: number, S: number, vocab: number, targetTokens: number): ForwardRequest {
@@ -72,6 +82,7 @@ export async function benchStep(
   opts: BenchOptions,
   log: (l: string) => void = () => {},
 ): Promise<BenchResult> {
+  const rssBeforeLoad = Deno.memoryUsage().rss;
   const ckpt = await openCheckpoint(opts.model);
   const stage = await loadStage(ckpt, wholeModel(ckpt.config));
   const specs = stageParameters(ckpt.config, stage.range);
@@ -116,5 +127,7 @@ export async function benchStep(
     step_s: total / opts.steps,
     perturb_params_per_s: params / (pert / opts.steps),
     peak_rss_bytes: peakRssBytes(),
+    rss_before_load_bytes: rssBeforeLoad,
+    wasm_heap_bytes: wasmHeapBytes(),
   };
 }

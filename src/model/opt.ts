@@ -217,9 +217,23 @@ export function positionRows(batch: TokenBatch): Int32Array {
 
 const F32_MIN = -3.4028234663852886e38;
 
-/** Additive attention mask [B, 1, S, S]: 0 where query i may see key j, float32 min elsewhere. */
+/** The last attention mask built, kept for the next forward of the same batch shape and mask. */
+let maskCache: { B: number; S: number; mask: Int32Array; tensor: tf.Tensor4D } | undefined;
+
+/**
+ * Additive attention mask [B, 1, S, S]: 0 where query i may see key j, float32 min elsewhere.
+ * Cached (kept, owned by this module) while the batch shape and padding mask stay the same, as
+ * they do for the two forwards of a ZO step; the caller must not dispose it.
+ */
 function attentionMask(batch: TokenBatch): tf.Tensor4D {
   const { batchSize: B, seqLen: S, mask } = batch;
+  const c = maskCache;
+  if (
+    c && !c.tensor.isDisposed && c.B === B && c.S === S && c.mask.length === mask.length &&
+    c.mask.every((v, i) => v === mask[i])
+  ) {
+    return c.tensor;
+  }
   const m = new Float32Array(B * S * S);
   for (let b = 0; b < B; b++) {
     for (let i = 0; i < S; i++) {
@@ -229,7 +243,10 @@ function attentionMask(batch: TokenBatch): tf.Tensor4D {
       }
     }
   }
-  return tf.tensor4d(m, [B, 1, S, S]);
+  if (c && !c.tensor.isDisposed) c.tensor.dispose();
+  const tensor = tf.keep(tf.tensor4d(m, [B, 1, S, S]));
+  maskCache = { B, S, mask: Int32Array.from(mask), tensor };
+  return tensor;
 }
 
 function param(stage: Stage, name: string): tf.Tensor {
@@ -251,10 +268,29 @@ function linear(stage: Stage, name: string, x: tf.Tensor2D, bias = true): tf.Ten
   return y;
 }
 
-/** LayerNorm over the hidden axis (axis 0), eps 1e-5, biased variance, as torch. */
+/** A kept `[1, n]` row of ones (the left operand of column sums), one per length. */
+const onesRows = new Map<number, tf.Tensor2D>();
+function onesRow(n: number): tf.Tensor2D {
+  let t = onesRows.get(n);
+  if (!t || t.isDisposed) {
+    t = tf.keep(tf.ones([1, n]) as tf.Tensor2D);
+    onesRows.set(n, t);
+  }
+  return t;
+}
+
+/**
+ * LayerNorm over the hidden axis (axis 0), eps 1e-5, biased variance, as torch. The column
+ * means are `ones[1, D] · x / D` (the fast untransposed matMul); `tf.moments` over axis 0
+ * transposes internally and was 16x slower.
+ */
 function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, 0, true);
-  const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
+  const D = x.shape[0];
+  const ones = onesRow(D);
+  const mean = tf.div(tf.matMul(ones, x), D);
+  const centered = tf.sub(x, mean);
+  const variance = tf.div(tf.matMul(ones, tf.square(centered)), D);
+  const normed = tf.mul(centered, tf.rsqrt(tf.add(variance, 1e-5)));
   return tf.add(tf.mul(normed, param(stage, `${name}.weight`)), param(stage, `${name}.bias`));
 }
 
@@ -290,29 +326,24 @@ function decoderLayer(
   B: number,
   S: number,
 ): tf.Tensor2D {
+  // Each block runs in its own tidy: only its output outlives it, so the backend heap holds
+  // one block's intermediates at a time (the heap never shrinks: this bounds its peak).
   const p = `layers.${l}`;
   const mlp = (x: tf.Tensor2D) =>
     linear(stage, `${p}.fc2`, tf.relu(linear(stage, `${p}.fc1`, x)) as tf.Tensor2D);
+  const attn = (x: tf.Tensor2D) => selfAttention(stage, `${p}.self_attn`, x, mask, B, S);
   if (stage.config.preLayerNorm) {
-    h = tf.add(
-      h,
-      selfAttention(
-        stage,
-        `${p}.self_attn`,
-        layerNorm(stage, `${p}.self_attn_layer_norm`, h),
-        mask,
-        B,
-        S,
-      ),
-    );
-    return tf.add(h, mlp(layerNorm(stage, `${p}.final_layer_norm`, h)));
+    const h1 = tf.tidy(() =>
+      tf.add(h, attn(layerNorm(stage, `${p}.self_attn_layer_norm`, h)))
+    ) as tf.Tensor2D;
+    const h2 = tf.tidy(() => tf.add(h1, mlp(layerNorm(stage, `${p}.final_layer_norm`, h1))));
+    h1.dispose();
+    return h2 as tf.Tensor2D;
   }
-  h = layerNorm(
-    stage,
-    `${p}.self_attn_layer_norm`,
-    tf.add(h, selfAttention(stage, `${p}.self_attn`, h, mask, B, S)),
-  );
-  return layerNorm(stage, `${p}.final_layer_norm`, tf.add(h, mlp(h)));
+  const h1 = tf.tidy(() => layerNorm(stage, `${p}.self_attn_layer_norm`, tf.add(h, attn(h))));
+  const h2 = tf.tidy(() => layerNorm(stage, `${p}.final_layer_norm`, tf.add(h1, mlp(h1))));
+  h1.dispose();
+  return h2;
 }
 
 /** Token + position embeddings (and project_in): ids -> [hidden, N]. */
@@ -334,24 +365,38 @@ function embed(stage: Stage, batch: TokenBatch): tf.Tensor2D {
  * reads (`[embedDim, N]`: after the final LayerNorm and project_out).
  */
 export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2D): tf.Tensor2D {
-  return tf.tidy(() => {
-    const { batchSize: B, seqLen: S } = batch;
-    let h: tf.Tensor2D;
-    if (stage.range.embeddings) h = embed(stage, batch);
-    else if (input) h = input;
-    else {throw new Error(
-        "stageForward: a stage without embeddings needs the previous hidden states",
-      );}
-    const mask = attentionMask(batch);
+  const { batchSize: B, seqLen: S } = batch;
+  let h: tf.Tensor2D;
+  if (stage.range.embeddings) h = tf.tidy(() => embed(stage, batch));
+  else if (input) h = input;
+  else {
+    throw new Error("stageForward: a stage without embeddings needs the previous hidden states");
+  }
+  const mask = attentionMask(batch);
+  // Layer by layer, freeing the previous hidden states (never the caller's input).
+  const step = (f: (x: tf.Tensor2D) => tf.Tensor2D) => {
+    const next = f(h);
+    if (h !== input) h.dispose();
+    h = next;
+  };
+  try {
     for (let l = stage.range.firstLayer; l < stage.range.endLayer; l++) {
-      h = decoderLayer(stage, l, h, mask, B, S);
+      step((x) => decoderLayer(stage, l, x, mask, B, S));
     }
     if (stage.range.head) {
-      if (stage.config.hasFinalLayerNorm) h = layerNorm(stage, "final_layer_norm", h);
-      if (stage.config.hasProjections) h = linear(stage, "project_out", h, false);
+      if (stage.config.hasFinalLayerNorm) {
+        step((x) => tf.tidy(() => layerNorm(stage, "final_layer_norm", x)));
+      }
+      if (stage.config.hasProjections) {
+        step((x) => tf.tidy(() => linear(stage, "project_out", x, false)));
+      }
     }
-    return h;
-  });
+  } catch (e) {
+    if (h !== input) h.dispose();
+    throw e;
+  }
+  // The caller owns the result; hand back a distinct tensor even for a stage with no layers.
+  return h === input ? tf.clone(h) : h;
 }
 
 /**
