@@ -5,7 +5,7 @@
  * training loss on the answer tokens.
  */
 import { strict as assert } from "node:assert";
-import { parquetWriteBuffer } from "npm:hyparquet-writer@0.17.0";
+import { parquetWriteBuffer } from "hyparquet-writer";
 import { loadQnli, readQnli } from "../src/data/qnli.ts";
 import { loadSquad, readSquad } from "../src/data/squad.ts";
 import { loadDrop, readDrop } from "../src/data/drop.ts";

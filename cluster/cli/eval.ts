@@ -11,7 +11,6 @@
  * the first N test examples of that draw.
  */
 import { Command, Option } from "@commander-js/extra-typings";
-import { z } from "zod";
 import { openCheckpoint } from "../../src/model/checkpoint.ts";
 import { loadStage, type Stage, wholeModel } from "../../src/model/opt.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
