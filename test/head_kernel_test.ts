@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { strict as assert } from "node:assert";
 import { initBackend } from "../src/tensor/backend.ts";
-import { columnLogSumExp } from "../src/tensor/head_kernel.ts";
+import { columnLogSumExp, fusedAttention } from "../src/tensor/head_kernel.ts";
 
 await initBackend("wasm");
 
@@ -53,4 +53,64 @@ Deno.test("columnLogSumExp: a NaN poisons only its column; -Infinity entries cou
   const want = reference(data, V, P);
   assert.ok(Number.isNaN(got[2]));
   for (const p of [0, 1, 3, 4, 5]) assertAlmostEquals(got[p], want[p], 1e-5);
+});
+
+/** Hugging Face OPT attention in float64 on the transposed layout (see fusedAttention). */
+function attentionReference(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  mask: Int32Array,
+  B: number,
+  S: number,
+  H: number,
+  hd: number,
+): Float64Array {
+  const N = B * S, F32_MIN = -3.4028234663852886e38;
+  const out = new Float64Array(H * hd * N);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < S; i++) {
+        const x = new Float64Array(S);
+        for (let j = 0; j < S; j++) {
+          let s = 0;
+          for (let d = 0; d < hd; d++) {
+            s += q[(h * hd + d) * N + b * S + i] * k[(h * hd + d) * N + b * S + j];
+          }
+          const visible = j <= i && mask[b * S + j] === 1;
+          x[j] = Math.max(Math.fround(s + (visible ? 0 : F32_MIN)), F32_MIN);
+        }
+        const m = Math.max(...x);
+        const e = x.map((t) => Math.exp(t - m));
+        const sum = e.reduce((a, t) => a + t, 0);
+        for (let d = 0; d < hd; d++) {
+          let acc = 0;
+          for (let j = 0; j < S; j++) acc += (e[j] / sum) * v[(h * hd + d) * N + b * S + j];
+          out[(h * hd + d) * N + b * S + i] = acc;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("fusedAttention matches float64 attention: padding, fully masked rows, odd lengths", () => {
+  for (const [B, S, H, hd] of [[3, 7, 2, 5], [2, 37, 4, 16], [1, 64, 1, 64], [2, 1, 2, 3]]) {
+    const N = B * S, D = H * hd;
+    const rnd = () => new Float32Array(D * N).map(() => (Math.random() - 0.5) * 2);
+    const q = rnd(), k = rnd(), v = rnd();
+    const mask = new Int32Array(N).fill(1);
+    // row 0 left-padded by 2 (its first queries see no key), row 1 right-padded by 3
+    if (S > 3) {
+      mask[0] = mask[1] = 0;
+      if (B > 1) mask[2 * S - 1] = mask[2 * S - 2] = mask[2 * S - 3] = 0;
+    }
+    const [tq, tk, tv] = [q, k, v].map((a) => tf.tensor2d(a, [D, N]));
+    const tm = tf.tensor1d(mask, "int32");
+    const out = fusedAttention(tq, tk, tv, tm, B, S, H, hd)!;
+    const got = out.dataSync();
+    tf.dispose([tq, tk, tv, tm, out]);
+    const want = attentionReference(q, k, v, mask, B, S, H, hd);
+    for (let i = 0; i < want.length; i++) assertAlmostEquals(got[i], want[i], 1e-5);
+  }
 });

@@ -22,7 +22,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { OptConfig } from "./config.ts";
 import { type Checkpoint, loadTensor } from "./checkpoint.ts";
-import { columnLogSumExp } from "../tensor/head_kernel.ts";
+import { columnLogSumExp, fusedAttention } from "../tensor/head_kernel.ts";
 import { activeBackend, weightView } from "../tensor/backend.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
@@ -217,36 +217,56 @@ export function positionRows(batch: TokenBatch): Int32Array {
 
 const F32_MIN = -3.4028234663852886e38;
 
-/** The last attention mask built, kept for the next forward of the same batch shape and mask. */
-let maskCache: { B: number; S: number; mask: Int32Array; tensor: tf.Tensor4D } | undefined;
+/** The masks of a batch: key padding (int32 `[B * S]`) and, on demand, the additive form. */
+interface BatchMasks {
+  keys: tf.Tensor1D;
+  additive(): tf.Tensor4D;
+}
+
+/** The last batch's masks, kept for the next forward with the same shape and padding mask. */
+let maskCache:
+  | { B: number; S: number; mask: Int32Array; keys: tf.Tensor1D; additive?: tf.Tensor4D }
+  | undefined;
 
 /**
- * Additive attention mask [B, 1, S, S]: 0 where query i may see key j, float32 min elsewhere.
- * Cached (kept, owned by this module) while the batch shape and padding mask stay the same, as
- * they do for the two forwards of a ZO step; the caller must not dispose it.
+ * The attention masks of a batch. Cached (kept, owned by this module) while the batch shape and
+ * padding mask stay the same, as they do for the two forwards of a ZO step; callers must not
+ * dispose them. The additive mask `[B, 1, S, S]` (0 where query i may see key j, float32 min
+ * elsewhere) is only built for the tfjs-ops attention path.
  */
-function attentionMask(batch: TokenBatch): tf.Tensor4D {
+function batchMasks(batch: TokenBatch): BatchMasks {
   const { batchSize: B, seqLen: S, mask } = batch;
-  const c = maskCache;
+  let c = maskCache;
   if (
-    c && !c.tensor.isDisposed && c.B === B && c.S === S && c.mask.length === mask.length &&
-    c.mask.every((v, i) => v === mask[i])
+    !c || c.keys.isDisposed || c.B !== B || c.S !== S || c.mask.length !== mask.length ||
+    !c.mask.every((v, i) => v === mask[i])
   ) {
-    return c.tensor;
-  }
-  const m = new Float32Array(B * S * S);
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < S; i++) {
-      for (let j = 0; j < S; j++) {
-        const visible = j <= i && mask[b * S + j] === 1;
-        m[(b * S + i) * S + j] = visible ? 0 : F32_MIN;
-      }
+    if (c) {
+      if (!c.keys.isDisposed) c.keys.dispose();
+      if (c.additive && !c.additive.isDisposed) c.additive.dispose();
     }
+    const keys = tf.keep(tf.tensor1d(Int32Array.from(mask, (m) => (m === 1 ? 1 : 0)), "int32"));
+    c = maskCache = { B, S, mask: Int32Array.from(mask), keys };
   }
-  if (c && !c.tensor.isDisposed) c.tensor.dispose();
-  const tensor = tf.keep(tf.tensor4d(m, [B, 1, S, S]));
-  maskCache = { B, S, mask: Int32Array.from(mask), tensor };
-  return tensor;
+  const entry = c;
+  return {
+    keys: entry.keys,
+    additive: () => {
+      if (!entry.additive || entry.additive.isDisposed) {
+        const m = new Float32Array(B * S * S);
+        for (let b = 0; b < B; b++) {
+          for (let i = 0; i < S; i++) {
+            for (let j = 0; j < S; j++) {
+              const visible = j <= i && mask[b * S + j] === 1;
+              m[(b * S + i) * S + j] = visible ? 0 : F32_MIN;
+            }
+          }
+        }
+        entry.additive = tf.keep(tf.tensor4d(m, [B, 1, S, S]));
+      }
+      return entry.additive;
+    },
+  };
 }
 
 function param(stage: Stage, name: string): tf.Tensor {
@@ -298,14 +318,18 @@ function selfAttention(
   stage: Stage,
   prefix: string,
   x: tf.Tensor2D,
-  mask: tf.Tensor4D,
+  masks: BatchMasks,
   B: number,
   S: number,
 ): tf.Tensor2D {
   const { hiddenSize: D, numHeads: H, headDim: hd } = stage.config;
-  const q = tf.mul(linear(stage, `${prefix}.q_proj`, x), hd ** -0.5);
+  const q = tf.mul(linear(stage, `${prefix}.q_proj`, x), hd ** -0.5) as tf.Tensor2D;
   const k = linear(stage, `${prefix}.k_proj`, x);
   const v = linear(stage, `${prefix}.v_proj`, x);
+  // The fused kernel on the WASM backend; tfjs ops elsewhere (same semantics).
+  const fused = fusedAttention(q, k, v, masks.keys, B, S, H, hd);
+  if (fused) return linear(stage, `${prefix}.out_proj`, fused);
+  const mask = masks.additive();
   // [D, B*S] = [H, hd, B, S] -> per (b, h) matrices.
   const Q = tf.reshape(tf.transpose(tf.reshape(q, [H, hd, B, S]), [2, 0, 3, 1]), [B * H, S, hd]);
   const Kt = tf.reshape(tf.transpose(tf.reshape(k, [H, hd, B, S]), [2, 0, 1, 3]), [B * H, hd, S]);
@@ -322,7 +346,7 @@ function decoderLayer(
   stage: Stage,
   l: number,
   h: tf.Tensor2D,
-  mask: tf.Tensor4D,
+  masks: BatchMasks,
   B: number,
   S: number,
 ): tf.Tensor2D {
@@ -331,7 +355,7 @@ function decoderLayer(
   const p = `layers.${l}`;
   const mlp = (x: tf.Tensor2D) =>
     linear(stage, `${p}.fc2`, tf.relu(linear(stage, `${p}.fc1`, x)) as tf.Tensor2D);
-  const attn = (x: tf.Tensor2D) => selfAttention(stage, `${p}.self_attn`, x, mask, B, S);
+  const attn = (x: tf.Tensor2D) => selfAttention(stage, `${p}.self_attn`, x, masks, B, S);
   if (stage.config.preLayerNorm) {
     const h1 = tf.tidy(() =>
       tf.add(h, attn(layerNorm(stage, `${p}.self_attn_layer_norm`, h)))
@@ -372,7 +396,7 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
   else {
     throw new Error("stageForward: a stage without embeddings needs the previous hidden states");
   }
-  const mask = attentionMask(batch);
+  const masks = batchMasks(batch);
   // Layer by layer, freeing the previous hidden states (never the caller's input).
   const step = (f: (x: tf.Tensor2D) => tf.Tensor2D) => {
     const next = f(h);
@@ -381,7 +405,7 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
   };
   try {
     for (let l = stage.range.firstLayer; l < stage.range.endLayer; l++) {
-      step((x) => decoderLayer(stage, l, x, mask, B, S));
+      step((x) => decoderLayer(stage, l, x, masks, B, S));
     }
     if (stage.range.head) {
       if (stage.config.hasFinalLayerNorm) {

@@ -15,6 +15,18 @@ import { HEAD_KERNEL_WASM_BASE64 } from "./wasm/head_kernel_wasm.ts";
 interface Exports {
   colMax(L: number, V: number, P: number, m: number): void;
   colSumExp(L: number, V: number, P: number, m: number, acc: number, s: number): void;
+  attention(
+    q: number,
+    k: number,
+    v: number,
+    keyMask: number,
+    out: number,
+    B: number,
+    S: number,
+    H: number,
+    hd: number,
+    scratch: number,
+  ): void;
 }
 
 interface WasmBackendInternals {
@@ -73,4 +85,48 @@ export function columnLogSumExp(logits: tf.Tensor2D): Float64Array {
   } finally {
     scratch.dispose();
   }
+}
+
+/**
+ * Causal self-attention in the transposed layout, fused (scores, mask, softmax, weighted sum)
+ * on the WASM heap: q, k, v `[H * hd, B * S]` (q already scaled), keyMask an int32 `[B * S]`
+ * tensor (1 = real token). Returns the context `[H * hd, B * S]`, ready for out_proj, or null
+ * when the backend is not WASM (the caller then uses tfjs ops). No `[B, H, S, S]` tensors or
+ * head transposes are made; TensorFlow.js runs batched matMuls on a scalar path (~2 GFLOP/s).
+ */
+export function fusedAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  keyMask: tf.Tensor1D,
+  B: number,
+  S: number,
+  H: number,
+  hd: number,
+): tf.Tensor2D | null {
+  const kern = kernel();
+  if (!kern) return null;
+  const [D, N] = q.shape;
+  if (D !== H * hd || N !== B * S || keyMask.size !== N || keyMask.dtype !== "int32") {
+    throw new Error(`fusedAttention: shapes [${q.shape}] for B=${B} S=${S} H=${H} hd=${hd}`);
+  }
+  const out = tf.zeros([D, N], "float32") as tf.Tensor2D;
+  const scratch = tf.zeros([S * S + 3 * hd * S], "float32");
+  try {
+    kern.exports.attention(
+      offsetOf(q),
+      offsetOf(k),
+      offsetOf(v),
+      offsetOf(keyMask),
+      offsetOf(out),
+      B,
+      S,
+      H,
+      hd,
+      offsetOf(scratch),
+    );
+  } finally {
+    scratch.dispose();
+  }
+  return out;
 }

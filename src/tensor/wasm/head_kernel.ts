@@ -92,3 +92,134 @@ export function colSumExp(L: usize, V: i32, P: i32, m: usize, acc: usize, s: usi
     }
   }
 }
+
+const F32_MIN: f32 = -3.4028234663852886e38;
+
+/**
+ * Causal self-attention of one layer in the transposed layout, for every (row b, head h):
+ * q, k, v, out are `[D, N]` float32 (D = H * hd hidden rows, N = B * S tokens, token b * S + s),
+ * q already scaled by hd^-0.5; keyMask is N int32 (1 = real token). As Hugging Face OPT:
+ * x[i, j] = max(q_i . k_j + (j <= i && mask_j ? 0 : float32 min), float32 min),
+ * p = softmax_j(x[i, :]) (a fully masked row is uniform over its S keys, as there),
+ * out[:, i] = sum_j p[i, j] v[:, j]. scratch: S * S + 3 * hd * S floats. A head's q, k, v
+ * blocks are first packed contiguously ([hd, S] each): read in place their rows are N floats
+ * apart, and rows 4 KiB apart alias in L1.
+ */
+export function attention(
+  q: usize,
+  k: usize,
+  v: usize,
+  keyMask: usize,
+  out: usize,
+  B: i32,
+  S: i32,
+  H: i32,
+  hd: i32,
+  scratch: usize,
+): void {
+  const N = B * S;
+  const rowBytes = <usize> N << 2;
+  const S4 = S & ~3;
+  const S16 = S & ~15;
+  const sRow = <usize> S << 2;
+  for (let b = 0; b < B; b++) {
+    const c0 = <usize> (b * S) << 2; // byte offset of this row's first token in a [., N] row
+    const mrow = keyMask + c0;
+    for (let h = 0; h < H; h++) {
+      const d0 = <usize> (h * hd) * rowBytes; // byte offset of this head's first hidden row
+      const oh = out + d0 + c0;
+      const qh = scratch + <usize> S * sRow,
+        kh = qh + <usize> hd * sRow,
+        vh = kh + <usize> hd * sRow;
+      for (let d = 0; d < hd; d++) {
+        const r = <usize> d * rowBytes + d0 + c0, w = <usize> d * sRow;
+        memory.copy(qh + w, q + r, sRow);
+        memory.copy(kh + w, k + r, sRow);
+        memory.copy(vh + w, v + r, sRow);
+      }
+      // scores[i, j] = sum_d q[d, i] k[d, j]
+      for (let i = 0; i < S; i++) {
+        const srow = scratch + <usize> i * sRow;
+        const qi = qh + (<usize> i << 2);
+        let j = 0;
+        for (; j < S16; j += 16) {
+          const o = <usize> j << 2;
+          let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+          for (let d = 0; d < hd; d++) {
+            const r = <usize> d * sRow;
+            const x = f32x4.splat(load<f32>(qi + r));
+            const kr = kh + r + o;
+            a0 = f32x4.add(a0, f32x4.mul(x, v128.load(kr)));
+            a1 = f32x4.add(a1, f32x4.mul(x, v128.load(kr, 16)));
+            a2 = f32x4.add(a2, f32x4.mul(x, v128.load(kr, 32)));
+            a3 = f32x4.add(a3, f32x4.mul(x, v128.load(kr, 48)));
+          }
+          v128.store(srow + o, a0);
+          v128.store(srow + o, a1, 16);
+          v128.store(srow + o, a2, 32);
+          v128.store(srow + o, a3, 48);
+        }
+        for (; j < S4; j += 4) {
+          const o = <usize> j << 2;
+          let a0 = f32x4.splat(0);
+          for (let d = 0; d < hd; d++) {
+            const r = <usize> d * sRow;
+            a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(qi + r)), v128.load(kh + r + o)));
+          }
+          v128.store(srow + o, a0);
+        }
+        for (; j < S; j++) {
+          const o = <usize> j << 2;
+          let a: f32 = 0;
+          for (let d = 0; d < hd; d++) {
+            const r = <usize> d * sRow;
+            a += load<f32>(qi + r) * load<f32>(kh + r + o);
+          }
+          store<f32>(srow + o, a);
+        }
+        // mask, clamp, softmax over j (scalar: S values, exp by the SIMD routine's lane 0)
+        let m: f32 = -Infinity;
+        for (let jj = 0; jj < S; jj++) {
+          const o = <usize> jj << 2;
+          const visible = jj <= i && load<i32>(mrow + o) == 1;
+          let x = load<f32>(srow + o) + (visible ? <f32> 0 : F32_MIN);
+          x = x != x ? x : max(x, F32_MIN);
+          store<f32>(srow + o, x);
+          m = x != x || m != m ? NaN : max(m, x);
+        }
+        let sum: f32 = 0;
+        for (let jj = 0; jj < S; jj++) {
+          const o = <usize> jj << 2;
+          const e = exp1(load<f32>(srow + o) - m);
+          store<f32>(srow + o, e);
+          sum += e;
+        }
+        const inv: f32 = <f32> 1 / sum;
+        for (let jj = 0; jj < S; jj++) {
+          const o = <usize> jj << 2;
+          store<f32>(srow + o, load<f32>(srow + o) * inv);
+        }
+      }
+      // out[d, i] = sum_j p[i, j] v[d, j]
+      for (let d = 0; d < hd; d++) {
+        const vr = vh + <usize> d * sRow, or = oh + <usize> d * rowBytes;
+        for (let i = 0; i < S; i++) {
+          const prow = scratch + <usize> i * sRow;
+          let acc = f32x4.splat(0);
+          let j = 0;
+          for (; j < S4; j += 4) {
+            const o = <usize> j << 2;
+            acc = f32x4.add(acc, f32x4.mul(v128.load(prow + o), v128.load(vr + o)));
+          }
+          let a: f32 = f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1) +
+            (f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3));
+          for (; j < S; j++) {
+            const o = <usize> j << 2;
+            a += load<f32>(prow + o) * load<f32>(vr + o);
+          }
+          store<f32>(or + (<usize> i << 2), a);
+        }
+      }
+    }
+  }
+}
