@@ -22,7 +22,12 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { OptConfig } from "./config.ts";
 import { type Checkpoint, loadTensor } from "./checkpoint.ts";
-import { columnLogSumExp, fusedAttention } from "../tensor/head_kernel.ts";
+import {
+  columnLogSumExp,
+  embedTransposed,
+  fusedAttention,
+  layerNormTransposed,
+} from "../tensor/fused.ts";
 import { activeBackend, weightView } from "../tensor/backend.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
@@ -305,6 +310,13 @@ function onesRow(n: number): tf.Tensor2D {
  * transposes internally and was 16x slower.
  */
 function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  const fused = layerNormTransposed(
+    x,
+    param(stage, `${name}.weight`),
+    param(stage, `${name}.bias`),
+    1e-5,
+  );
+  if (fused) return fused;
   const D = x.shape[0];
   const ones = onesRow(D);
   const mean = tf.div(tf.matMul(ones, x), D);
@@ -372,6 +384,15 @@ function decoderLayer(
 
 /** Token + position embeddings (and project_in): ids -> [hidden, N]. */
 function embed(stage: Stage, batch: TokenBatch): tf.Tensor2D {
+  if (!stage.config.hasProjections) {
+    const fused = embedTransposed(
+      param(stage, "embed_tokens.weight") as tf.Tensor2D,
+      param(stage, "embed_positions.weight") as tf.Tensor2D,
+      batch.ids,
+      positionRows(batch),
+    );
+    if (fused) return fused;
+  }
   const ids = tf.tensor1d(batch.ids, "int32");
   const rows = tf.tensor1d(positionRows(batch), "int32");
   let tokens = tf.gather(param(stage, "embed_tokens.weight"), ids) as tf.Tensor2D; // [N, E]

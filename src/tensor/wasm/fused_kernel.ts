@@ -1,17 +1,17 @@
-// Column log-sum-exp of an LM-head logits block, in place on the TensorFlow.js WASM heap.
+// @ts-nocheck: AssemblyScript, compiled by asc (v128, f32x4, usize, load... are asc builtins).
+// No decorators (deno fmt would drop them): binaryen -O3 decides the inlining.
+//
+// Fused kernels of the OPT forward, in place on the TensorFlow.js WASM heap: the LM head's column
+// log-sum-exp, causal attention, LayerNorm over axis 0 and the embeddings, in the transposed layout.
 //
 // AssemblyScript, compiled by ./build.ts with --importMemory: the module has no memory of its
 // own and no data segments; it is instantiated on the memory of @tensorflow/tfjs-backend-wasm
-// and reads a `[V, P]` row-major float32 logits tensor where the matMul wrote it (no copy, no
-// transpose). Scratch buffers are tensors the caller allocated on the same heap.
-//
-// For each column p: m[p] = max_v L[v, p];  s[p] = sum_v exp(L[v, p] - m[p])  (float64 total of
-// float32 partial sums over blocks of rows). The caller forms lse[p] = m[p] + log(s[p]).
+// and reads tensors where tfjs kernels wrote them (no copy, no transpose). Outputs and scratch
+// buffers are tensors the caller allocated on the same heap (src/tensor/fused.ts).
 
 // Cephes expf, f32x4: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, 2^n by exponent bits.
 // Inputs here are <= 0 (logit minus its column maximum); they are clamped at -87.33 so 2^n
 // stays normal. NaN propagates (f32x4.max with a NaN operand is NaN).
-// @ts-ignore: decorator
 
 function exp4(x: v128): v128 {
   x = f32x4.max(x, f32x4.splat(-87.33654));
@@ -30,13 +30,15 @@ function exp4(x: v128): v128 {
   return f32x4.mul(y, e);
 }
 
-// @ts-ignore: decorator
-
 function exp1(x: f32): f32 {
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
 }
 
-/** m[p] = max over rows of L[v, p] (NaN if any is NaN). L: V x P floats, m: P floats. */
+/**
+ * LM head, pass 1: m[p] = max over rows of L[v, p] (NaN if any is NaN), L `[V, P]` row-major
+ * logits as the matMul wrote them, m: P floats. Pass 2 (colSumExp) gives s[p] = sum_v
+ * exp(L[v, p] - m[p]); the caller forms lse[p] = m[p] + log(s[p]).
+ */
 export function colMax(L: usize, V: i32, P: i32, m: usize): void {
   const P4 = P & ~3;
   const stride = <usize> P << 2;
@@ -220,6 +222,104 @@ export function attention(
           store<f32>(or + (<usize> i << 2), a);
         }
       }
+    }
+  }
+}
+
+/**
+ * Token + position embeddings into the transposed layout: out[e, n] = tok[ids[n], e] +
+ * pos[rows[n], e] (float32), tok and pos row-major `[*, E]`, ids and rows N int32 (the caller
+ * checks their range), out `[E, N]`.
+ */
+export function embedT(
+  tok: usize,
+  pos: usize,
+  ids: usize,
+  rows: usize,
+  N: i32,
+  E: i32,
+  out: usize,
+): void {
+  const rowBytes = <usize> N << 2;
+  for (let n = 0; n < N; n++) {
+    const t = tok + <usize> load<i32>(ids + (<usize> n << 2)) * (<usize> E << 2);
+    const p = pos + <usize> load<i32>(rows + (<usize> n << 2)) * (<usize> E << 2);
+    let o = out + (<usize> n << 2);
+    for (let e = 0; e < E; e++) {
+      store<f32>(o, load<f32>(t + (<usize> e << 2)) + load<f32>(p + (<usize> e << 2)));
+      o += rowBytes;
+    }
+  }
+}
+
+/**
+ * LayerNorm over axis 0 of x `[D, N]` (each column one token), as torch: mean and biased
+ * variance in float32, y = ((x - mean) * (1 / sqrt(var + eps))) * w[d] + b[d]. w, b: D floats;
+ * out `[D, N]`; scratch: 2 N floats.
+ */
+export function layerNormT(
+  x: usize,
+  D: i32,
+  N: i32,
+  w: usize,
+  b: usize,
+  eps: f32,
+  out: usize,
+  scratch: usize,
+): void {
+  const rowBytes = <usize> N << 2;
+  const N4 = N & ~3;
+  const mean = scratch, inv = scratch + rowBytes;
+  const fD = <f32> D;
+  memory.fill(mean, 0, rowBytes);
+  memory.fill(inv, 0, rowBytes);
+  for (let d = 0; d < D; d++) {
+    const r = x + <usize> d * rowBytes;
+    let n = 0;
+    for (; n < N4; n += 4) {
+      const o = <usize> n << 2;
+      v128.store(mean + o, f32x4.add(v128.load(mean + o), v128.load(r + o)));
+    }
+    for (; n < N; n++) {
+      const o = <usize> n << 2;
+      store<f32>(mean + o, load<f32>(mean + o) + load<f32>(r + o));
+    }
+  }
+  for (let n = 0; n < N; n++) {
+    store<f32>(mean + (<usize> n << 2), load<f32>(mean + (<usize> n << 2)) / fD);
+  }
+  for (let d = 0; d < D; d++) {
+    const r = x + <usize> d * rowBytes;
+    let n = 0;
+    for (; n < N4; n += 4) {
+      const o = <usize> n << 2;
+      const c = f32x4.sub(v128.load(r + o), v128.load(mean + o));
+      v128.store(inv + o, f32x4.add(v128.load(inv + o), f32x4.mul(c, c)));
+    }
+    for (; n < N; n++) {
+      const o = <usize> n << 2;
+      const c = load<f32>(r + o) - load<f32>(mean + o);
+      store<f32>(inv + o, load<f32>(inv + o) + c * c);
+    }
+  }
+  for (let n = 0; n < N; n++) {
+    const o = <usize> n << 2;
+    store<f32>(inv + o, <f32> 1 / sqrt<f32>(load<f32>(inv + o) / fD + eps));
+  }
+  for (let d = 0; d < D; d++) {
+    const r = x + <usize> d * rowBytes, y = out + <usize> d * rowBytes;
+    const wd = load<f32>(w + (<usize> d << 2)), bd = load<f32>(b + (<usize> d << 2));
+    const w4 = f32x4.splat(wd), b4 = f32x4.splat(bd);
+    let n = 0;
+    for (; n < N4; n += 4) {
+      const o = <usize> n << 2;
+      const c = f32x4.mul(f32x4.sub(v128.load(r + o), v128.load(mean + o)), v128.load(inv + o));
+      v128.store(y + o, f32x4.add(f32x4.mul(c, w4), b4));
+    }
+    for (; n < N; n++) {
+      const o = <usize> n << 2;
+      const c = (load<f32>(r + o) - load<f32>(mean + o)) * load<f32>(inv + o);
+      store<f32>(y + o, c * wd + bd);
     }
   }
 }

@@ -1,20 +1,44 @@
 /**
- * Column log-sum-exp of LM-head logits `[V, P]` (vocabulary rows, one column per position), the
- * layout `W · Hᵀ` produces in the transposed forward (src/model/opt.ts).
+ * Fused kernels for the OPT forward in its transposed layout (`[hidden, tokens]`, see
+ * src/model/opt.ts), where TensorFlow.js' WASM backend is slow: reductions and broadcasts over
+ * axis 0 (it transposes), batched matMuls (a scalar loop, ~2 GFLOP/s), gathers.
  *
- * On the WASM backend this runs a small SIMD kernel (`wasm/head_kernel.ts`) instantiated on
- * the backend's own memory: it reads the logits where the matMul wrote them, in two streaming
- * passes (column max, then the sum of exp(logit - max)), with no transpose, no broadcast and no
- * `[V, P]` temporaries. TensorFlow.js would need a `[V, P]` transpose (its reductions and
- * broadcasts over a non-inner axis are slow) plus three `[V, P]` intermediates.
+ * They run a small SIMD module (`wasm/fused_kernel.ts`) instantiated on the backend's own
+ * memory: it reads tensors where tfjs wrote them and writes into tensors allocated here, so no
+ * data is copied between JS and the WASM heap. Each function returns null (or falls back, for
+ * `columnLogSumExp`) on other backends; the model then uses tfjs ops with the same semantics.
+ *
+ * - `columnLogSumExp`: the LM head's log-sum-exp over the vocabulary of `[V, P]` logits, in two
+ *   streaming passes (column max, sum of exp(logit - max)) with no `[V, P]` transpose/temporary.
+ * - `fusedAttention`: scores, mask, softmax and weighted sum for every (row, head).
+ * - `layerNormTransposed`, `embedTransposed`: LayerNorm over axis 0; embeddings as columns.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
-import { HEAD_KERNEL_WASM_BASE64 } from "./wasm/head_kernel_wasm.ts";
+import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
 
 interface Exports {
   colMax(L: number, V: number, P: number, m: number): void;
   colSumExp(L: number, V: number, P: number, m: number, acc: number, s: number): void;
+  embedT(
+    tok: number,
+    pos: number,
+    ids: number,
+    rows: number,
+    N: number,
+    E: number,
+    out: number,
+  ): void;
+  layerNormT(
+    x: number,
+    D: number,
+    N: number,
+    w: number,
+    b: number,
+    eps: number,
+    out: number,
+    scratch: number,
+  ): void;
   attention(
     q: number,
     k: number,
@@ -42,7 +66,7 @@ function kernel(): typeof cached {
   if (cached?.backend === backend) return cached;
   const memory = (backend as unknown as WasmBackendInternals).wasm.asm?.memory;
   if (!(memory instanceof WebAssembly.Memory)) return null;
-  const bytes = Uint8Array.from(atob(HEAD_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0));
+  const bytes = Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0));
   const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
   cached = { backend, exports: instance.exports as unknown as Exports, memory };
   return cached;
@@ -51,11 +75,12 @@ function kernel(): typeof cached {
 function offsetOf(t: tf.Tensor): number {
   const b = tf.backend() as unknown as WasmBackendInternals;
   const info = b.dataIdMap.get(t.dataId);
-  if (!info) throw new Error("head kernel: tensor is not on the wasm backend");
+  if (!info) throw new Error("fused kernels: tensor is not on the wasm backend");
   return info.memoryOffset;
 }
 
 /**
+ * Column log-sum-exp of LM-head logits `[V, P]` (vocabulary rows, one column per position):
  * lse[p] = log sum_v exp(logits[v, p]) for a float32 `[V, P]` tensor, in float64. NaN for a
  * column that holds a NaN (or only -Infinity).
  */
@@ -123,6 +148,79 @@ export function fusedAttention(
       S,
       H,
       hd,
+      offsetOf(scratch),
+    );
+  } finally {
+    scratch.dispose();
+  }
+  return out;
+}
+
+/**
+ * Token + position embeddings straight into the transposed layout: `[E, N]` with column n =
+ * tok[ids[n]] + pos[rows[n]], or null when the backend is not WASM. Replaces two gathers, an
+ * add and a transpose. Throws on an id or row outside its table.
+ */
+export function embedTransposed(
+  tok: tf.Tensor2D,
+  pos: tf.Tensor2D,
+  ids: Int32Array,
+  rows: Int32Array,
+): tf.Tensor2D | null {
+  const kern = kernel();
+  if (!kern) return null;
+  const [V, E] = tok.shape, [R, E2] = pos.shape, N = ids.length;
+  if (E !== E2 || rows.length !== N) throw new Error("embedTransposed: shapes do not match");
+  for (let n = 0; n < N; n++) {
+    if (!(ids[n] >= 0 && ids[n] < V)) throw new RangeError(`token id ${ids[n]} not in [0, ${V})`);
+    if (!(rows[n] >= 0 && rows[n] < R)) {
+      throw new RangeError(`position row ${rows[n]} not in [0, ${R})`);
+    }
+  }
+  const out = tf.zeros([E, N], "float32") as tf.Tensor2D;
+  const ti = tf.tensor1d(ids, "int32"), tr = tf.tensor1d(rows, "int32");
+  try {
+    kern.exports.embedT(
+      offsetOf(tok),
+      offsetOf(pos),
+      offsetOf(ti),
+      offsetOf(tr),
+      N,
+      E,
+      offsetOf(out),
+    );
+  } finally {
+    ti.dispose();
+    tr.dispose();
+  }
+  return out;
+}
+
+/**
+ * LayerNorm over axis 0 of `[D, N]` (torch semantics, biased variance), weight and bias `[D, 1]`,
+ * in one kernel call; null when the backend is not WASM.
+ */
+export function layerNormTransposed(
+  x: tf.Tensor2D,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps: number,
+): tf.Tensor2D | null {
+  const kern = kernel();
+  if (!kern) return null;
+  const [D, N] = x.shape;
+  if (weight.size !== D || bias.size !== D) throw new Error("layerNormTransposed: shapes");
+  const out = tf.zeros([D, N], "float32") as tf.Tensor2D;
+  const scratch = tf.zeros([2 * N], "float32");
+  try {
+    kern.exports.layerNormT(
+      offsetOf(x),
+      D,
+      N,
+      offsetOf(weight),
+      offsetOf(bias),
+      eps,
+      offsetOf(out),
       offsetOf(scratch),
     );
   } finally {

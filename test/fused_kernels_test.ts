@@ -1,10 +1,16 @@
 /**
- * The LM-head log-sum-exp kernel (src/tensor/head_kernel.ts) against a float64 reference.
+ * The WASM kernels of src/tensor/fused.ts (LM-head log-sum-exp, attention, LayerNorm,
+ * embeddings) against float64 references.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { strict as assert } from "node:assert";
 import { initBackend } from "../src/tensor/backend.ts";
-import { columnLogSumExp, fusedAttention } from "../src/tensor/head_kernel.ts";
+import {
+  columnLogSumExp,
+  embedTransposed,
+  fusedAttention,
+  layerNormTransposed,
+} from "../src/tensor/fused.ts";
 
 await initBackend("wasm");
 
@@ -113,4 +119,45 @@ Deno.test("fusedAttention matches float64 attention: padding, fully masked rows,
     const want = attentionReference(q, k, v, mask, B, S, H, hd);
     for (let i = 0; i < want.length; i++) assertAlmostEquals(got[i], want[i], 1e-5);
   }
+});
+
+Deno.test("layerNormTransposed matches float64 LayerNorm over axis 0 (odd widths too)", () => {
+  for (const [D, N] of [[5, 7], [256, 1024], [3, 1]]) {
+    const x = new Float32Array(D * N).map(() => Math.random() * 4 - 1);
+    const w = new Float32Array(D).map(() => 1 + Math.random() * 0.2);
+    const b = new Float32Array(D).map(() => Math.random() * 0.1);
+    const tx = tf.tensor2d(x, [D, N]), tw = tf.tensor2d(w, [D, 1]), tb = tf.tensor2d(b, [D, 1]);
+    const out = layerNormTransposed(tx, tw, tb, 1e-5)!;
+    const got = out.dataSync();
+    tf.dispose([tx, tw, tb, out]);
+    for (let n = 0; n < N; n++) {
+      let mean = 0, v = 0;
+      for (let d = 0; d < D; d++) mean += x[d * N + n] / D;
+      for (let d = 0; d < D; d++) v += (x[d * N + n] - mean) ** 2 / D;
+      for (let d = 0; d < D; d++) {
+        const want = ((x[d * N + n] - mean) / Math.sqrt(v + 1e-5)) * w[d] + b[d];
+        assertAlmostEquals(got[d * N + n], want, 1e-5);
+      }
+    }
+  }
+});
+
+Deno.test("embedTransposed writes tok[id] + pos[row] as columns and rejects bad ids", () => {
+  const V = 11, R = 6, E = 5, N = 9;
+  const tok = new Float32Array(V * E).map(() => Math.random());
+  const pos = new Float32Array(R * E).map(() => Math.random());
+  const ids = Int32Array.from({ length: N }, (_, n) => (n * 7) % V);
+  const rows = Int32Array.from({ length: N }, (_, n) => n % R);
+  const tt = tf.tensor2d(tok, [V, E]), tp = tf.tensor2d(pos, [R, E]);
+  const out = embedTransposed(tt, tp, ids, rows)!;
+  const got = out.dataSync();
+  out.dispose();
+  for (let n = 0; n < N; n++) {
+    for (let e = 0; e < E; e++) {
+      assert.equal(got[e * N + n], Math.fround(tok[ids[n] * E + e] + pos[rows[n] * E + e]));
+    }
+  }
+  assert.throws(() => embedTransposed(tt, tp, Int32Array.of(V), Int32Array.of(0)), RangeError);
+  assert.throws(() => embedTransposed(tt, tp, Int32Array.of(0), Int32Array.of(-1)), RangeError);
+  tf.dispose([tt, tp]);
 });
