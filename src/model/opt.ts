@@ -23,6 +23,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { OptConfig } from "./config.ts";
 import { type Checkpoint, loadTensor } from "./checkpoint.ts";
 import {
+  addBiasInPlace,
   columnLogSumExp,
   embedTransposed,
   fusedAttention,
@@ -163,6 +164,7 @@ async function loadParam(ckpt: Checkpoint, spec: ParamSpec): Promise<tf.Tensor> 
   try {
     await file.seek(loc.entry.begin, Deno.SeekMode.Start);
     const total = loc.entry.byteLength;
+    // Per load (loads of several stages may interleave at their awaits).
     const buf = new Uint8Array(Math.min(LOAD_CHUNK_BYTES, total));
     let done = 0;
     while (done < total) {
@@ -280,16 +282,32 @@ function param(stage: Stage, name: string): tf.Tensor {
   return t;
 }
 
-/** y = W x + b in the transposed layout: W [out, in], x [in, N], b [out, 1]. */
-function linear(stage: Stage, name: string, x: tf.Tensor2D, bias = true): tf.Tensor2D {
+/**
+ * y = W x + b in the transposed layout: W [out, in], x [in, N], b [out, 1]; then relu when
+ * `relu`. On WASM the bias (and relu) are applied in place on the fresh matMul output.
+ */
+function linear(
+  stage: Stage,
+  name: string,
+  x: tf.Tensor2D,
+  bias = true,
+  relu = false,
+): tf.Tensor2D {
+  const lora = stage.lora?.adapted.has(PREFIX + name) ?? false;
   let y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
-  if (bias) y = tf.add(y, param(stage, `${name}.bias`)) as tf.Tensor2D;
-  if (stage.lora?.adapted.has(PREFIX + name)) {
+  let activated = false;
+  if (bias) {
+    const b = param(stage, `${name}.bias`);
+    if (addBiasInPlace(y, b, relu && !lora)) activated = relu && !lora;
+    else y = tf.add(y, b) as tf.Tensor2D;
+  }
+  if (lora) {
     // PEFT: base(x) + lora_B(lora_A(x)) * scaling.
     const a = tf.matMul(param(stage, `${name}.lora_A.weight`) as tf.Tensor2D, x);
     const ba = tf.matMul(param(stage, `${name}.lora_B.weight`) as tf.Tensor2D, a);
-    y = tf.add(y, tf.mul(ba, stage.lora.scale)) as tf.Tensor2D;
+    y = tf.add(y, tf.mul(ba, stage.lora!.scale)) as tf.Tensor2D;
   }
+  if (relu && !activated) y = tf.relu(y) as tf.Tensor2D;
   return y;
 }
 
@@ -366,7 +384,7 @@ function decoderLayer(
   // one block's intermediates at a time (the heap never shrinks: this bounds its peak).
   const p = `layers.${l}`;
   const mlp = (x: tf.Tensor2D) =>
-    linear(stage, `${p}.fc2`, tf.relu(linear(stage, `${p}.fc1`, x)) as tf.Tensor2D);
+    linear(stage, `${p}.fc2`, linear(stage, `${p}.fc1`, x, true, true));
   const attn = (x: tf.Tensor2D) => selfAttention(stage, `${p}.self_attn`, x, masks, B, S);
   if (stage.config.preLayerNorm) {
     const h1 = tf.tidy(() =>

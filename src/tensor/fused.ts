@@ -39,6 +39,7 @@ interface Exports {
     out: number,
     scratch: number,
   ): void;
+  biasActT(y: number, D: number, N: number, b: number, relu: number): void;
   attention(
     q: number,
     k: number,
@@ -227,4 +228,18 @@ export function layerNormTransposed(
     scratch.dispose();
   }
   return out;
+}
+
+/**
+ * In place on `y` `[D, N]`: y += bias `[D, 1]` (per row), then relu when asked. Only for a
+ * tensor the caller just created and nobody else holds (a matMul output): it avoids two more
+ * `[D, N]` tensors per linear. Returns false (nothing done) when the backend is not WASM.
+ */
+export function addBiasInPlace(y: tf.Tensor2D, bias: tf.Tensor, relu: boolean): boolean {
+  const kern = kernel();
+  if (!kern) return false;
+  const [D, N] = y.shape;
+  if (bias.size !== D || y.dtype !== "float32") throw new Error("addBiasInPlace: shapes");
+  kern.exports.biasActT(offsetOf(y), D, N, offsetOf(bias), relu ? 1 : 0);
+  return true;
 }

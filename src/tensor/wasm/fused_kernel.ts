@@ -323,3 +323,41 @@ export function layerNormT(
     }
   }
 }
+
+/**
+ * In place on y `[D, N]` (a fresh matMul output): y[d, n] += b[d], then max(y, 0) when relu is 1.
+ * Same float32 results as tfjs add and relu (relu keeps NaN).
+ */
+export function biasActT(y: usize, D: i32, N: i32, b: usize, relu: i32): void {
+  const rowBytes = <usize> N << 2;
+  const N4 = N & ~3;
+  const zero = f32x4.splat(0);
+  for (let d = 0; d < D; d++) {
+    const r = y + <usize> d * rowBytes;
+    const bd = load<f32>(b + (<usize> d << 2));
+    const b4 = f32x4.splat(bd);
+    let n = 0;
+    if (relu) {
+      for (; n < N4; n += 4) {
+        const o = <usize> n << 2;
+        const x = f32x4.add(v128.load(r + o), b4);
+        // NaN stays NaN: select x where !(x < 0)
+        v128.store(r + o, v128.bitselect(zero, x, f32x4.lt(x, zero)));
+      }
+      for (; n < N; n++) {
+        const o = <usize> n << 2;
+        const x = load<f32>(r + o) + bd;
+        store<f32>(r + o, x < 0 ? 0 : x);
+      }
+    } else {
+      for (; n < N4; n += 4) {
+        const o = <usize> n << 2;
+        v128.store(r + o, f32x4.add(v128.load(r + o), b4));
+      }
+      for (; n < N; n++) {
+        const o = <usize> n << 2;
+        store<f32>(r + o, load<f32>(r + o) + bd);
+      }
+    }
+  }
+}
