@@ -6,6 +6,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { strict as assert } from "node:assert";
 import { initBackend } from "../src/tensor/backend.ts";
 import {
+  addBiasInPlace,
   columnLogSumExp,
   embedTransposed,
   fusedAttention,
@@ -160,4 +161,18 @@ Deno.test("embedTransposed writes tok[id] + pos[row] as columns and rejects bad 
   assert.throws(() => embedTransposed(tt, tp, Int32Array.of(V), Int32Array.of(0)), RangeError);
   assert.throws(() => embedTransposed(tt, tp, Int32Array.of(0), Int32Array.of(-1)), RangeError);
   tf.dispose([tt, tp]);
+});
+
+Deno.test("addBiasInPlace equals tfjs add (and relu) bit for bit, odd widths too", () => {
+  for (const [D, N] of [[5, 7], [64, 1024]]) {
+    for (const relu of [false, true]) {
+      const x = new Float32Array(D * N).map(() => Math.random() * 2 - 1);
+      const b = new Float32Array(D).map(() => Math.random() - 0.5);
+      const y = tf.tensor2d(x, [D, N]), tb = tf.tensor2d(b, [D, 1]);
+      const want = tf.tidy(() => relu ? tf.relu(tf.add(y, tb)) : tf.add(y, tb)).dataSync();
+      assert.ok(addBiasInPlace(y, tb, relu));
+      assert.deepEqual(y.dataSync(), want);
+      tf.dispose([y, tb]);
+    }
+  }
 });
