@@ -18,6 +18,14 @@ import {
 import { planStages } from "./stage_plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
 import { startNatsServer } from "./nats_server.ts";
+import {
+  installRunKey,
+  localUsers,
+  type NatsSecurity,
+  securityEnv,
+  toHex,
+} from "./nats_security.ts";
+import { newRunKey } from "./protocol.ts";
 
 /** The default run id: the run directory's name, made a valid NATS subject token. */
 export function defaultRunId(config: RunConfig): string {
@@ -31,6 +39,8 @@ export interface CoordinateOptions extends TrainOptions {
   readyTimeoutMs?: number;
   heartbeatTimeoutMs?: number;
   maxChunkBytes?: number;
+  /** TLS, credentials and the run key (README "Security"). */
+  security?: NatsSecurity;
 }
 
 /** The coordinator of a sharded run: waits for its K x R workers, trains, writes the summary. */
@@ -39,6 +49,7 @@ export async function coordinateOverNats(
   opts: CoordinateOptions,
 ): Promise<RunSummary> {
   const log = opts.log ?? ((l: string) => console.error(l));
+  installRunKey(opts.run, opts.security ?? {});
   const ctx = await prepareRun(config, { ...opts, log });
   const { stages, replicas } = config.cluster;
   const plan = planStages(ctx.model, stages, replicas);
@@ -60,6 +71,7 @@ export async function coordinateOverNats(
     readyTimeoutMs: opts.readyTimeoutMs,
     heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
     maxChunkBytes: opts.maxChunkBytes,
+    security: opts.security,
   });
   try {
     await transport.ready();
@@ -115,13 +127,27 @@ export interface LaunchOptions {
   config: RunConfig;
   run?: string;
   nats?: string;
+  /**
+   * With `nats`: how the coordinator (and, without `workerSecurity`, the workers) connect.
+   * Without: ignored; the launcher's own server gets throw-away users (see `launchLocal`).
+   */
+  security?: NatsSecurity;
+  /** With `nats`: how the workers connect, when it differs from the coordinator. */
+  workerSecurity?: NatsSecurity;
   quiet?: boolean;
   /** Where prefixed log lines go (default stderr) and the coordinator's stdout (default stdout). */
   log?: (line: string) => void;
   out?: (line: string) => void;
 }
 
-/** Runs a whole sharded run on this machine; resolves with the coordinator's exit code. */
+/**
+ * Runs a whole sharded run on this machine; resolves with the coordinator's exit code. Without
+ * `nats`, the launcher's nats-server listens on loopback only and admits two throw-away users
+ * with random passwords: the coordinator and the workers, each with the run's permissions
+ * (`runPermissions`). Every run gets a fresh run key (unless the security names one), so every
+ * message is authenticated. Passwords and the key reach the children through their environment,
+ * never their command line.
+ */
 export async function launchLocal(opts: LaunchOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const out = opts.out ?? ((l: string) => console.log(l));
@@ -141,33 +167,57 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
 
   let server: Awaited<ReturnType<typeof startNatsServer>> | undefined;
   let url = opts.nats;
+  const runKey = opts.security?.runKey ?? toHex(newRunKey());
+  let coordSecurity: NatsSecurity = { ...opts.security, runKey };
+  let workerSecurity: NatsSecurity = { ...(opts.workerSecurity ?? opts.security), runKey };
   if (!url) {
     const storeDir = `${config.run_dir}/${NATS_STORE_DIR}`;
     await Deno.mkdir(storeDir, { recursive: true });
     const serverLog = await Deno.open(`${storeDir}/server.log`, { create: true, append: true });
     const enc = new TextEncoder();
+    const users = localUsers(run, { stages, groups: replicas });
     server = await startNatsServer({
       storeDir,
       log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
+      users: [users.coordinator, users.worker],
     });
     url = server.url;
-    log(`launch: nats-server on ${url} (JetStream store ${storeDir}, log ${storeDir}/server.log)`);
+    coordSecurity = { user: users.coordinator.user, password: users.coordinator.password, runKey };
+    workerSecurity = { user: users.worker.user, password: users.worker.password, runKey };
+    // For more workers on this machine: `set -a; . <store>/worker.env; dpzo worker ...`.
+    await Deno.writeTextFile(
+      `${storeDir}/worker.env`,
+      Object.entries(securityEnv(workerSecurity)).map(([k, v]) => `${k}=${v}\n`).join(""),
+      { mode: 0o600 },
+    );
+    log(
+      `launch: nats-server on ${url}, loopback only, users coordinator/worker with throw-away ` +
+        `passwords (JetStream store ${storeDir}, log ${storeDir}/server.log)`,
+    );
   }
   log(
     `launch: run ${run}: coordinator + ${
       stages * replicas
     } workers (${stages} stages x ${replicas} groups); ` +
-      `more workers elsewhere join with: dpzo worker --nats ${url} --run ${run}`,
+      `more workers join with: dpzo worker --nats ${url} --run ${run}` +
+      (server
+        ? ` (credentials and run key: set -a; . ${config.run_dir}/${NATS_STORE_DIR}/worker.env)`
+        : " (with the same credentials and DPZO_RUN_KEY)"),
   );
 
   const children: Child[] = [];
-  const spawn = (name: string, args: string[], stdoutRaw: boolean) => {
+  const spawn = (
+    name: string,
+    args: string[],
+    stdoutRaw: boolean,
+    security: NatsSecurity,
+  ) => {
     const proc = new Deno.Command(Deno.execPath(), {
       args: ["run", ...PERMISSIONS, MAIN, ...args],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", ...securityEnv(security, true) },
     }).spawn();
     const c: Child = { name, proc, status: proc.status, done: false, pumps: Promise.resolve() };
     c.status.then(() => (c.done = true));
@@ -213,24 +263,30 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
 
   let code = 1;
   try {
-    const coord = spawn("coord", [
-      "coordinate",
-      "--config",
-      opts.configPath,
-      ...opts.sets.flatMap((s) => ["--set", s]),
-      "--set",
-      `cluster.stages=${stages}`,
-      "--set",
-      `cluster.replicas=${replicas}`,
-      "--nats",
-      url,
-      "--run",
-      run,
-      ...(opts.quiet ? ["--quiet"] : []),
-    ], true);
+    const coord = spawn(
+      "coord",
+      [
+        "coordinate",
+        "--config",
+        opts.configPath,
+        ...opts.sets.flatMap((s) => ["--set", s]),
+        "--set",
+        `cluster.stages=${stages}`,
+        "--set",
+        `cluster.replicas=${replicas}`,
+        "--nats",
+        url,
+        "--run",
+        run,
+        ...(opts.quiet ? ["--quiet"] : []),
+      ],
+      true,
+      coordSecurity,
+    );
     const workers = Array.from(
       { length: stages * replicas },
-      (_, i) => spawn(`worker ${i}`, ["worker", "--nats", url!, "--run", run], false),
+      (_, i) =>
+        spawn(`worker ${i}`, ["worker", "--nats", url!, "--run", run], false, workerSecurity),
     );
     // The first of: the coordinator ends, a worker fails, or Ctrl-C.
     const workerFailure = Promise.race(

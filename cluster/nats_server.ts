@@ -1,7 +1,21 @@
 /**
  * Starts a local `nats-server` (JetStream on, store in a given directory) on a free port, for
- * `dpzo launch` without `--nats` and for the tests. The caller stops it with `stop()`.
+ * `dpzo launch` without `--nats` and for the tests. The caller stops it with `stop()`. With
+ * `tls` and `users` the generated configuration (mode 0600, in the store directory) requires TLS
+ * and a password, and gives each user its permissions (cluster/nats_security.ts).
  */
+import { authorizationBlock, type ServerUser } from "./nats_security.ts";
+
+export interface ServerTls {
+  /** Server certificate and key (PEM). */
+  cert: string;
+  key: string;
+  /** CA that signed client certificates (with `verify`). */
+  ca?: string;
+  /** Require a client certificate signed by `ca`. */
+  verify?: boolean;
+}
+
 export interface NatsServer {
   url: string;
   port: number;
@@ -37,15 +51,20 @@ export async function startNatsServer(opts: {
   timeoutMs?: number;
   /** The server's max_payload in bytes (default 1 MiB); small values make activations chunk. */
   maxPayload?: number;
+  tls?: ServerTls;
+  /** Users with passwords (and permissions); without, the server admits anyone. */
+  users?: ServerUser[];
 }): Promise<NatsServer> {
   const host = opts.host ?? "127.0.0.1";
   const port = opts.port ?? freePort(host === "0.0.0.0" ? "127.0.0.1" : host);
   await Deno.mkdir(opts.storeDir, { recursive: true });
   const extra: string[] = [];
-  if (opts.maxPayload) {
-    const conf = `${opts.storeDir}/server.conf`;
-    await Deno.writeTextFile(conf, `max_payload: ${opts.maxPayload}\n`);
-    extra.push("-c", conf);
+  const conf = serverConfig(opts);
+  if (conf) {
+    const file = `${opts.storeDir}/server.conf`;
+    await Deno.writeTextFile(file, conf, { mode: 0o600 });
+    await Deno.chmod(file, 0o600).catch(() => {});
+    extra.push("-c", file);
   }
   let child: Deno.ChildProcess;
   try {
@@ -99,7 +118,7 @@ export async function startNatsServer(opts: {
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  const url = `nats://${probe}:${port}`;
+  const url = `${opts.tls ? "tls" : "nats"}://${probe}:${port}`;
   return {
     url,
     port,
@@ -120,4 +139,26 @@ export async function startNatsServer(opts: {
       await pumps;
     },
   };
+}
+
+/** The configuration file for the options that need one (null when flags suffice). */
+export function serverConfig(opts: {
+  maxPayload?: number;
+  tls?: ServerTls;
+  users?: ServerUser[];
+}): string | null {
+  const lines: string[] = [];
+  if (opts.maxPayload) lines.push(`max_payload: ${opts.maxPayload}`);
+  if (opts.tls) {
+    const t = opts.tls;
+    lines.push("tls {");
+    lines.push(`  cert_file: ${JSON.stringify(t.cert)}`);
+    lines.push(`  key_file: ${JSON.stringify(t.key)}`);
+    if (t.ca) lines.push(`  ca_file: ${JSON.stringify(t.ca)}`);
+    if (t.verify) lines.push("  verify: true");
+    lines.push("  timeout: 5");
+    lines.push("}");
+  }
+  if (opts.users?.length) lines.push(authorizationBlock(opts.users));
+  return lines.length ? lines.join("\n") + "\n" : null;
 }

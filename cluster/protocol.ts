@@ -9,6 +9,7 @@
  */
 import { z } from "zod";
 import { Packr } from "msgpackr";
+import { createHmac, timingSafeEqual } from "node:crypto";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -83,7 +84,11 @@ export const RunId = z.string().regex(
   "a run id is 1-64 letters, digits, '-' or '_'",
 );
 
-/** The subjects of one run. Everything of a run lives under `dpzo.<run>.`. */
+/**
+ * The subjects of one run. Everything of a run lives under `dpzo.<run>.`. Who may publish and
+ * subscribe to each is in cluster/nats_security.ts (`runPermissions`): a new subject that workers
+ * publish on must be added there, or the generated server permissions refuse it.
+ */
 export function subjects(run: string) {
   const p = `dpzo.${run}`;
   return {
@@ -107,12 +112,97 @@ export function subjects(run: string) {
   };
 }
 
-/** Every NATS message is `{v, run, body}`; anything else is logged and dropped. */
+/** Who sent a message: the coordinator or a stage worker (defense in depth beside permissions). */
+export type Role = "coordinator" | "worker";
+
+/**
+ * Every NATS message is `{v, run, from, body}` (`from` is the sender's role); anything else is
+ * logged and dropped.
+ */
 export const Envelope = z.object({
   v: z.literal(PROTOCOL_VERSION),
   run: z.string(),
+  from: z.enum(["coordinator", "worker"]).optional(),
   body: z.unknown(),
 });
+
+// ---------------------------------------------------------------------------------------------
+// Message authentication. A run may have a secret key (32 random bytes that `dpzo launch`
+// generates and hands to its processes, or DPZO_RUN_KEY); then every message of the run ends
+// with a 16-byte tag, HMAC-SHA256(key, sender role || message), and a message without a valid
+// tag is dropped. A client that can publish on the run's subjects but does not hold the key
+// (another user of a shared NATS account, a stray process) cannot inject anything that is
+// accepted. The key is per process and per run id, so that one process can serve several runs.
+// ---------------------------------------------------------------------------------------------
+
+const TAG_BYTES = 16;
+const runKeys = new Map<string, Uint8Array>();
+
+/** Sets (or with `null` clears) the secret key of a run for this process. */
+export function useRunKey(run: string, key: Uint8Array | null): void {
+  if (key === null) {
+    runKeys.delete(run);
+    return;
+  }
+  if (key.byteLength < 16) throw new Error("a run key has at least 16 bytes");
+  runKeys.set(run, new Uint8Array(key));
+}
+
+/** Whether messages of `run` are authenticated in this process. */
+export function hasRunKey(run: string): boolean {
+  return runKeys.has(run);
+}
+
+/** A fresh random run key. */
+export function newRunKey(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(32));
+}
+
+function tagOf(key: Uint8Array, role: Role, data: Uint8Array): Uint8Array {
+  const h = createHmac("sha256", key);
+  h.update(role === "coordinator" ? "dpzo/c/" : "dpzo/w/");
+  h.update(data);
+  return new Uint8Array(h.digest().buffer, 0, TAG_BYTES);
+}
+
+function seal(run: string, role: Role, data: Uint8Array): Uint8Array {
+  const key = runKeys.get(run);
+  if (!key) return data;
+  const out = new Uint8Array(data.byteLength + TAG_BYTES);
+  out.set(data);
+  out.set(tagOf(key, role, data), data.byteLength);
+  return out;
+}
+
+/**
+ * The message without its tag when the run has a key and the tag is right for one of `roles`
+ * (null, logged, when not); the message itself when the run has no key.
+ */
+function unseal(
+  run: string,
+  roles: readonly Role[],
+  data: Uint8Array,
+  log: (line: string) => void,
+  what: string,
+): Uint8Array | null {
+  const key = runKeys.get(run);
+  if (!key) return data;
+  if (!(data instanceof Uint8Array) || data.byteLength <= TAG_BYTES) {
+    log(`protocol: dropped ${what}: too short to carry an authentication tag`);
+    return null;
+  }
+  const body = data.subarray(0, data.byteLength - TAG_BYTES);
+  const tag = data.subarray(data.byteLength - TAG_BYTES);
+  for (const role of roles) {
+    if (timingSafeEqual(tagOf(key, role, body), tag)) return body;
+  }
+  log(
+    `protocol: dropped ${what}: bad authentication tag (not from a ${
+      roles.join(" or ")
+    } of run ${run}: wrong or missing run key)`,
+  );
+  return null;
+}
 
 const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, "expected bytes");
 
@@ -180,7 +270,7 @@ export const Chunk = z.object({
 });
 
 /** The reassembled forward payload travelling down a pipeline. */
-export const ForwardPayload = z.object({
+const ForwardPayloadFields = z.object({
   /** A request id chosen by the coordinator, carried to the result. */
   rid: z.number().int().nonnegative(),
   group: z.number().int().nonnegative(),
@@ -199,7 +289,12 @@ export const ForwardPayload = z.object({
   hidden: bytes.optional(),
   dtype: z.enum(["float32", "float16"]).optional(),
 });
-export type ForwardPayload = z.infer<typeof ForwardPayload>;
+export type ForwardPayload = z.infer<typeof ForwardPayloadFields>;
+/** A forward payload whose arrays agree with its shape (`forwardPayloadError` without a model). */
+export const ForwardPayload = ForwardPayloadFields.superRefine((p, ctx) => {
+  const e = forwardPayloadError(p);
+  if (e) ctx.addIssue({ code: "custom", message: e });
+});
 
 export const ResultPayload = z.object({
   rid: z.number().int().nonnegative(),
@@ -215,13 +310,29 @@ export const ResultPayload = z.object({
 // every message decodes on its own.
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-export function encode(run: string, body: unknown): Uint8Array {
-  return packr.pack({ v: PROTOCOL_VERSION, run, body });
+/**
+ * Encodes a message of `run` sent by `from` (and tags it when the run has a key). Messages
+ * without a role are accepted only by receivers that do not check it.
+ */
+export function encode(run: string, body: unknown, from?: Role): Uint8Array {
+  const env = from ? { v: PROTOCOL_VERSION, run, from, body } : { v: PROTOCOL_VERSION, run, body };
+  return seal(run, from ?? "coordinator", packr.pack(env));
+}
+
+/** msgpack of exactly one value (trailing bytes are an error); throws on anything else. */
+function unpackOne(data: Uint8Array): unknown {
+  const values = packr.unpackMultiple(data) as unknown[] | undefined;
+  if (!values || values.length !== 1) {
+    throw new Error(`${values?.length ?? 0} values where one was expected`);
+  }
+  return values[0];
 }
 
 /**
- * Decodes and validates a message; returns null (after logging why) for bad msgpack, another
- * protocol version, another run, or a body that fails its schema. Never throws.
+ * Decodes and validates a message; returns null (after logging why) for a missing or bad
+ * authentication tag (when the run has a key), bad msgpack, another protocol version, another
+ * run, another sender role than `from` (when given), or a body that fails its schema. Never
+ * throws.
  */
 export function decode<T>(
   data: Uint8Array,
@@ -229,10 +340,13 @@ export function decode<T>(
   schema: z.ZodType<T>,
   log: (line: string) => void,
   what: string,
+  from?: Role,
 ): T | null {
+  const plain = unseal(run, from ? [from] : ["coordinator", "worker"], data, log, what);
+  if (!plain) return null;
   let raw: unknown;
   try {
-    raw = packr.unpack(data);
+    raw = unpackOne(plain);
   } catch (e) {
     log(`protocol: dropped ${what}: not msgpack (${(e as Error).message})`);
     return null;
@@ -251,6 +365,14 @@ export function decode<T>(
   }
   if (env.data.run !== run) {
     log(`protocol: dropped ${what}: run ${env.data.run}, this process serves ${run}`);
+    return null;
+  }
+  if (from && env.data.from !== from) {
+    log(
+      `protocol: dropped ${what}: sent by a ${
+        env.data.from ?? "sender without a role"
+      }, expected the ${from}`,
+    );
     return null;
   }
   const body = schema.safeParse(env.data.body);
@@ -275,29 +397,34 @@ const CONTROL_CODES = {
 
 export function encodeControl(run: string, m: ControlMessage): Uint8Array {
   const head = [PROTOCOL_VERSION, run, CONTROL_CODES[m.type], m.step];
-  switch (m.type) {
-    case "step.begin":
-      return packr.pack([...head, m.seed, m.phi]);
-    case "step.update":
-      return packr.pack([...head, m.coeff, m.lr, m.weight_decay]);
-    default:
-      return packr.pack(head);
-  }
+  const tuple = m.type === "step.begin"
+    ? [...head, m.seed, m.phi]
+    : m.type === "step.update"
+    ? [...head, m.coeff, m.lr, m.weight_decay]
+    : head;
+  return seal(run, "coordinator", packr.pack(tuple));
 }
 
 const ControlTuple = z.tuple([z.number(), z.string(), z.number().int(), z.unknown()]).rest(
   z.unknown(),
 );
+/** Fields after the step, per control code: a tuple of another length is dropped. */
+const CONTROL_FIELDS: Record<number, number> = { 1: 2, 2: 0, 3: 3, 4: 0 };
 
-/** Decodes and validates a control message; null (logged) when invalid. Never throws. */
+/**
+ * Decodes and validates a control message (only the coordinator sends them: with a run key the
+ * tag must be the coordinator's); null (logged) when invalid. Never throws.
+ */
 export function decodeControl(
   data: Uint8Array,
   run: string,
   log: (line: string) => void,
 ): ControlMessage | null {
+  const plain = unseal(run, ["coordinator"], data, log, "control message");
+  if (!plain) return null;
   let raw: unknown;
   try {
-    raw = packr.unpack(data);
+    raw = unpackOne(plain);
   } catch (e) {
     log(`protocol: dropped control message: not msgpack (${(e as Error).message})`);
     return null;
@@ -316,6 +443,10 @@ export function decodeControl(
   }
   if (r !== run) {
     log(`protocol: dropped control message: run ${r}, this process serves ${run}`);
+    return null;
+  }
+  if (code in CONTROL_FIELDS && rest.length !== CONTROL_FIELDS[code]) {
+    log(`protocol: dropped control message: ${rest.length} fields after the step for code ${code}`);
     return null;
   }
   const type = Object.entries(CONTROL_CODES).find(([, c]) => c === code)?.[0];
@@ -365,13 +496,24 @@ export function chunkPayload(id: string, payload: Uint8Array, max: number) {
   return out;
 }
 
-/** Reassembles chunked payloads; returns the whole payload when its last chunk arrives. */
+/**
+ * Reassembles chunked payloads; returns the whole payload when its last chunk arrives. At most
+ * `maxPending` payloads are incomplete at once (the oldest is dropped), so chunks that never
+ * complete (lost, or injected) cannot grow memory without bound.
+ */
 export class Reassembler {
   #parts = new Map<string, { got: number; parts: Uint8Array[] }>();
+  constructor(readonly maxPending = 1024, readonly maxChunks = 1 << 16) {}
   add(c: z.infer<typeof Chunk>): Uint8Array | null {
     if (c.count === 1) return c.data;
+    if (c.count > this.maxChunks) throw new Error(`chunk ${c.id}: ${c.count} chunks is too many`);
     let e = this.#parts.get(c.id);
-    if (!e) this.#parts.set(c.id, e = { got: 0, parts: new Array(c.count) });
+    if (!e) {
+      if (this.#parts.size >= this.maxPending) {
+        this.#parts.delete(this.#parts.keys().next().value!);
+      }
+      this.#parts.set(c.id, e = { got: 0, parts: new Array(c.count) });
+    }
     if (c.index >= c.count || e.parts.length !== c.count) {
       throw new Error(`chunk ${c.id}: bad index`);
     }
@@ -393,6 +535,57 @@ export class Reassembler {
   }
 }
 
+/**
+ * Why a forward payload cannot be run by a stage of a model with these sizes (null when it can):
+ * array lengths that disagree with the batch shape, token ids or positions out of range, scores
+ * that point past `numScores`, activations of the wrong size. Checked before any tensor is made,
+ * so a malformed or hostile payload costs no memory and changes nothing.
+ */
+export function forwardPayloadError(
+  p: ForwardPayload,
+  model: { vocabSize: number; hiddenSize: number; maxPositions: number } = {
+    vocabSize: 2 ** 31,
+    hiddenSize: 0,
+    maxPositions: Infinity,
+  },
+  needsHidden = false,
+  maxTokens = 1 << 22,
+): string | null {
+  const n = p.batchSize * p.seqLen;
+  if (n > maxTokens) return `batch ${p.batchSize} x ${p.seqLen} is larger than ${maxTokens} tokens`;
+  if (p.hidden && p.hidden.byteLength % ((p.dtype === "float16" ? 2 : 4) * n)) {
+    return `activations of ${p.hidden.byteLength} bytes do not split into ${n} positions`;
+  }
+  if (p.seqLen > model.maxPositions) {
+    return `sequence length ${p.seqLen} exceeds the model's ${model.maxPositions} positions`;
+  }
+  if (p.ids.byteLength !== 4 * n || p.mask.byteLength !== 4 * n) {
+    return `ids/mask hold ${p.ids.byteLength}/${p.mask.byteLength} bytes, batch needs ${4 * n}`;
+  }
+  const pairs = p.pairPos.byteLength;
+  if (pairs % 4 || p.pairTok.byteLength !== pairs || p.pairScore.byteLength !== pairs) {
+    return "pairPos, pairTok and pairScore differ in length";
+  }
+  const ids = int32s(p.ids);
+  for (const t of ids) if (t < 0 || t >= model.vocabSize) return `token id ${t} out of range`;
+  const pos = int32s(p.pairPos), tok = int32s(p.pairTok), score = int32s(p.pairScore);
+  for (let k = 0; k < pos.length; k++) {
+    if (pos[k] < 0 || pos[k] >= n) return `pair ${k}: position ${pos[k]} out of range`;
+    if (tok[k] < 0 || tok[k] >= model.vocabSize) return `pair ${k}: token ${tok[k]} out of range`;
+    if (score[k] < 0 || score[k] >= p.numScores) return `pair ${k}: score ${score[k]} out of range`;
+  }
+  if (needsHidden) {
+    if (!p.hidden) return "activations missing";
+    const width = p.dtype === "float16" ? 2 : 4;
+    if (p.hidden.byteLength !== width * model.hiddenSize * n) {
+      return `activations hold ${p.hidden.byteLength} bytes, expected ${
+        width * model.hiddenSize * n
+      }`;
+    }
+  }
+  return null;
+}
+
 /** Decodes a payload blob (the inner msgpack of reassembled chunks); null when invalid. */
 export function decodeBlob<T>(
   blob: Uint8Array,
@@ -402,7 +595,7 @@ export function decodeBlob<T>(
 ): T | null {
   let raw: unknown;
   try {
-    raw = packr.unpack(blob);
+    raw = unpackOne(blob);
   } catch (e) {
     log(`protocol: dropped ${what}: not msgpack (${(e as Error).message})`);
     return null;

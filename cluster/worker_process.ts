@@ -7,7 +7,12 @@
  * Invalid messages are logged and dropped; a control message the state machine refuses is
  * answered with an error ack (the coordinator fails the run with it), never a crash.
  */
-import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import {
+  connect,
+  type Msg,
+  type NatsConnection,
+  type NodeConnectionOptions,
+} from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { z } from "zod";
 import { parseRunConfig } from "../src/dpzo/config.ts";
@@ -35,6 +40,7 @@ import {
   toFloat16,
 } from "./protocol.ts";
 import { loadRunStage } from "./run.ts";
+import { connectOptions, type NatsSecurity } from "./nats_security.ts";
 import { createStageWorker, forwardStage, handleControl, stageDigests } from "./worker.ts";
 
 export interface WorkerOptions {
@@ -46,15 +52,28 @@ export interface WorkerOptions {
   /** How long to keep asking for a slot (the coordinator may start later). */
   joinTimeoutMs?: number;
   heartbeatMs?: number;
+  /** TLS and credentials for the server (README "Security"). */
+  security?: NatsSecurity;
 }
 
 const Meta = z.object({ config: z.unknown(), plan: z.unknown() });
 
-async function connectWithRetry(url: string, name: string, deadline: number) {
+async function connectWithRetry(
+  url: string,
+  name: string,
+  deadline: number,
+  security: Partial<NodeConnectionOptions> = {},
+) {
   for (;;) {
     try {
-      return await connect({ servers: url, name, maxReconnectAttempts: 10 });
+      return await connect({ servers: url, name, maxReconnectAttempts: 10, ...security });
     } catch (e) {
+      // Wrong credentials or certificates do not get better by waiting.
+      if (
+        /authori[sz]ation|authentication|certificate|tls|permission/i.test((e as Error).message)
+      ) {
+        throw new Error(`NATS at ${url} refused this worker: ${(e as Error).message}`);
+      }
       if (Date.now() > deadline) {
         throw new Error(`cannot reach NATS at ${url}: ${(e as Error).message}`);
       }
@@ -67,7 +86,11 @@ async function connectWithRetry(url: string, name: string, deadline: number) {
 async function join(nc: NatsConnection, opts: WorkerOptions, id: string, deadline: number) {
   const S = subjects(opts.run);
   const log = opts.log ?? console.error;
-  const hello = encode(opts.run, { worker: id, host: Deno.hostname(), pid: Deno.pid });
+  const hello = encode(
+    opts.run,
+    { worker: id, host: Deno.hostname(), pid: Deno.pid },
+    "worker",
+  );
   let waited = false;
   for (;;) {
     let reply: Msg | undefined;
@@ -82,7 +105,7 @@ async function join(nc: NatsConnection, opts: WorkerOptions, id: string, deadlin
       await new Promise((r) => setTimeout(r, 500));
       continue;
     }
-    const a = decode(reply.data, opts.run, Assignment, log, "assignment");
+    const a = decode(reply.data, opts.run, Assignment, log, "assignment", "coordinator");
     if (!a) throw new Error("the coordinator sent an invalid assignment");
     if (!a.ok) throw new Error(`the coordinator refused this worker: ${a.error}`);
     return a;
@@ -94,10 +117,17 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const run = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).parse(opts.run);
   const S = subjects(run);
+  /** A message of this run from this worker. */
+  const send = (body: unknown) => encode(run, body, "worker");
   const id = opts.workerId ??
     `${Deno.hostname().split(".")[0]}-${Deno.pid}-${crypto.randomUUID().slice(0, 4)}`;
   const deadline = Date.now() + (opts.joinTimeoutMs ?? 600_000);
-  const nc = await connectWithRetry(opts.url, `dpzo-worker-${id}`, deadline);
+  const nc = await connectWithRetry(
+    opts.url,
+    `dpzo-worker-${id}`,
+    deadline,
+    connectOptions(opts.url, opts.security ?? {}, log),
+  );
   const maxChunk = Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   try {
     const a = await join(nc, opts, id, deadline);
@@ -112,7 +142,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     const jsm = await jetstreamManager(nc);
     const stored = await jsm.streams.getMessage(S.stream, { last_by_subj: S.meta });
     if (!stored) throw new Error(`run ${run}: no config in stream ${S.stream}`);
-    const meta = decode(stored.data, run, Meta, log, "run metadata");
+    const meta = decode(stored.data, run, Meta, log, "run metadata", "coordinator");
     if (!meta) throw new Error(`run ${run}: the stored run metadata is invalid`);
     const config = parseRunConfig(meta.config, "run config from the coordinator");
 
@@ -124,7 +154,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
       worker = createStageWorker(stage, trainable);
     } catch (e) {
       const error = (e as Error).message;
-      nc.publish(S.ready, encode(run, { worker: id, ok: false, error }));
+      nc.publish(S.ready, send({ worker: id, ok: false, error }));
       await nc.flush();
       throw e;
     }
@@ -149,7 +179,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
           log(`${me}: ${error}`);
         }
         if (msg.reply) {
-          msg.respond(encode(run, { worker: id, ok: !error, ...(error ? { error } : {}) }));
+          msg.respond(send({ worker: id, ok: !error, ...(error ? { error } : {}) }));
         }
       },
     });
@@ -157,7 +187,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     const next = a.stage + 1 < a.stages ? S.forward(a.group, a.stage + 1) : S.result;
     const publishBlob = (blob: Uint8Array, rid: number, sign: number) => {
       for (const c of chunkPayload(`${id}.${rid}`, blob, maxChunk)) {
-        const data = encode(run, c);
+        const data = send(c);
         nc.publish(next, data);
       }
       if (sign === 0) evalBytes += blob.byteLength;
@@ -245,7 +275,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
               }),
               maxChunk,
             )
-          ) nc.publish(S.result, encode(run, c));
+          ) nc.publish(S.result, send(c));
         }
       },
     });
@@ -253,11 +283,10 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     nc.subscribe(S.query, {
       callback: (err, msg) => {
         if (err || !msg.reply) return;
-        const q = decode(msg.data, run, Query, log, "query");
+        const q = decode(msg.data, run, Query, log, "query", "coordinator");
         if (!q) return;
         const base = { worker: id, group: a.group, stage: a.stage };
-        msg.respond(encode(
-          run,
+        msg.respond(send(
           q.type === "digests" ? { ...base, digests: Object.fromEntries(stageDigests(w)) } : {
             ...base,
             stats: {
@@ -274,16 +303,16 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     nc.subscribe(S.shutdown, {
       callback: (err, msg) => {
         if (err) return;
-        if (decode(msg.data, run, z.object({}), log, "shutdown")) stop();
+        if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
 
     const beat = setInterval(() => {
       try {
-        nc.publish(S.heartbeat, encode(run, { worker: id }));
+        nc.publish(S.heartbeat, send({ worker: id }));
       } catch { /* closing */ }
     }, opts.heartbeatMs ?? 1000);
-    nc.publish(S.ready, encode(run, { worker: id, ok: true, parameters }));
+    nc.publish(S.ready, send({ worker: id, ok: true, parameters }));
     await nc.flush();
     log(`${me}: ready (${parameters} parameters, ${w.trainable.length} trainable tensors)`);
 

@@ -4,7 +4,7 @@
  * with `--slurm`, one role per Slurm task. `dpzo coordinate` is the coordinator alone (what
  * launch starts; for workers started by hand with `dpzo worker`).
  */
-import { Command } from "@commander-js/extra-typings";
+import { Command, type OptionValues } from "@commander-js/extra-typings";
 import { loadRunConfig, type RunConfig } from "../../src/dpzo/config.ts";
 import { UsageError } from "../../src/validation.ts";
 import type { RunSummary } from "../run.ts";
@@ -19,7 +19,79 @@ import {
 import { runWorker } from "../worker_process.ts";
 import { startNatsServer } from "../nats_server.ts";
 import { RunId } from "../protocol.ts";
+import {
+  installRunKey,
+  mergeSecurity,
+  type NatsSecurity,
+  securityFromEnv,
+  securityProblem,
+} from "../nats_security.ts";
 import { flag, positiveInt } from "./common.ts";
+
+/** The NATS security flags every cluster command takes (README "Security"). */
+function withSecurity<A extends unknown[], O extends OptionValues, G extends OptionValues>(
+  cmd: Command<A, O, G>,
+) {
+  return cmd
+    .option("--nats-creds <file>", "NATS credentials file (.creds: user JWT + nkey seed)")
+    .option("--nats-nkey <file>", "file with a NATS user nkey seed (SU...)")
+    .option(
+      "--nats-user <name>",
+      "NATS user; the password comes from DPZO_NATS_PASSWORD or --nats-password-file",
+    )
+    .option("--nats-password-file <file>", "file holding the NATS user's password")
+    .option("--nats-tls-ca <file>", "CA (PEM) of the server's certificate; connects over TLS")
+    .option("--nats-tls-cert <file>", "client certificate (PEM), for servers that verify clients")
+    .option("--nats-tls-key <file>", "the client certificate's key (PEM)")
+    .option(
+      "--nats-allow-plaintext",
+      "connect without TLS to a server off this machine (training data in clear)",
+    )
+    .option(
+      "--run-key-file <file>",
+      "the run's secret key (hex) that authenticates every message (or DPZO_RUN_KEY)",
+    );
+}
+
+interface SecurityFlags {
+  natsCreds?: string;
+  natsNkey?: string;
+  natsUser?: string;
+  natsPasswordFile?: string;
+  natsTlsCa?: string;
+  natsTlsCert?: string;
+  natsTlsKey?: string;
+  natsAllowPlaintext?: boolean;
+  runKeyFile?: string;
+}
+
+const readTrimmed = (path: string, what: string) => {
+  try {
+    return Deno.readTextFileSync(path).trim();
+  } catch (e) {
+    throw new UsageError(`${what}: cannot read ${path}: ${(e as Error).message}`);
+  }
+};
+
+/** Flags over DPZO_NATS_* / DPZO_RUN_KEY; a usage error for an unsafe or incomplete setup. */
+function securityOf(o: SecurityFlags, url?: string): NatsSecurity {
+  const s = mergeSecurity(securityFromEnv(Deno.env.toObject()), {
+    creds: o.natsCreds,
+    nkey: o.natsNkey,
+    user: o.natsUser,
+    password: o.natsPasswordFile
+      ? readTrimmed(o.natsPasswordFile, "--nats-password-file")
+      : undefined,
+    tlsCa: o.natsTlsCa,
+    tlsCert: o.natsTlsCert,
+    tlsKey: o.natsTlsKey,
+    allowPlaintext: o.natsAllowPlaintext ? true : undefined,
+    runKey: o.runKeyFile ? readTrimmed(o.runKeyFile, "--run-key-file") : undefined,
+  });
+  const problem = url ? securityProblem(url, s) : null;
+  if (problem) throw new UsageError(problem);
+  return s;
+}
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -67,7 +139,7 @@ async function configWith(
 }
 
 export function launchCommand() {
-  return new Command("launch")
+  return withSecurity(new Command("launch"))
     .description("a sharded run over NATS: nats-server, coordinator and K x R stage workers")
     .requiredOption("--config <file>", "run configuration, e.g. configs/tiny-sst2.yaml")
     .option("--stages <K>", "pipeline stages per replica group (default: cluster.stages, 1)")
@@ -81,17 +153,26 @@ export function launchCommand() {
       "with --slurm and no --nats: the port of nats-server on task 0",
       "4222",
     )
+    .option(
+      "--nats-worker-creds <file>",
+      "with --nats: the workers' credentials file, when they differ from the coordinator's",
+    )
     .option("--quiet", "plain progress lines instead of a live bar")
     .action(async (opts) => {
       const { config, sets } = await configWith(opts.config, opts.set, opts.stages, opts.replicas);
       const run = runIdOf(config, opts.run);
       if (!opts.slurm) {
+        const security = securityOf(opts, opts.nats);
         const code = await launchLocal({
           configPath: opts.config,
           sets,
           config,
           run,
           nats: opts.nats,
+          security,
+          workerSecurity: opts.natsWorkerCreds
+            ? { ...security, creds: opts.natsWorkerCreds, nkey: undefined, user: undefined }
+            : undefined,
           quiet: opts.quiet,
         });
         if (code === 130) throw new Error("interrupted; every process of the run was stopped");
@@ -102,13 +183,15 @@ export function launchCommand() {
       const role = slurmRole(Deno.env.toObject(), stages * replicas);
       const port = flag("--nats-port", positiveInt, opts.natsPort);
       const url = opts.nats ?? slurmNatsUrl(Deno.env.toObject(), port);
+      const security = securityOf(opts, url);
+      installRunKey(run, security);
       const tag = `task ${role.procid}/${role.ntasks}`;
       if (role.role === "idle") {
         console.error(`${tag}: nothing to do (the run needs ${stages * replicas + 1} tasks)`);
         return;
       }
       if (role.role === "worker") {
-        await runWorker({ url, run, log: (l) => console.error(`${tag} | ${l}`) });
+        await runWorker({ url, run, security, log: (l) => console.error(`${tag} | ${l}`) });
         return;
       }
       const server = opts.nats ? undefined : await startNatsServer({
@@ -120,6 +203,7 @@ export function launchCommand() {
         const s = await coordinateOverNats(config, {
           url: server ? `nats://127.0.0.1:${port}` : url,
           run,
+          security,
           quiet: opts.quiet,
           log: (l) => console.error(`${tag} | ${l}`),
         });
@@ -131,7 +215,7 @@ export function launchCommand() {
 }
 
 export function coordinateCommand() {
-  return new Command("coordinate")
+  return withSecurity(new Command("coordinate"))
     .description("the coordinator of a sharded run alone (workers join with dpzo worker)")
     .requiredOption("--config <file>", "run configuration")
     .requiredOption("--nats <url>", "the nats-server, e.g. nats://10.0.0.1:4222")
@@ -141,13 +225,19 @@ export function coordinateCommand() {
     .action(async (opts) => {
       const config = await loadRunConfig(opts.config, opts.set);
       const run = runIdOf(config, opts.run);
-      const s = await coordinateOverNats(config, { url: opts.nats, run, quiet: opts.quiet });
+      const security = securityOf(opts, opts.nats);
+      const s = await coordinateOverNats(config, {
+        url: opts.nats,
+        run,
+        quiet: opts.quiet,
+        security,
+      });
       printSummary(config, s);
     });
 }
 
 export function workerCommand() {
-  return new Command("worker")
+  return withSecurity(new Command("worker"))
     .description("a stage worker: joins a run over NATS and gets its stage from the coordinator")
     .requiredOption("--nats <url>", "the run's nats-server, e.g. nats://10.0.0.1:4222")
     .requiredOption("--run <id>", "the run id the launcher printed")
@@ -157,6 +247,8 @@ export function workerCommand() {
       if (!/^nats:\/\/|^tls:\/\/|^[\w.-]+:\d+$/.test(opts.nats)) {
         throw new UsageError(`--nats: expected a URL like nats://host:4222, got ${opts.nats}`);
       }
-      await runWorker({ url: opts.nats, run, workerId: opts.id });
+      const security = securityOf(opts, opts.nats);
+      installRunKey(run, security);
+      await runWorker({ url: opts.nats, run, workerId: opts.id, security });
     });
 }

@@ -18,6 +18,7 @@ import type { z } from "zod";
 import type { RunConfig } from "../../src/dpzo/config.ts";
 import type { OptConfig } from "../../src/model/config.ts";
 import type { StagePlan } from "../stage_plan.ts";
+import { connectOptions, type NatsSecurity } from "../nats_security.ts";
 import {
   Ack,
   Chunk,
@@ -57,6 +58,8 @@ export interface NatsCoordinatorOptions {
   opTimeoutMs?: number;
   /** Chunk size override (default: the server's max_payload less room for the envelope). */
   maxChunkBytes?: number;
+  /** TLS and credentials for the server (README "Security"). */
+  security?: NatsSecurity;
 }
 
 interface Slot {
@@ -79,7 +82,13 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   const log = opts.log ?? ((l: string) => console.error(l));
   const { run, plan } = opts;
   const S = subjects(run);
-  const nc = await connect({ servers: opts.url, name: `dpzo-coordinator-${run}` });
+  /** A message of this run from the coordinator. */
+  const send = (body: unknown) => encode(run, body, "coordinator");
+  const nc = await connect({
+    servers: opts.url,
+    name: `dpzo-coordinator-${run}`,
+    ...connectOptions(opts.url, opts.security ?? {}, log),
+  });
   const maxChunk = opts.maxChunkBytes ?? Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   const opTimeout = opts.opTimeoutMs ?? 600_000;
   const hbTimeout = opts.heartbeatTimeoutMs ?? 120_000;
@@ -90,7 +99,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     await jsm.streams.delete(S.stream);
   } catch { /* no previous stream of that name */ }
   await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
-  await jetstream(nc).publish(S.meta, encode(run, { config: opts.config, plan }));
+  await jetstream(nc).publish(S.meta, send({ config: opts.config, plan }));
 
   const slots: Slot[] = [];
   for (let g = 0; g < plan.groups; g++) {
@@ -139,13 +148,13 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   nc.subscribe(S.hello, {
     callback: (err, msg) => {
       if (err) return;
-      const h = decode(msg.data, run, Hello, log, "hello");
+      const h = decode(msg.data, run, Hello, log, "hello", "worker");
       if (!h) return;
       let slot = slots.find((s) => s.worker === h.worker);
       if (!slot) slot = slots.find((s) => s.worker === undefined);
       if (!slot) {
         msg.respond(
-          encode(run, { ok: false, error: `run ${run} has all ${slots.length} workers` }),
+          send({ ok: false, error: `run ${run} has all ${slots.length} workers` }),
         );
         return;
       }
@@ -153,7 +162,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       slot.host = h.host;
       slot.lastSeen = Date.now();
       log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
-      msg.respond(encode(run, {
+      msg.respond(send({
         ok: true,
         worker: h.worker,
         group: slot.group,
@@ -168,10 +177,10 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   nc.subscribe(S.ready, {
     callback: (err, msg) => {
       if (err) return;
-      const r = decode(msg.data, run, Ready, log, "ready");
+      const r = decode(msg.data, run, Ready, log, "ready", "worker");
       if (!r) return;
       const slot = slots.find((s) => s.worker === r.worker);
-      if (msg.reply) msg.respond(encode(run, { worker: r.worker, ok: slot !== undefined }));
+      if (msg.reply) msg.respond(send({ worker: r.worker, ok: slot !== undefined }));
       if (!slot) return;
       if (!r.ok) {
         fail(new Error(`${label(slot)} could not load its slice: ${r.error}`));
@@ -186,7 +195,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   nc.subscribe(S.heartbeat, {
     callback: (err, msg) => {
       if (err) return;
-      const h = decode(msg.data, run, Heartbeat, log, "heartbeat");
+      const h = decode(msg.data, run, Heartbeat, log, "heartbeat", "worker");
       const slot = h && slots.find((s) => s.worker === h.worker);
       if (slot) slot.lastSeen = Date.now();
     },
@@ -203,7 +212,12 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   // Results of forwards, by request id.
   const pending = new Map<
     number,
-    { resolve: (r: ForwardResult) => void; reject: (e: Error) => void }
+    {
+      resolve: (r: ForwardResult) => void;
+      reject: (e: Error) => void;
+      /** What the result must match (a result of another step or micro-batch is dropped). */
+      req: ForwardRequest;
+    }
   >();
   const results = new Reassembler();
   let trainBytes = 0, evalBytes = 0, syncBytes = 0;
@@ -214,7 +228,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   nc.subscribe(S.result, {
     callback: (err, msg) => {
       if (err) return;
-      const c = decode(msg.data, run, Chunk, log, "result chunk");
+      const c = decode(msg.data, run, Chunk, log, "result chunk", "worker");
       if (!c) return;
       let blob: Uint8Array | null;
       try {
@@ -230,6 +244,22 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       const p = pending.get(r.rid);
       if (!p) {
         log(`protocol: dropped result ${r.rid}: no such request`);
+        return;
+      }
+      const q = p.req;
+      if (r.step !== q.step || r.micro !== q.micro || r.sign !== q.sign) {
+        log(
+          `protocol: dropped result ${r.rid}: step ${r.step}/${r.micro}/${r.sign} does not match ` +
+            `the request's ${q.step}/${q.micro}/${q.sign}`,
+        );
+        return;
+      }
+      if (r.scores && r.scores.byteLength !== 4 * q.numScores) {
+        log(
+          `protocol: dropped result ${r.rid}: ${
+            r.scores.byteLength / 4
+          } scores, expected ${q.numScores}`,
+        );
         return;
       }
       pending.delete(r.rid);
@@ -254,7 +284,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     const sub = nc.subscribe(inbox, {
       callback: (err, msg) => {
         if (err) return;
-        const r = decode(msg.data, run, schema, log, `${what} reply`);
+        const r = decode(msg.data, run, schema, log, `${what} reply`, "worker");
         if (!r || !expected.has(r.worker)) return;
         got.set(r.worker, r);
         if (got.size === expected.size) resolve();
@@ -320,10 +350,10 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       });
       countForward(req.sign, blob.byteLength);
       const result = new Promise<ForwardResult>((resolve, reject) =>
-        pending.set(rid, { resolve, reject })
+        pending.set(rid, { resolve, reject, req })
       );
       for (const c of chunkPayload(`c${rid}`, blob, maxChunk)) {
-        nc.publish(S.forward(group, 0), encode(run, c));
+        nc.publish(S.forward(group, 0), send(c));
       }
       return guarded(result, `forward ${req.step}/${req.micro} on group ${group}`).finally(() =>
         pending.delete(rid)
@@ -332,7 +362,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     async digests() {
       const replies = await gather(
         S.query,
-        encode(run, { type: "digests" }),
+        send({ type: "digests" }),
         QueryReply,
         "digests",
       );
@@ -364,7 +394,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       return trainBytes + stats.reduce((n, s) => n + s.activation_bytes_train, 0);
     },
     async workerStats(): Promise<WorkerStats[]> {
-      const replies = await gather(S.query, encode(run, { type: "stats" }), QueryReply, "stats");
+      const replies = await gather(S.query, send({ type: "stats" }), QueryReply, "stats");
       return [...replies.values()].map((r) => ({
         worker: r.worker,
         group: r.group,
@@ -379,7 +409,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       clearInterval(monitor);
       try {
         if (!nc.isClosed()) {
-          nc.publish(S.shutdown, encode(run, {}));
+          nc.publish(S.shutdown, send({}));
           await nc.drain();
         }
       } catch (e) {
