@@ -5,8 +5,16 @@
  *
  *   begin(step, seed, phi) -> + forward -> flip -> - forward -> clip, noise, ghat
  *   -> ledger append (durable) -> update(step, coeff = phi - lr * ghat)
+ *
+ * Faults (a worker lost, the server gone): a step interrupted before its ledger append released
+ * nothing, so it is aborted — it spends no privacy and is not in the ledger — and, once the
+ * transport has recovered (every slot back at the ledger's last step), retried: with the CSPRNG
+ * it draws fresh secret randomness (safe: nothing of the attempt was released); with
+ * `insecure_seed` its per-step stream draws the same batch, seed and noise as the uninterrupted
+ * run, so the result is bit-identical. A step interrupted after its append is released: it is
+ * completed from the ledger, never redrawn.
  */
-import type { Transport } from "./transport/transport.ts";
+import { type Transport, TransportFault } from "./transport/transport.ts";
 import type { ForwardRequest } from "./protocol.ts";
 import type { ExampleRequest } from "../src/tasks/task.ts";
 import {
@@ -22,7 +30,7 @@ import {
   type Privatization,
   privatize,
 } from "../src/dpzo/mechanism.ts";
-import type { LedgerEntry, LedgerWriter } from "../src/checkpoint/ledger.ts";
+import type { LedgerEntry, LedgerSink } from "../src/checkpoint/ledger.ts";
 
 /** Everything the coordinator decides a run by. */
 export interface Schedule {
@@ -251,12 +259,21 @@ export interface TrainInputs {
   train: ExampleRequest[];
   val: ExampleRequest[];
   padId: number;
-  /** Secret randomness for sampling and noise; also draws the public step seeds. */
-  rng: SecretRandom;
-  ledger: LedgerWriter;
-  /** Steps already in the ledger (a resumed run starts after them). */
-  startStep?: number;
+  /**
+   * Secret randomness of a step (sampling, noise, the public step seed): the CSPRNG, or with
+   * `insecure_seed` a stream keyed by the step so that a resumed or retried step redraws exactly.
+   */
+  rng: (step: number) => SecretRandom;
+  ledger: LedgerSink;
+  /**
+   * The ledger so far (a resumed run starts after its last step); the coordinator appends every
+   * released entry to it. Recovery brings the workers to its end.
+   */
+  entries?: LedgerEntry[];
+  /** How often one step may be interrupted by faults before the run gives up (default 5). */
+  maxRetries?: number;
   hooks?: CoordinatorHooks;
+  log?: (line: string) => void;
   /** The task's loss and evaluation; classification (candidate cross-entropy) by default. */
   task?: CoordinatorTask;
 }
@@ -266,7 +283,8 @@ export async function trainStep(
   inp: TrainInputs,
   step: number,
 ): Promise<{ metrics: StepMetrics; entry: LedgerEntry }> {
-  const { transport, schedule: s, rng } = inp;
+  const { transport, schedule: s } = inp;
+  const rng = inp.rng(step);
   const t0 = performance.now();
   const batch = poissonSample(inp.train.length, s.q, rng).map((i) => inp.train[i]);
   const seed = rng.u64();
@@ -323,6 +341,7 @@ export async function trainStep(
   };
   // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
   await inp.ledger.append(entry);
+  inp.entries?.push(entry);
   await timed(() =>
     transport.broadcast({
       type: "step.update",
@@ -360,7 +379,7 @@ function mean(a: Float64Array): number {
 }
 
 /**
- * Runs steps startStep+1 .. schedule.steps with evaluation every `evalEvery` steps, and once
+ * Runs the steps after the ledger's last (`entries`) .. schedule.steps with evaluation every `evalEvery` steps, and once
  * before the first step (the base model's figures, for comparison).
  */
 export async function train(inp: TrainInputs): Promise<void> {
@@ -374,13 +393,56 @@ export async function train(inp: TrainInputs): Promise<void> {
     });
     await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
   };
-  const first = (inp.startStep ?? 0) + 1;
+  const entries = inp.entries ?? (inp.entries = []);
+  const log = inp.log ?? ((l: string) => console.error(l));
+  const first = entries.length + 1;
   if (s.evalEvery > 0 && first === 1 && valSet.length) await evalAt(0);
   for (let step = first; step <= s.steps; step++) {
-    const { metrics, entry } = await trainStep(inp, step);
-    await inp.hooks?.onStep?.(metrics, entry);
+    let result: Awaited<ReturnType<typeof trainStep>> | undefined;
+    for (let attempt = 0; !result; attempt++) {
+      try {
+        result = await trainStep(inp, step);
+      } catch (e) {
+        if (!(e instanceof TransportFault) || !inp.transport.recover) throw e;
+        if (attempt >= (inp.maxRetries ?? 5)) {
+          throw new Error(`step ${step}: interrupted ${attempt + 1} times; last: ${e.message}`);
+        }
+        const released = entries.at(-1)?.step === step;
+        log(
+          `coordinator: step ${step} interrupted (${e.message}); ` +
+            (released
+              ? "it is in the ledger: the workers complete it"
+              : "not released: aborted (no privacy spent), retried after recovery"),
+        );
+        await inp.transport.recover(entries);
+        if (released) {
+          // Its metrics were lost with the interruption; the entry is what matters.
+          await inp.hooks?.onStep?.(releasedMetrics(entries.at(-1)!), entries.at(-1)!);
+          break;
+        }
+      }
+    }
+    if (result) await inp.hooks?.onStep?.(result.metrics, result.entry);
     if (s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length) {
       await evalAt(step);
     }
   }
+}
+
+/** Metrics of a step released before an interruption: only what its ledger entry says. */
+function releasedMetrics(e: LedgerEntry): StepMetrics {
+  return {
+    step: e.step,
+    batch_size: NaN,
+    loss_plus: NaN,
+    loss_minus: NaN,
+    ghat: e.ghat,
+    clipped_fraction: NaN,
+    mean_abs_g: NaN,
+    noise_std: NaN,
+    step_s: NaN,
+    forward_s: NaN,
+    perturb_s: NaN,
+    wait_s: NaN,
+  };
 }

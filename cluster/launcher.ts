@@ -12,9 +12,13 @@ import {
   coordinateRun,
   NATS_STORE_DIR,
   prepareRun,
+  readRunConfig,
+  resumeRunContext,
+  type RunContext,
   type RunSummary,
   type TrainOptions,
 } from "./run.ts";
+import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
 import { startNatsServer } from "./nats_server.ts";
@@ -50,7 +54,32 @@ export async function coordinateOverNats(
 ): Promise<RunSummary> {
   const log = opts.log ?? ((l: string) => console.error(l));
   installRunKey(opts.run, opts.security ?? {});
-  const ctx = await prepareRun(config, { ...opts, log });
+  return await coordinateContext(await prepareRun(config, { ...opts, log }), { ...opts, log });
+}
+
+/**
+ * The coordinator of a sharded run resumed from its run directory (`dpzo train --resume DIR
+ * --nats URL`, `dpzo coordinate --resume DIR`): the ledger (stream and file reconciled) gives the
+ * step counter and the epsilon spent; workers still running re-join and replay what they miss,
+ * new ones load their slice and replay the whole ledger.
+ */
+export async function resumeOverNats(
+  runDir: string,
+  opts: Omit<CoordinateOptions, "run"> & { run?: string },
+): Promise<RunSummary> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const run = opts.run ?? defaultRunId(await readRunConfig(runDir));
+  installRunKey(run, opts.security ?? {});
+  const ctx = await resumeRunContext(runDir, { ...opts, log });
+  return await coordinateContext(ctx, { ...opts, run, log });
+}
+
+async function coordinateContext(
+  ctx: RunContext,
+  opts: CoordinateOptions & { log: (l: string) => void },
+): Promise<RunSummary> {
+  const { config } = ctx;
+  const log = opts.log;
   const { stages, replicas } = config.cluster;
   const plan = planStages(ctx.model, stages, replicas);
   log(
@@ -69,15 +98,31 @@ export async function coordinateOverNats(
     plan,
     log,
     readyTimeoutMs: opts.readyTimeoutMs,
-    heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+    heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? config.cluster.heartbeat_timeout_s * 1000,
     maxChunkBytes: opts.maxChunkBytes,
     security: opts.security,
   });
+  let ledger: StreamLedger | undefined;
   try {
-    await transport.ready();
-    log(`coordinator: all ${stages * replicas} workers ready`);
-    return await coordinateRun(ctx, transport, opts);
+    // The ledger is the run's JetStream stream (acknowledged before release) and ledger.jsonl.
+    const opened = await StreamLedger.open(
+      transport.connection,
+      opts.run,
+      `${config.run_dir}/ledger.jsonl`,
+      { resume: ctx.resume === true, log },
+    );
+    ledger = opened.ledger;
+    await transport.ready(opened.entries.length);
+    log(
+      `coordinator: all ${stages * replicas} workers ready` +
+        (opened.entries.length ? ` at ledger step ${opened.entries.length}` : ""),
+    );
+    return await coordinateRun(ctx, transport, {
+      ...opts,
+      ledger: { sink: opened.ledger, entries: opened.entries },
+    });
   } finally {
+    ledger?.close();
     await transport.close();
   }
 }

@@ -33,7 +33,12 @@ export const StepUpdate = z.object({
   lr: z.number().nonnegative(),
   weight_decay: z.number().nonnegative(),
 });
-/** Every worker: undo the perturbation of a step that will not be released. */
+/**
+ * Every worker: step `step` will not be released; get to exactly "steps 1..step-1 of the
+ * ledger applied, nothing in flight" (over NATS a worker completes a step the ledger holds,
+ * rebuilds its slice from a step it does not, and replays what it misses). After a fault the
+ * coordinator sends it with step = ledger length + 1 to bring every worker to the ledger.
+ */
 export const StepAbort = z.object({
   type: z.literal("step.abort"),
   step: z.number().int().positive(),
@@ -97,6 +102,8 @@ export function subjects(run: string) {
     /** A worker has loaded its slice (or failed to). */
     ready: `${p}.ready`,
     heartbeat: `${p}.heartbeat`,
+    /** The coordinator's heartbeat (its epoch): a worker that sees a new one joins it again. */
+    coordinator: `${p}.coordinator`,
     /** Control broadcast (step.begin / flip / update / abort); each worker acks on the reply. */
     control: `${p}.control`,
     /** Requests every worker answers on the reply subject: digests, stats. */
@@ -217,6 +224,8 @@ export const Hello = z.object({
   worker: z.string().min(1),
   host: z.string(),
   pid: z.number().int(),
+  /** The slot whose slice this worker already holds (rejoining a restarted coordinator). */
+  holding: z.object({ group: z.number().int(), stage: z.number().int() }).optional(),
 });
 export const Assignment = z.discriminatedUnion("ok", [
   z.object({
@@ -228,6 +237,10 @@ export const Assignment = z.discriminatedUnion("ok", [
     groups: z.number().int().positive(),
     range: StageRangeSchema,
     activation_dtype: z.enum(["float32", "float16"]),
+    /** The coordinator's epoch (a restarted coordinator has a new one). */
+    epoch: z.string().optional(),
+    /** Steps in the ledger: the worker replays them before it reports ready. */
+    ledger_step: z.number().int().nonnegative().optional(),
   }),
   z.object({ ok: z.literal(false), error: z.string() }),
 ]);
@@ -238,12 +251,18 @@ export const Ready = z.object({
   ok: z.boolean(),
   error: z.string().optional(),
   parameters: z.number().int().nonnegative().optional(),
+  /** The ledger step the slice is at, and its hash (`sliceDigest`). */
+  step: z.number().int().nonnegative().optional(),
+  slice_sha256: z.string().optional(),
 });
 export const Heartbeat = z.object({ worker: z.string() });
 export const Ack = z.object({
   worker: z.string(),
   ok: z.boolean(),
   error: z.string().optional(),
+  /** step.abort (recovery): the ledger step the slice is now at, and its hash. */
+  step: z.number().int().nonnegative().optional(),
+  slice_sha256: z.string().optional(),
 });
 export const Query = z.object({ type: z.enum(["digests", "stats"]) });
 export const QueryReply = z.object({

@@ -7,11 +7,17 @@
  *   ledger.jsonl   one durable line per released step (base checkpoint + ledger = the model)
  *   metrics.jsonl  per-step and per-evaluation metrics
  *   summary.json   epsilon, delta, final metrics, final_weights_sha256
+ *
+ * A run resumes (`dpzo train --resume RUN_DIR`, `dpzo coordinate --resume`) from run.json and
+ * its ledger: the step counter and the epsilon spent are the ledger's, the workers replay it,
+ * and with `insecure_seed` the per-step randomness continues exactly where it was, so the
+ * resumed run ends bit-identical to an uninterrupted one (same weights, ledger and epsilon).
  */
 import { createHash } from "node:crypto";
 import type { RunConfig } from "../src/dpzo/config.ts";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.ts";
 import {
+  disposeStage,
   loadStage,
   type Stage,
   stageParameters,
@@ -25,11 +31,18 @@ import { loadTokenizer } from "../src/tokenizer/mod.ts";
 import { loadTaskSplits, taskKind } from "../src/tasks/mod.ts";
 import { evaluateGeneration } from "../src/eval/generation.ts";
 import type { ExampleRequest } from "../src/tasks/task.ts";
-import { cryptoRandom, insecureRandom } from "../src/dpzo/randomness.ts";
-import { LedgerWriter } from "../src/checkpoint/ledger.ts";
+import { stepRandomness } from "../src/dpzo/randomness.ts";
+import {
+  type LedgerEntry,
+  type LedgerSink,
+  LedgerWriter,
+  readLedger,
+} from "../src/checkpoint/ledger.ts";
+import { type RunConfig as RunConfigT, RunConfigSchema } from "../src/dpzo/config.ts";
+import { formatZodError } from "../src/validation.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { describeBackend, initBackend } from "../src/tensor/backend.ts";
-import { createStageWorker } from "./worker.ts";
+import { createStageWorker, type StageWorker, syncWorker } from "./worker.ts";
 import { inProcessTransport } from "./transport/in_process.ts";
 import {
   classificationTask,
@@ -239,6 +252,8 @@ export interface RunContext {
   schedule: Schedule;
   started: number;
   log: (line: string) => void;
+  /** A resumed run (its run directory and run.json exist). */
+  resume?: boolean;
 }
 
 /**
@@ -285,23 +300,105 @@ export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Pr
   };
 }
 
+/** The config of an existing run directory (run.json), for `--resume`. */
+export async function readRunConfig(runDir: string): Promise<RunConfigT> {
+  const path = `${runDir}/run.json`;
+  let raw: { config?: unknown };
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(
+      `${path}: ${
+        e instanceof Deno.errors.NotFound ? "not found: is this a run directory?" : "not valid JSON"
+      }`,
+    );
+  }
+  const parsed = RunConfigSchema.safeParse(raw?.config);
+  if (!parsed.success) throw new Error(`${path}: config: ${formatZodError(parsed.error)}`);
+  return { ...parsed.data, run_dir: runDir };
+}
+
+/**
+ * The coordinator side of a run to resume: run.json's config, the same privacy plan, task data
+ * and schedule; nothing in the run directory is changed.
+ */
+export async function resumeRunContext(
+  runDir: string,
+  opts: TrainOptions = {},
+): Promise<RunContext> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const config = await readRunConfig(runDir);
+  const started = performance.now();
+  const plan = config.privacy.enabled ? planPrivacy(config, () => {}) : null;
+  const data = await loadTask(config);
+  const ckpt = await openCheckpoint(config.model);
+  log(`resume: ${runDir}`);
+  return {
+    config,
+    model: ckpt.config,
+    plan,
+    data,
+    schedule: scheduleOf(config, plan),
+    started,
+    log,
+    resume: true,
+  };
+}
+
+/** Per-step training losses already in metrics.jsonl (a resumed run's summary covers them). */
+async function previousLosses(path: string): Promise<number[]> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(path);
+  } catch { /* none */ }
+  const out: number[] = [];
+  for (const line of text.split("\n")) {
+    try {
+      const m = JSON.parse(line);
+      if (typeof m.step === "number" && m.event === undefined) {
+        const loss = (m.loss_plus + m.loss_minus) / 2;
+        if (Number.isFinite(loss)) out[m.step - 1] = loss;
+      }
+    } catch { /* a partial last line */ }
+  }
+  return out.filter((v) => v !== undefined);
+}
+
 /** Runs the training loop over a transport, evaluates, and writes summary.json. */
 export async function coordinateRun(
   ctx: RunContext,
   transport: Transport,
-  opts: TrainOptions = {},
+  opts: TrainOptions & {
+    /** The ledger to append to and its entries so far (default: ledger.jsonl of the run). */
+    ledger?: { sink: LedgerSink; entries: LedgerEntry[] };
+  } = {},
 ): Promise<RunSummary> {
   const { config, plan, data, schedule, log } = ctx;
   const runDir = config.run_dir;
   const padId = ctx.model.padTokenId;
-  const ledger = await LedgerWriter.open(`${runDir}/ledger.jsonl`);
+  const ledgerPath = `${runDir}/ledger.jsonl`;
+  const { sink: ledger, entries } = opts.ledger ?? {
+    entries: ctx.resume
+      ? await readLedger(ledgerPath).catch((e) => {
+        if (/ledger not found/.test(e.message)) return [];
+        throw e;
+      })
+      : [],
+    sink: await LedgerWriter.open(ledgerPath),
+  };
+  const losses: number[] = ctx.resume
+    ? (await previousLosses(`${runDir}/metrics.jsonl`)).slice(0, entries.length)
+    : [];
   const metricsFile = await Deno.open(`${runDir}/metrics.jsonl`, { append: true, create: true });
   const writeMetric = async (m: unknown) => {
     await metricsFile.write(new TextEncoder().encode(JSON.stringify(m) + "\n"));
   };
-  const rng = config.insecure_seed !== null ? insecureRandom(config.insecure_seed) : cryptoRandom();
+  if (ctx.resume) {
+    log(`resume: the ledger holds ${entries.length} of ${schedule.steps} steps`);
+    await writeMetric({ event: "resumed", step: entries.length });
+  }
+  const rng = stepRandomness(config.insecure_seed);
   const progress = new Progress(schedule.steps, { quiet: opts.quiet, log });
-  const losses: number[] = [];
   const monitor = new RunMonitor({
     private: plan !== null,
     clip: config.privacy.clip,
@@ -322,6 +419,8 @@ export async function coordinateRun(
       padId,
       rng,
       ledger,
+      entries,
+      log,
       hooks: {
         onStep: async (m) => {
           const loss = (m.loss_plus + m.loss_minus) / 2;
@@ -435,6 +534,56 @@ export async function coordinateRun(
     log(`WARNING: report not written (${e}); run dpzo report --run ${runDir}`);
   }
   return summary;
+}
+
+/**
+ * `dpzo train --resume RUN_DIR` on the embedded default: loads the base model, replays the
+ * ledger onto it (the same passes as the live run), and continues after its last step.
+ */
+export async function resumeEmbedded(
+  runDir: string,
+  opts: TrainOptions = {},
+): Promise<RunSummary> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const config = await readRunConfig(runDir);
+  await initBackend(config.backend);
+  log(describeBackend());
+  const ctx = await resumeRunContext(runDir, { ...opts, log });
+  const ledgerPath = `${runDir}/ledger.jsonl`;
+  const entries = await readLedger(ledgerPath).catch((e) => {
+    if (/ledger not found/.test(e.message)) return [] as LedgerEntry[];
+    throw e;
+  });
+  const fresh = async (): Promise<StageWorker> => {
+    const { stage, trainable } = await loadModel(config);
+    return createStageWorker(stage, trainable);
+  };
+  const t0 = performance.now();
+  const worker = await syncWorker(
+    await fresh(),
+    entries.length,
+    (s) => Promise.resolve(entries[s - 1]),
+    fresh,
+  );
+  log(
+    `resume: replayed ${entries.length} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+  const pipeline = [[worker]];
+  const transport = inProcessTransport(pipeline, {
+    rebuild: async () => {
+      disposeStage(pipeline[0][0].stage);
+      return await fresh();
+    },
+  });
+  try {
+    return await coordinateRun(ctx, transport, {
+      ...opts,
+      pipeline: [worker.stage],
+      ledger: { sink: await LedgerWriter.open(ledgerPath), entries },
+    });
+  } finally {
+    await transport.close();
+  }
 }
 
 /** Runs `dpzo train` on the embedded default and returns the summary it wrote. */

@@ -12,6 +12,8 @@ import { weightView } from "../src/tensor/backend.ts";
 import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
 import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
+import { type LedgerEntry, stepPasses } from "../src/checkpoint/ledger.ts";
+import { combineDigests } from "../src/checkpoint/weights_hash.ts";
 
 export interface StageWorker {
   stage: Stage;
@@ -130,6 +132,71 @@ export function forwardStage(
   const scores = new Float32Array(req.numScores);
   for (let i = 0; i < scores.length; i++) scores[i] = sums[i] / counts[i];
   return { result: { step: req.step, micro: req.micro, sign: req.sign, scores } };
+}
+
+/** Applies the passes of one released step (the ledger's coefficients), from `from` on. */
+function applyEntryPasses(w: StageWorker, e: LedgerEntry, from: number): void {
+  const seed = BigInt(e.seed);
+  stepPasses(e).slice(from).forEach((pass) =>
+    applyPass(w, seed, pass.coeff, pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined)
+  );
+}
+
+/**
+ * Brings a worker to exactly "steps 1..L applied, no step in flight" from the ledger — the same
+ * in-place passes, in the same order, with the same coefficients as the live run, so the result
+ * is bit-identical (DESIGN.md, "Floating point does not cancel"):
+ *
+ * - a step in flight that the ledger holds (its update never arrived) is completed with the
+ *   ledger's passes;
+ * - a step in flight that the ledger does not hold was not released: subtracting its
+ *   perturbation would not give the weights back bit for bit, so the slice is rebuilt
+ *   (`rebuild`: the base slice or the newest snapshot) and replayed;
+ * - missing steps are replayed.
+ *
+ * `entry(s)` returns ledger entry s (1-based). Returns the worker to use from now on (a new one
+ * after a rebuild).
+ */
+export async function syncWorker(
+  w: StageWorker,
+  L: number,
+  entry: (step: number) => Promise<LedgerEntry>,
+  rebuild: () => Promise<StageWorker>,
+): Promise<StageWorker> {
+  if (w.phase !== "idle") {
+    const cur = w.current!;
+    const e = cur.step <= L ? await entry(cur.step) : undefined;
+    if (
+      e && cur.step === w.appliedStep + 1 && BigInt(e.seed) === cur.seed && e.phi === cur.phi
+    ) {
+      applyEntryPasses(w, e, w.phase === "plus" ? 1 : 2);
+      w.appliedStep = cur.step;
+      w.phase = "idle";
+      w.current = undefined;
+    } else {
+      w = await rebuild();
+    }
+  }
+  if (w.appliedStep > L) {
+    // Ahead of the ledger: impossible unless the ledger lost released steps.
+    throw new Error(
+      `worker: this slice has step ${w.appliedStep} applied but the ledger ends at step ${L}; ` +
+        `the ledger lost released steps (invariant 4): restore it before resuming`,
+    );
+  }
+  for (let s = w.appliedStep + 1; s <= L; s++) {
+    const e = await entry(s);
+    if (e.step !== s) throw new Error(`worker: ledger entry ${s} holds step ${e.step}`);
+    applyEntryPasses(w, e, 0);
+    w.appliedStep = s;
+  }
+  return w;
+}
+
+/** One SHA-256 over the slice (its tensors' digests in name order): what a replica compares. */
+export function sliceDigest(w: StageWorker): string {
+  const d = stageDigests(w);
+  return combineDigests([...d.keys()].sort().map((k) => d.get(k)!));
 }
 
 /** SHA-256 of each tensor this stage holds (HF layout: the same bytes). */

@@ -6,6 +6,13 @@
  *
  * Invalid messages are logged and dropped; a control message the state machine refuses is
  * answered with an error ack (the coordinator fails the run with it), never a crash.
+ *
+ * Recovery: before it reports ready, a worker replays the run's ledger (the JetStream stream)
+ * up to the step the coordinator names, and reports the hash of its slice. `step.abort(t)` brings
+ * it to exactly step t - 1 (`syncWorker`: a step the ledger holds is completed, one it does not
+ * is undone by reloading the slice and replaying — never by subtraction, which is not exact).
+ * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), the worker
+ * joins again, keeping its slice when it gets the same slot back.
  */
 import {
   connect,
@@ -41,7 +48,17 @@ import {
 } from "./protocol.ts";
 import { loadRunStage } from "./run.ts";
 import { connectOptions, type NatsSecurity } from "./nats_security.ts";
-import { createStageWorker, forwardStage, handleControl, stageDigests } from "./worker.ts";
+import {
+  createStageWorker,
+  forwardStage,
+  handleControl,
+  sliceDigest,
+  stageDigests,
+  type StageWorker,
+  syncWorker,
+} from "./worker.ts";
+import { streamEntry } from "./ledger_stream.ts";
+import type { LedgerEntry } from "../src/checkpoint/ledger.ts";
 
 export interface WorkerOptions {
   url: string;
@@ -83,14 +100,21 @@ async function connectWithRetry(
 }
 
 /** Asks the coordinator for a slot until it answers. */
-async function join(nc: NatsConnection, opts: WorkerOptions, id: string, deadline: number) {
+async function join(
+  nc: NatsConnection,
+  opts: WorkerOptions,
+  id: string,
+  deadline: number,
+  holding?: { group: number; stage: number },
+) {
   const S = subjects(opts.run);
   const log = opts.log ?? console.error;
-  const hello = encode(
-    opts.run,
-    { worker: id, host: Deno.hostname(), pid: Deno.pid },
-    "worker",
-  );
+  const hello = encode(opts.run, {
+    worker: id,
+    host: Deno.hostname(),
+    pid: Deno.pid,
+    ...(holding ? { holding } : {}),
+  }, "worker");
   let waited = false;
   for (;;) {
     let reply: Msg | undefined;
@@ -107,6 +131,13 @@ async function join(nc: NatsConnection, opts: WorkerOptions, id: string, deadlin
     }
     const a = decode(reply.data, opts.run, Assignment, log, "assignment", "coordinator");
     if (!a) throw new Error("the coordinator sent an invalid assignment");
+    if (!a.ok && / has all \d+ workers/.test(a.error) && Date.now() < deadline) {
+      // A spare: every slot is taken now; it takes the first one a lost worker frees.
+      if (!waited) log(`worker ${id}: ${a.error}; waiting as a spare for a free slot`);
+      waited = true;
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
     if (!a.ok) throw new Error(`the coordinator refused this worker: ${a.error}`);
     return a;
   }
@@ -129,10 +160,17 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     connectOptions(opts.url, opts.security ?? {}, log),
   );
   const maxChunk = Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
+  // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive.
+  const beat = setInterval(() => {
+    try {
+      nc.publish(S.heartbeat, send({ worker: id }));
+    } catch { /* closing */ }
+  }, opts.heartbeatMs ?? 1000);
+  let w: StageWorker | undefined;
   try {
-    const a = await join(nc, opts, id, deadline);
+    let a = await join(nc, opts, id, deadline);
     if (!a.ok) return;
-    const me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
+    let me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
     log(
       `${me}: layers ${a.range.firstLayer}..${a.range.endLayer - 1}` +
         `${a.range.embeddings ? " + embeddings" : ""}${a.range.head ? " + head" : ""}`,
@@ -146,46 +184,105 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     if (!meta) throw new Error(`run ${run}: the stored run metadata is invalid`);
     const config = parseRunConfig(meta.config, "run config from the coordinator");
 
-    let worker;
-    try {
-      await initBackend(config.backend);
-      const ckpt = await openCheckpoint(config.model);
-      const { stage, trainable } = await loadRunStage(config, ckpt, a.range);
-      worker = createStageWorker(stage, trainable);
-    } catch (e) {
-      const error = (e as Error).message;
-      nc.publish(S.ready, send({ worker: id, ok: false, error }));
+    // Ledger entries from the run's stream (verified), cached: the same for every replay.
+    const entries = new Map<number, LedgerEntry>();
+    const entry = async (step: number) => {
+      let e = entries.get(step);
+      if (!e) {
+        const got = await streamEntry(nc, run, step);
+        if (!got) throw new Error(`the ledger stream of run ${run} has no step ${step}`);
+        entries.set(step, e = got);
+      }
+      return e;
+    };
+    await initBackend(config.backend);
+    const ckpt = await openCheckpoint(config.model);
+    /** The slice of the current slot as the base checkpoint has it (no step applied). */
+    const load = async (range = a.ok ? a.range : undefined) => {
+      if (w) disposeStage(w.stage);
+      w = undefined;
+      const { stage, trainable } = await loadRunStage(config, ckpt, range!);
+      return createStageWorker(stage, trainable);
+    };
+    const replayTo = async (L: number) => {
+      const t0 = performance.now();
+      const from = w!.appliedStep;
+      w = await syncWorker(w!, L, entry, load);
+      if (w.appliedStep !== from) {
+        log(
+          `${me}: at ledger step ${L} (replayed from ${from} in ${
+            ((performance.now() - t0) / 1000).toFixed(1)
+          } s)`,
+        );
+      }
+    };
+
+    /** Loads (or keeps) the slice, replays the ledger, reports ready with the slice hash. */
+    const becomeReady = async (keep: boolean) => {
+      if (!a.ok) return;
+      try {
+        if (!keep || !w) w = await load();
+        await replayTo(a.ledger_step ?? 0);
+      } catch (e) {
+        const error = (e as Error).message;
+        nc.publish(S.ready, send({ worker: id, ok: false, error }));
+        await nc.flush();
+        throw e;
+      }
+      const parameters = [...w!.stage.params.values()].reduce((n, t) => n + t.size, 0);
+      nc.publish(
+        S.ready,
+        send({
+          worker: id,
+          ok: true,
+          parameters,
+          step: w!.appliedStep,
+          slice_sha256: sliceDigest(w!),
+        }),
+      );
       await nc.flush();
-      throw e;
-    }
-    const w = worker;
-    const parameters = [...w.stage.params.values()].reduce((n, t) => n + t.size, 0);
+      log(`${me}: ready (${parameters} parameters, ${w!.trainable.length} trainable tensors)`);
+    };
+    await becomeReady(false);
 
     let controlBytes = 0, trainBytes = 0, evalBytes = 0, forwardS = 0;
     let stop!: () => void;
+    let fatal!: (e: Error) => void;
     const stopped = new Promise<void>((r) => (stop = r));
+    const failed = new Promise<Error>((r) => (fatal = r));
 
+    // Control messages one at a time, in order (a recovery replays asynchronously).
+    let queue = Promise.resolve();
     nc.subscribe(S.control, {
       callback: (err, msg) => {
         if (err) return;
         controlBytes += msg.data.byteLength;
         const m = decodeControl(msg.data, run, log);
         if (!m) return;
-        let error: string | undefined;
-        try {
-          handleControl(w, m);
-        } catch (e) {
-          error = (e as Error).message;
-          log(`${me}: ${error}`);
-        }
-        if (msg.reply) {
-          msg.respond(send({ worker: id, ok: !error, ...(error ? { error } : {}) }));
-        }
+        queue = queue.then(async () => {
+          let error: string | undefined;
+          let extra = {};
+          try {
+            if (m.type === "step.abort") {
+              // Exactly step m.step - 1 of the ledger: complete, rebuild or replay.
+              await replayTo(m.step - 1);
+              extra = { step: w!.appliedStep, slice_sha256: sliceDigest(w!) };
+            } else handleControl(w!, m);
+          } catch (e) {
+            error = (e as Error).message;
+            log(`${me}: ${error}`);
+            if (m.type === "step.abort") fatal(e as Error);
+          }
+          if (msg.reply) {
+            msg.respond(
+              send({ worker: id, ok: !error, ...(error ? { error } : {}), ...extra }),
+            );
+          }
+        });
       },
     });
 
-    const next = a.stage + 1 < a.stages ? S.forward(a.group, a.stage + 1) : S.result;
-    const publishBlob = (blob: Uint8Array, rid: number, sign: number) => {
+    const publishBlob = (next: string, blob: Uint8Array, rid: number, sign: number) => {
       for (const c of chunkPayload(`${id}.${rid}`, blob, maxChunk)) {
         const data = send(c);
         nc.publish(next, data);
@@ -193,96 +290,103 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
       if (sign === 0) evalBytes += blob.byteLength;
       else trainBytes += blob.byteLength;
     };
-    const chunks = new Reassembler();
-    nc.subscribe(S.forward(a.group, a.stage), {
-      callback: (err, msg) => {
-        if (err) return;
-        const c = decode(msg.data, run, Chunk, log, "forward chunk");
-        if (!c) return;
-        let blob: Uint8Array | null;
-        try {
-          blob = chunks.add(c);
-        } catch (e) {
-          log(`protocol: dropped forward chunk: ${(e as Error).message}`);
-          return;
-        }
-        if (!blob) return;
-        const p = decodeBlob(blob, ForwardPayload, log, "forward");
-        if (!p) return;
-        const t0 = performance.now();
-        try {
-          let hidden: Float32Array | undefined;
-          if (a.stage > 0) {
-            if (!p.hidden) throw new Error("activations missing");
-            hidden = p.dtype === "float16"
-              ? fromFloat16(new Uint16Array(copyBytes(p.hidden)))
-              : float32s(p.hidden);
+    const subscribeForward = (slot: typeof a & { ok: true }) => {
+      const next = slot.stage + 1 < slot.stages ? S.forward(slot.group, slot.stage + 1) : S.result;
+      const chunks = new Reassembler();
+      return nc.subscribe(S.forward(slot.group, slot.stage), {
+        callback: (err, msg) => {
+          if (err) return;
+          const c = decode(msg.data, run, Chunk, log, "forward chunk");
+          if (!c) return;
+          let blob: Uint8Array | null;
+          try {
+            blob = chunks.add(c);
+          } catch (e) {
+            log(`protocol: dropped forward chunk: ${(e as Error).message}`);
+            return;
           }
-          const req = {
-            step: p.step,
-            micro: p.micro,
-            sign: p.sign,
-            batchSize: p.batchSize,
-            seqLen: p.seqLen,
-            numScores: p.numScores,
-            ids: int32s(p.ids),
-            mask: int32s(p.mask),
-            pairPos: int32s(p.pairPos),
-            pairTok: int32s(p.pairTok),
-            pairScore: int32s(p.pairScore),
-          };
-          const out = forwardStage(w, req, hidden);
-          forwardS += (performance.now() - t0) / 1000;
-          if (out.result) {
-            publishBlob(
-              encodeBlob({
-                rid: p.rid,
-                worker: id,
-                step: p.step,
-                micro: p.micro,
-                sign: p.sign,
-                scores: rawBytes(out.result.scores),
-              }),
-              p.rid,
-              p.sign,
-            );
-          } else {
-            const f16 = a.activation_dtype === "float16";
-            publishBlob(
-              encodeBlob({
-                ...p,
-                hidden: rawBytes(f16 ? toFloat16(out.hidden!) : out.hidden!),
-                dtype: a.activation_dtype,
-              }),
-              p.rid,
-              p.sign,
-            );
+          if (!blob) return;
+          const p = decodeBlob(blob, ForwardPayload, log, "forward");
+          if (!p) return;
+          const t0 = performance.now();
+          try {
+            if (!w) throw new Error("the slice is being reloaded");
+            let hidden: Float32Array | undefined;
+            if (slot.stage > 0) {
+              if (!p.hidden) throw new Error("activations missing");
+              hidden = p.dtype === "float16"
+                ? fromFloat16(new Uint16Array(copyBytes(p.hidden)))
+                : float32s(p.hidden);
+            }
+            const req = {
+              step: p.step,
+              micro: p.micro,
+              sign: p.sign,
+              batchSize: p.batchSize,
+              seqLen: p.seqLen,
+              numScores: p.numScores,
+              ids: int32s(p.ids),
+              mask: int32s(p.mask),
+              pairPos: int32s(p.pairPos),
+              pairTok: int32s(p.pairTok),
+              pairScore: int32s(p.pairScore),
+            };
+            const out = forwardStage(w, req, hidden);
+            forwardS += (performance.now() - t0) / 1000;
+            if (out.result) {
+              publishBlob(
+                next,
+                encodeBlob({
+                  rid: p.rid,
+                  worker: id,
+                  step: p.step,
+                  micro: p.micro,
+                  sign: p.sign,
+                  scores: rawBytes(out.result.scores),
+                }),
+                p.rid,
+                p.sign,
+              );
+            } else {
+              const f16 = slot.activation_dtype === "float16";
+              publishBlob(
+                next,
+                encodeBlob({
+                  ...p,
+                  hidden: rawBytes(f16 ? toFloat16(out.hidden!) : out.hidden!),
+                  dtype: slot.activation_dtype,
+                }),
+                p.rid,
+                p.sign,
+              );
+            }
+          } catch (e) {
+            const error = `${me}: forward ${p.step}/${p.micro}: ${(e as Error).message}`;
+            log(error);
+            // Straight back to the coordinator, which fails the step with it.
+            for (
+              const c of chunkPayload(
+                `${id}.e${p.rid}`,
+                encodeBlob({
+                  rid: p.rid,
+                  worker: id,
+                  step: p.step,
+                  micro: p.micro,
+                  sign: p.sign,
+                  error,
+                }),
+                maxChunk,
+              )
+            ) nc.publish(S.result, send(c));
           }
-        } catch (e) {
-          const error = `${me}: forward ${p.step}/${p.micro}: ${(e as Error).message}`;
-          log(error);
-          // Straight back to the coordinator, which fails the step with it.
-          for (
-            const c of chunkPayload(
-              `${id}.e${p.rid}`,
-              encodeBlob({
-                rid: p.rid,
-                worker: id,
-                step: p.step,
-                micro: p.micro,
-                sign: p.sign,
-                error,
-              }),
-              maxChunk,
-            )
-          ) nc.publish(S.result, send(c));
-        }
-      },
-    });
+        },
+      });
+    };
+    let forwardSub = subscribeForward(a);
 
     nc.subscribe(S.query, {
       callback: (err, msg) => {
-        if (err || !msg.reply) return;
+        if (err || !msg.reply || !w || !a.ok) return;
         const q = decode(msg.data, run, Query, log, "query", "coordinator");
         if (!q) return;
         const base = { worker: id, group: a.group, stage: a.stage };
@@ -306,30 +410,46 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
-
-    const beat = setInterval(() => {
-      try {
-        nc.publish(S.heartbeat, send({ worker: id }));
-      } catch { /* closing */ }
-    }, opts.heartbeatMs ?? 1000);
-    nc.publish(S.ready, send({ worker: id, ok: true, parameters }));
-    await nc.flush();
-    log(`${me}: ready (${parameters} parameters, ${w.trainable.length} trainable tensors)`);
+    // A new coordinator epoch (the coordinator was restarted, `--resume`): join it again.
+    let rejoining = false;
+    nc.subscribe(S.coordinator, {
+      callback: (err, msg) => {
+        if (err || rejoining || !a.ok) return;
+        const hb = decode(msg.data, run, z.object({ epoch: z.string() }), log, "coordinator");
+        if (!hb || hb.epoch === a.epoch || a.epoch === undefined) return;
+        rejoining = true;
+        log(`${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`);
+        queue = queue.then(async () => {
+          const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
+          const next = await join(nc, opts, id, Date.now() + 600_000, held);
+          if (!next.ok) throw new Error("refused");
+          const same = held !== undefined && next.group === held.group &&
+            next.stage === held.stage;
+          if (!same) {
+            forwardSub.unsubscribe();
+            forwardSub = subscribeForward(next);
+          }
+          a = next;
+          me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
+          await becomeReady(same);
+        }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
+      },
+    });
 
     let finished = false;
     const closed = nc.closed().then((
       e,
     ) => (finished ? null : e ?? new Error("the NATS connection closed")));
     try {
-      const e = await Promise.race([stopped.then(() => null), closed]);
+      const e = await Promise.race([stopped.then(() => null), closed, failed]);
       finished = true;
       if (e) throw e;
     } finally {
-      clearInterval(beat);
-      disposeStage(w.stage);
+      if (w) disposeStage(w.stage);
     }
     log(`${me}: run ${run} finished`);
   } finally {
+    clearInterval(beat);
     if (!nc.isClosed()) await nc.drain().catch(() => {});
   }
 }

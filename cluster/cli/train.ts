@@ -1,10 +1,17 @@
 /**
  * `dpzo train --config FILE [--set key=value ...] [--quiet]`: a DP-ZO run on the embedded
  * default (coordinator and stage workers in this process).
+ *
+ * `dpzo train --resume RUN_DIR`: continues a run that stopped (the coordinator died, Ctrl-C)
+ * from its ledger; with `--nats URL` the run is a sharded one and this process is its
+ * coordinator again: the workers still running re-join it and replay what they miss.
  */
 import { Command } from "@commander-js/extra-typings";
 import { loadRunConfig } from "../../src/dpzo/config.ts";
-import { trainEmbedded } from "../run.ts";
+import { resumeEmbedded, trainEmbedded } from "../run.ts";
+import { UsageError } from "../../src/validation.ts";
+import { RunId } from "../protocol.ts";
+import { flag } from "./common.ts";
 import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -12,10 +19,13 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 export function trainCommand() {
   return new Command("train")
     .description("fine-tune with DP-ZO on the embedded default (one process)")
-    .requiredOption(
+    .option(
       "--config <file>",
       "run configuration (YAML or JSON), e.g. configs/tiny-sst2.yaml",
     )
+    .option("--resume <run_dir>", "continue a stopped run from its ledger")
+    .option("--nats <url>", "with --resume: the sharded run's nats-server (coordinator only)")
+    .option("--run <id>", "with --resume --nats: the run id (default: the run directory's name)")
     .option(
       "--set <key=value>",
       "override a config field, e.g. --set train.steps=100 (repeatable)",
@@ -24,10 +34,29 @@ export function trainCommand() {
     )
     .option("--quiet", "plain progress lines every 30 s instead of a live bar")
     .action(async (opts) => {
-      const config = await loadRunConfig(opts.config, opts.set);
-      const s = await trainEmbedded(config, { quiet: opts.quiet });
+      if (!opts.resume && !opts.config) {
+        throw new UsageError("train: give --config FILE (a new run) or --resume RUN_DIR");
+      }
+      if (opts.resume && (opts.config || opts.set.length)) {
+        throw new UsageError(
+          "train --resume: the run's own run.json is its config; drop --config/--set",
+        );
+      }
+      if (opts.nats && !opts.resume) throw new UsageError("--nats: only with --resume");
+      let s, runDir = opts.resume ?? "";
+      if (opts.resume && opts.nats) {
+        const { resumeOverNats } = await import("../launcher.ts");
+        const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
+        s = await resumeOverNats(opts.resume, { url: opts.nats, run, quiet: opts.quiet });
+      } else if (opts.resume) {
+        s = await resumeEmbedded(opts.resume, { quiet: opts.quiet });
+      } else {
+        const config = await loadRunConfig(opts.config!, opts.set);
+        runDir = config.run_dir;
+        s = await trainEmbedded(config, { quiet: opts.quiet });
+      }
       const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
-      console.log(`run: ${config.run_dir}`);
+      console.log(`run: ${runDir}`);
       const f = s.final;
       if (f.test_f1 !== undefined) {
         console.log(

@@ -5,11 +5,25 @@
  */
 import { pack } from "msgpackr";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "../protocol.ts";
-import { forwardStage, handleControl, stageDigests, type StageWorker } from "../worker.ts";
+import {
+  forwardStage,
+  handleControl,
+  stageDigests,
+  type StageWorker,
+  syncWorker,
+} from "../worker.ts";
 import type { Transport } from "./transport.ts";
+import type { LedgerEntry } from "../../src/checkpoint/ledger.ts";
 
-/** `pipelines[g][k]` is stage k of replica group g. */
-export function inProcessTransport(pipelines: StageWorker[][]): Transport {
+/**
+ * `pipelines[g][k]` is stage k of replica group g. `rebuild(g, k)` loads stage k afresh (the
+ * base slice, no step applied): recovery uses it to restore a stage exactly from a step that was
+ * not released; without it, such a stage is reverted by subtraction (not bit-exact).
+ */
+export function inProcessTransport(
+  pipelines: StageWorker[][],
+  opts: { rebuild?: (group: number, stage: number) => Promise<StageWorker> } = {},
+): Transport {
   let syncBytes = 0, actBytes = 0;
   // What the same traffic would weigh on the wire (raw typed-array bytes).
   const requestBytes = (r: ForwardRequest) =>
@@ -50,6 +64,18 @@ export function inProcessTransport(pipelines: StageWorker[][]): Transport {
         }
       }
       return Promise.resolve(all);
+    },
+    async recover(ledger: readonly LedgerEntry[]) {
+      const L = ledger.length;
+      for (const [g, pipeline] of pipelines.entries()) {
+        for (const [k, w] of pipeline.entries()) {
+          const rebuild = opts.rebuild ? () => opts.rebuild!(g, k) : () => {
+            if (w.current) handleControl(w, { type: "step.abort", step: w.current.step });
+            return Promise.resolve(w);
+          };
+          pipeline[k] = await syncWorker(w, L, (s) => Promise.resolve(ledger[s - 1]), rebuild);
+        }
+      }
     },
     paramSyncBytes: () => syncBytes,
     activationBytes: () => Promise.resolve(actBytes),

@@ -4,8 +4,16 @@
  *
  * Membership: the coordinator publishes the run's config and stage plan to a JetStream stream,
  * answers each worker's `hello` with a slot (group g, stage k, layer range), and starts once
- * every slot has reported `ready` (its slice loaded). Workers send heartbeats; a worker that
- * goes silent fails the run instead of hanging it.
+ * every slot has reported `ready` (its slice loaded and the ledger replayed). Workers send
+ * heartbeats, and so does the coordinator (with its epoch: workers of a restarted coordinator
+ * join it again, keeping their slices).
+ *
+ * Faults: a worker silent for `heartbeatTimeoutMs`, or the connection to the server dropping,
+ * interrupts whatever is in flight with a `TransportFault`; the lost worker's slot is freed for
+ * a replacement (a restarted `dpzo worker` or a spare). `recover(ledger)` then sends
+ * step.abort(L + 1) to every worker — each gets to exactly the ledger's step L — waits for
+ * replacements to load their slice and replay the ledger, checks that replicas of a stage report
+ * the same slice hash, and resolves; the coordinator retries or continues.
  *
  * A step: control messages are broadcast on one subject and every worker acks on the reply
  * inbox after applying the pass, so `broadcast()` resolves when all have applied it. Micro-
@@ -41,7 +49,8 @@ import {
   ResultPayload,
   subjects,
 } from "../protocol.ts";
-import type { Transport, WorkerStats } from "./transport.ts";
+import { type Transport, TransportFault, type WorkerStats } from "./transport.ts";
+import type { LedgerEntry } from "../../src/checkpoint/ledger.ts";
 
 export interface NatsCoordinatorOptions {
   url: string;
@@ -69,12 +78,17 @@ interface Slot {
   host?: string;
   ready: boolean;
   lastSeen: number;
+  /** The slice hash it reported at `ledgerStep` (recovery compares replicas). */
+  digest?: string;
 }
 
 export interface NatsTransport extends Transport {
   readonly connection: NatsConnection;
-  /** Resolves when every slot has a worker that has loaded its slice. */
-  ready(): Promise<void>;
+  /**
+   * Resolves when every slot has a worker that has loaded its slice and replayed the ledger's
+   * `ledgerStep` steps (a resumed run).
+   */
+  ready(ledgerStep?: number): Promise<void>;
 }
 
 /** Connects, publishes the run's metadata, and starts admitting workers. */
@@ -117,6 +131,15 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     log(`coordinator: ${e.message}`);
     for (const f of failListeners) f(e);
   };
+  /** Interrupts what is in flight (the run recovers); unlike `fail`, not permanent. */
+  const fault = (e: TransportFault) => {
+    log(`coordinator: ${e.message}`);
+    for (const f of [...failListeners]) f(e);
+  };
+  /** The ledger's length: new and rejoining workers replay up to it before they are ready. */
+  let ledgerStep = 0;
+  const epoch = crypto.randomUUID();
+  let connected = true;
   /** Races `p` against a failure of the run and a timeout. */
   const guarded = <T>(p: Promise<T>, what: string, ms = opTimeout): Promise<T> => {
     if (failure) return Promise.reject(failure);
@@ -140,9 +163,23 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   };
 
   let readyResolve!: () => void;
-  const allReady = new Promise<void>((r) => (readyResolve = r));
+  let allReady!: Promise<void>;
+  const resetReady = () => {
+    allReady = new Promise<void>((r) => (readyResolve = r));
+  };
+  resetReady();
   const checkReady = () => {
     if (slots.every((s) => s.ready)) readyResolve();
+  };
+  /** A worker is gone: free its slot for a replacement and interrupt the step in flight. */
+  const lose = (s: Slot, why: string) => {
+    const what = `${label(s)} lost: ${why}; waiting for a replacement ` +
+      `(dpzo worker --nats ${opts.url} --run ${run})`;
+    s.worker = undefined;
+    s.ready = false;
+    s.digest = undefined;
+    resetReady();
+    fault(new TransportFault(what));
   };
 
   nc.subscribe(S.hello, {
@@ -151,6 +188,12 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       const h = decode(msg.data, run, Hello, log, "hello", "worker");
       if (!h) return;
       let slot = slots.find((s) => s.worker === h.worker);
+      // A worker that holds a slice (a restarted coordinator) gets its own slot back if free.
+      if (!slot && h.holding) {
+        slot = slots.find((s) =>
+          s.worker === undefined && s.group === h.holding!.group && s.stage === h.holding!.stage
+        );
+      }
       if (!slot) slot = slots.find((s) => s.worker === undefined);
       if (!slot) {
         msg.respond(
@@ -171,6 +214,8 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         groups: plan.groups,
         range: plan.ranges[slot.stage],
         activation_dtype: opts.config.cluster.activation_dtype,
+        epoch,
+        ledger_step: ledgerStep,
       }));
     },
   });
@@ -186,9 +231,20 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         fail(new Error(`${label(slot)} could not load its slice: ${r.error}`));
         return;
       }
+      if (r.step !== undefined && r.step !== ledgerStep) {
+        log(`coordinator: ${label(slot)} reported step ${r.step}, the ledger is at ${ledgerStep}`);
+        return;
+      }
       slot.ready = true;
       slot.lastSeen = Date.now();
-      log(`coordinator: ${label(slot)} ready (${r.parameters} parameters)`);
+      slot.digest = r.slice_sha256;
+      log(
+        `coordinator: ${label(slot)} ready (${r.parameters} parameters` +
+          (r.step
+            ? `, ledger replayed to step ${r.step}, slice ${r.slice_sha256?.slice(0, 12)}`
+            : "") +
+          ")",
+      );
       checkReady();
     },
   });
@@ -201,13 +257,32 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     },
   });
   const monitor = setInterval(() => {
+    // The coordinator's own heartbeat: workers of a restarted coordinator see a new epoch.
+    if (connected) {
+      try {
+        nc.publish(S.coordinator, send({ epoch }));
+      } catch { /* closing */ }
+    }
     const now = Date.now();
     for (const s of slots) {
-      if (s.ready && now - s.lastSeen > hbTimeout) {
-        fail(new Error(`${label(s)} lost: no heartbeat for ${(now - s.lastSeen) / 1000} s`));
+      // Silence while this process itself is cut off from the server says nothing of workers.
+      if (connected && s.worker !== undefined && now - s.lastSeen > hbTimeout) {
+        lose(s, `no heartbeat for ${((now - s.lastSeen) / 1000).toFixed(1)} s`);
       }
     }
   }, 1000);
+  (async () => {
+    for await (const st of nc.status()) {
+      if (st.type === "disconnect") {
+        connected = false;
+        fault(new TransportFault("connection to nats-server lost; reconnecting"));
+      } else if (st.type === "reconnect") {
+        connected = true;
+        log("coordinator: reconnected to nats-server");
+        for (const s of slots) s.lastSeen = Date.now();
+      }
+    }
+  })().catch(() => {});
 
   // Results of forwards, by request id.
   const pending = new Map<
@@ -276,6 +351,10 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     schema: z.ZodType<T>,
     what: string,
   ): Promise<Map<string, T>> {
+    const missing = slots.filter((s) => !s.ready || s.worker === undefined);
+    if (missing.length) {
+      throw new TransportFault(`${what}: ${missing.map(label).join(", ")} not ready`);
+    }
     const expected = new Set(slots.map((s) => s.worker!));
     const got = new Map<string, T>();
     const inbox = createInbox();
@@ -299,16 +378,58 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     return got;
   }
 
+  /** Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives. */
+  async function gatherSome<T extends { worker: string }>(
+    subject: string,
+    data: Uint8Array,
+    schema: z.ZodType<T>,
+    what: string,
+    expected: Set<string>,
+    ms: number,
+  ): Promise<Map<string, T>> {
+    const got = new Map<string, T>();
+    const inbox = createInbox();
+    let resolve!: () => void;
+    const all = new Promise<void>((r) => (resolve = r));
+    const sub = nc.subscribe(inbox, {
+      callback: (err, msg) => {
+        if (err) return;
+        const r = decode(msg.data, run, schema, log, `${what} reply`, "worker");
+        if (!r || !expected.has(r.worker)) return;
+        got.set(r.worker, r);
+        if (got.size === expected.size) resolve();
+      },
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      nc.publish(subject, data, { reply: inbox });
+      await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+    } finally {
+      clearTimeout(timer);
+      sub.unsubscribe();
+    }
+    return got;
+  }
+
   let nextRid = 0;
   let closed = false;
   const transport: NatsTransport = {
     connection: nc,
     groups: plan.groups,
     pipelineDepth: plan.stages + 1,
-    async ready() {
+    async ready(step = 0) {
+      ledgerStep = step;
       const ms = opts.readyTimeoutMs ?? 600_000;
+      const deadline = Date.now() + ms;
       try {
-        await guarded(allReady, `waiting for ${slots.length} workers`, ms);
+        while (!slots.every((s) => s.ready)) {
+          try {
+            await guarded(allReady, `waiting for ${slots.length} workers`, deadline - Date.now());
+          } catch (e) {
+            // A worker lost before the start: its slot waits for another.
+            if (!(e instanceof TransportFault) || Date.now() >= deadline) throw e;
+          }
+        }
       } catch (e) {
         const missing = slots.filter((s) => !s.ready).map((s) =>
           `group ${s.group} stage ${s.stage}${s.worker ? ` (${s.worker}, loading)` : ""}`
@@ -330,8 +451,80 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         );
       }
     },
+    async recover(ledger: readonly LedgerEntry[]) {
+      const L = ledger.length;
+      ledgerStep = L;
+      const ms = opts.readyTimeoutMs ?? 600_000;
+      const deadline = Date.now() + ms;
+      for (const s of slots) {
+        s.ready = false;
+        s.digest = undefined;
+      }
+      resetReady();
+      // step.abort(L + 1): every worker gets to exactly step L (idempotent, so resent freely).
+      const abort = encodeControl(run, { type: "step.abort", step: L + 1 });
+      for (let round = 0;; round++) {
+        if (failure) throw failure;
+        if (Date.now() > deadline) {
+          const missing = slots.filter((s) => !s.ready).map((s) =>
+            `group ${s.group} stage ${s.stage}${s.worker ? ` (${s.worker})` : " (no worker)"}`
+          );
+          throw new Error(
+            `recovery: not every worker is back at step ${L} after ${ms / 1000} s: ` +
+              `${
+                missing.join(", ")
+              }. Start workers with: dpzo worker --nats ${opts.url} --run ${run}`,
+          );
+        }
+        const asked = new Set(
+          slots.filter((s) => s.worker !== undefined && !s.ready).map((s) => s.worker!),
+        );
+        if (connected && asked.size) {
+          syncBytes += abort.byteLength;
+          const acks = await gatherSome(S.control, abort, Ack, "recovery", asked, 10_000);
+          for (const a of acks.values()) {
+            const slot = slots.find((s) => s.worker === a.worker);
+            if (!slot) continue;
+            if (!a.ok || a.step !== L) {
+              log(`coordinator: ${label(slot)} could not get to step ${L}: ${a.error ?? a.step}`);
+              continue;
+            }
+            slot.ready = true;
+            slot.lastSeen = Date.now();
+            slot.digest = a.slice_sha256;
+          }
+        }
+        if (slots.every((s) => s.ready)) break;
+        if (round === 0) {
+          log(`coordinator: recovering: waiting for every slot to be back at step ${L}`);
+        }
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([allReady, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+        clearTimeout(timer);
+      }
+      // Replicas of a stage hold the same slice: after recovery their hashes must agree.
+      for (let k = 0; k < plan.stages; k++) {
+        const ds = slots.filter((s) => s.stage === k && s.digest);
+        if (ds.some((s) => s.digest !== ds[0].digest)) {
+          throw new Error(
+            `recovery: replicas of stage ${k} differ at step ${L}: ` +
+              ds.map((s) => `${label(s)} ${s.digest!.slice(0, 12)}`).join(", "),
+          );
+        }
+      }
+      log(
+        `coordinator: recovered: every worker at ledger step ${L} (slice hashes ` +
+          slots.map((s) => `g${s.group}/s${s.stage} ${s.digest?.slice(0, 12)}`).join(", ") + ")",
+      );
+    },
     forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
       if (failure) return Promise.reject(failure);
+      const down = slots.filter((s) => s.group === group && (!s.ready || !s.worker));
+      if (down.length) {
+        return Promise.reject(
+          new TransportFault(`forward: ${down.map(label).join(", ")} not ready`),
+        );
+      }
       const rid = nextRid++;
       const blob = encodeBlob({
         rid,

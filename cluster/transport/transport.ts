@@ -3,6 +3,17 @@
  * interface: in-process (the embedded default, one process, no server) and NATS.
  */
 import type { ControlMessage, ForwardRequest, ForwardResult } from "../protocol.ts";
+import type { LedgerEntry } from "../../src/checkpoint/ledger.ts";
+
+/**
+ * A failure the run can recover from: a stage worker stopped answering, or the connection to
+ * the server dropped. The coordinator answers it with `Transport.recover`: a step that was not
+ * yet in the ledger is aborted (nothing was released, no privacy spent) and retried; a step that
+ * was is completed.
+ */
+export class TransportFault extends Error {
+  override name = "TransportFault";
+}
 
 /** Traffic and time of one stage worker (reported over NATS). */
 export interface WorkerStats {
@@ -37,6 +48,13 @@ export interface Transport {
    * between stages, scores back (as encoded on the wire).
    */
   activationBytes(): Promise<number>;
+  /**
+   * After a `TransportFault`: brings every slot (a replacement where a worker was lost) to
+   * exactly "ledger applied, no step in flight" — workers complete a step the ledger holds,
+   * restore exactly (reload and replay) from one it does not, replay what they miss — and
+   * resolves when all of them are there. Absent: faults end the run.
+   */
+  recover?(ledger: readonly LedgerEntry[]): Promise<void>;
   /** Per-worker traffic, where the transport can tell. */
   workerStats?(): Promise<WorkerStats[]>;
   close(): Promise<void>;

@@ -40,8 +40,17 @@ export function encodeLedgerLine(entry: LedgerEntry): string {
   return `${body.slice(0, -1)},"check":"${checksum(body)}"}\n`;
 }
 
+/**
+ * Where the coordinator appends released steps: `append` resolves only once the entry is durable
+ * (on disk, or acknowledged by the JetStream stream), and only then is the step released.
+ */
+export interface LedgerSink {
+  append(entry: LedgerEntry): Promise<void>;
+  close(): void;
+}
+
 /** An append-only ledger file; every append is on disk when it returns. */
-export class LedgerWriter {
+export class LedgerWriter implements LedgerSink {
   #file: Deno.FsFile;
   private constructor(file: Deno.FsFile) {
     this.#file = file;
@@ -55,9 +64,40 @@ export class LedgerWriter {
     while (off < bytes.length) off += await this.#file.write(bytes.subarray(off));
     await this.#file.sync();
   }
+  #closed = false;
+  /** Closes the file (once; later calls do nothing). */
   close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     this.#file.close();
   }
+}
+
+/**
+ * Parses and verifies one ledger line (schema and checksum); `where` names the file and line
+ * (or the stream and sequence) in the error.
+ */
+export function parseLedgerLine(line: string, where: string, partial = false): LedgerEntry {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(line);
+  } catch {
+    throw new Error(
+      `${where}: corrupt ledger line (not JSON${
+        partial ? "; the file ends in a partial line" : ""
+      })`,
+    );
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new Error(`${where}: corrupt ledger line (not a JSON object)`);
+  }
+  const { check, ...rest } = raw;
+  const parsed = LedgerEntrySchema.safeParse(rest);
+  if (!parsed.success) throw new Error(`${where}: ${formatZodError(parsed.error)}`);
+  if (check !== checksum(JSON.stringify(rest))) {
+    throw new Error(`${where}: checksum mismatch: the ledger line was altered or corrupted`);
+  }
+  return parsed.data;
 }
 
 /** Reads and verifies a ledger; errors name the file, the line and the problem. */
@@ -75,28 +115,12 @@ export async function readLedger(path: string): Promise<LedgerEntry[]> {
     const line = lines[i];
     if (line === "") continue;
     const where = `${path}:${i + 1}`;
-    let raw: Record<string, unknown>;
-    try {
-      raw = JSON.parse(line);
-    } catch {
-      const last = i === lines.length - 1;
-      throw new Error(
-        `${where}: corrupt ledger line (not JSON${
-          last ? "; the file ends in a partial line" : ""
-        })`,
-      );
-    }
-    const { check, ...rest } = raw;
-    const parsed = LedgerEntrySchema.safeParse(rest);
-    if (!parsed.success) throw new Error(`${where}: ${formatZodError(parsed.error)}`);
-    if (check !== checksum(JSON.stringify(rest))) {
-      throw new Error(`${where}: checksum mismatch: the ledger line was altered or corrupted`);
-    }
+    const entry = parseLedgerLine(line, where, i === lines.length - 1);
     const expected = (entries.at(-1)?.step ?? 0) + 1;
-    if (parsed.data.step !== expected) {
-      throw new Error(`${where}: step ${parsed.data.step} where step ${expected} was expected`);
+    if (entry.step !== expected) {
+      throw new Error(`${where}: step ${entry.step} where step ${expected} was expected`);
     }
-    entries.push(parsed.data);
+    entries.push(entry);
   }
   return entries;
 }

@@ -64,6 +64,11 @@ const Cluster = z.object({
   activation_dtype: z.enum(["float32", "float16"]).default("float32"),
   /** Examples per micro-batch sent down a pipeline (several are in flight at once). */
   micro_batch: z.number().int().positive().default(16),
+  /**
+   * A stage worker silent this long is lost: the step in flight is aborted and the coordinator
+   * waits for a replacement (`dpzo worker`, or the launcher restarts it).
+   */
+  heartbeat_timeout_s: z.number().positive().default(120),
 }).strict();
 
 export const RunConfigSchema = z.object({

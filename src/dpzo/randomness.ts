@@ -76,3 +76,43 @@ export function insecureRandom(seed: number | bigint): SecretRandom {
     return out[pos++];
   }, true);
 }
+
+/** Second counter word of the per-step streams ("STEP"): never equal to `insecureRandom`'s. */
+const STEP_DOMAIN = 0x53544550;
+
+/**
+ * The reproducible, NOT private stream of one training step: Philox4x32-10 keyed by `seed`,
+ * counter (i, step, "STEP", "DPZO"). Keyed by the step, not by a position in one long stream, so
+ * that a resumed run (coordinator restarted) or a retried step (a worker died mid-step) draws
+ * exactly the batch, seed and noise that the uninterrupted run drew at that step.
+ */
+export function insecureStepRandom(seed: number | bigint, step: number): SecretRandom {
+  if (!Number.isInteger(step) || step < 0 || step >= 2 ** 32) {
+    throw new Error(`insecureStepRandom: step ${step} out of range`);
+  }
+  const s = BigInt.asUintN(64, BigInt(seed));
+  const k0 = Number(s & 0xffffffffn), k1 = Number(s >> 32n);
+  const out = new Uint32Array(4);
+  let counter = 0, pos = 4;
+  return fromWords(() => {
+    if (pos === 4) {
+      philox4x32_10(counter, step, STEP_DOMAIN, DOMAIN, k0, k1, out);
+      counter = (counter + 1) % 4294967296;
+      pos = 0;
+    }
+    return out[pos++];
+  }, true);
+}
+
+/**
+ * The secret randomness of each step: the CSPRNG (nothing to restore after a failure: a step
+ * that was not released is redrawn with fresh randomness), or with `insecure_seed` the per-step
+ * Philox stream.
+ */
+export function stepRandomness(insecureSeed: number | null): (step: number) => SecretRandom {
+  if (insecureSeed === null) {
+    const rng = cryptoRandom();
+    return () => rng;
+  }
+  return (step) => insecureStepRandom(insecureSeed, step);
+}
