@@ -264,6 +264,7 @@ Deno.test({
       await restart();
       assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the restart");
       await finished(coord);
+      assert.match(coord.output(), /reconnected to nats-server/);
       for (const w of workers) await finished(w, 30_000);
       await assertSameAsReference(tmp, dir);
     }),
