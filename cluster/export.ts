@@ -14,6 +14,8 @@ import { formatZodError } from "../src/validation.ts";
 import { initBackend } from "../src/tensor/backend.ts";
 import { applyPass, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
 import { loadModel, modelOrder } from "./run.ts";
+import { readSnapshot, snapshotSteps } from "../src/checkpoint/snapshot.ts";
+import { weightView } from "../src/tensor/backend.ts";
 
 const RunJson = z.object({
   format: z.string(),
@@ -70,8 +72,9 @@ export async function replayRun(
     );
   }
   const worker = createStageWorker(stage, trainable);
+  const from = await fromSnapshots(runDir, worker, entries.length, log);
   const t0 = performance.now();
-  for (const e of entries) {
+  for (const e of entries.slice(from)) {
     const seed = BigInt(e.seed);
     for (const pass of stepPasses(e)) {
       applyPass(
@@ -83,8 +86,47 @@ export async function replayRun(
     }
     if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
   }
-  log(`replayed ${entries.length} steps in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  log(
+    `replayed ${entries.length - from} steps${from ? ` after the snapshot of step ${from}` : ""} ` +
+      `in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
   return { config, worker, steps: entries.length };
+}
+
+/**
+ * Moves the whole model to the newest snapshot step (<= maxStep) whose stage files together hold
+ * every trainable tensor (any stage layout); returns that step, or 0 without one. A truncated
+ * or corrupt snapshot is an error naming its file.
+ */
+async function fromSnapshots(
+  runDir: string,
+  w: StageWorker,
+  maxStep: number,
+  log: (l: string) => void,
+): Promise<number> {
+  const steps = new Set<number>();
+  for (let k = 0; k < 64; k++) for (const s of await snapshotSteps(runDir, k)) steps.add(s);
+  for (const step of [...steps].sort((a, b) => b - a)) {
+    if (step > maxStep) continue;
+    const data = new Map<string, Float32Array>();
+    for (let k = 0; k < 64; k++) {
+      if (!(await snapshotSteps(runDir, k)).includes(step)) continue;
+      for (const [name, d] of await readSnapshot(runDir, step, k)) data.set(name, d);
+    }
+    if (!w.trainable.every((n) => data.has(n))) continue; // not every stage wrote this step
+    for (const name of w.trainable) {
+      const view = weightView(w.stage.params.get(name)!);
+      const d = data.get(name)!;
+      if (d.length !== view.length) {
+        throw new Error(`snapshot step ${step}: ${name} has another size`);
+      }
+      view.set(d);
+    }
+    w.appliedStep = step;
+    log(`starting from the snapshot of step ${step}`);
+    return step;
+  }
+  return 0;
 }
 
 export async function exportRun(

@@ -42,7 +42,7 @@ import { type RunConfig as RunConfigT, RunConfigSchema } from "../src/dpzo/confi
 import { formatZodError } from "../src/validation.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { describeBackend, initBackend } from "../src/tensor/backend.ts";
-import { createStageWorker, type StageWorker, syncWorker } from "./worker.ts";
+import { createStageWorker, saveSnapshot, type StageWorker, syncWorker } from "./worker.ts";
 import { inProcessTransport } from "./transport/in_process.ts";
 import {
   classificationTask,
@@ -574,6 +574,7 @@ export async function resumeEmbedded(
       disposeStage(pipeline[0][0].stage);
       return await fresh();
     },
+    afterUpdate: snapshotHook(config),
   });
   try {
     return await coordinateRun(ctx, transport, {
@@ -584,6 +585,15 @@ export async function resumeEmbedded(
   } finally {
     await transport.close();
   }
+}
+
+/** Snapshots every `train.snapshot_every` steps (the whole model is stage 0 when embedded). */
+function snapshotHook(config: RunConfig) {
+  const every = config.train.snapshot_every;
+  if (!every) return undefined;
+  return async (g: number, k: number, w: StageWorker) => {
+    if (g === 0 && w.appliedStep % every === 0) await saveSnapshot(w, config.run_dir, k);
+  };
 }
 
 /** Runs `dpzo train` on the embedded default and returns the summary it wrote. */
@@ -597,7 +607,9 @@ export async function trainEmbedded(
   log(describeBackend());
   const ctx = await prepareRun(config, { ...opts, log });
   const { stage, trainable } = await loadModel(config);
-  const transport = inProcessTransport([[createStageWorker(stage, trainable)]]);
+  const transport = inProcessTransport([[createStageWorker(stage, trainable)]], {
+    afterUpdate: snapshotHook(config),
+  });
   try {
     return await coordinateRun(ctx, transport, { ...opts, pipeline: [stage] });
   } finally {

@@ -14,6 +14,7 @@ import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
 import { type LedgerEntry, stepPasses } from "../src/checkpoint/ledger.ts";
 import { combineDigests } from "../src/checkpoint/weights_hash.ts";
+import { readSnapshot, snapshotSteps, writeSnapshot } from "../src/checkpoint/snapshot.ts";
 
 export interface StageWorker {
   stage: Stage;
@@ -161,7 +162,7 @@ export async function syncWorker(
   w: StageWorker,
   L: number,
   entry: (step: number) => Promise<LedgerEntry>,
-  rebuild: () => Promise<StageWorker>,
+  rebuild: (maxStep: number) => Promise<StageWorker>,
 ): Promise<StageWorker> {
   if (w.phase !== "idle") {
     const cur = w.current!;
@@ -174,7 +175,7 @@ export async function syncWorker(
       w.phase = "idle";
       w.current = undefined;
     } else {
-      w = await rebuild();
+      w = await rebuild(L);
     }
   }
   if (w.appliedStep > L) {
@@ -190,6 +191,40 @@ export async function syncWorker(
     applyEntryPasses(w, e, 0);
     w.appliedStep = s;
   }
+  return w;
+}
+
+/** Writes the snapshot of this stage at its applied step (RUN_DIR/snapshots). */
+export async function saveSnapshot(w: StageWorker, runDir: string, stage: number): Promise<void> {
+  await writeSnapshot(
+    runDir,
+    w.appliedStep,
+    stage,
+    w.trainable.map((name) => ({ name, data: weightView(w.stage.params.get(name)!) })),
+  );
+}
+
+/**
+ * A freshly loaded stage (base weights, step 0) moved to the newest snapshot of `stage` at a
+ * step <= maxStep, when there is one; a corrupt snapshot is an error naming its file.
+ */
+export async function restoreSnapshot(
+  w: StageWorker,
+  runDir: string,
+  stage: number,
+  maxStep: number,
+): Promise<StageWorker> {
+  const step = (await snapshotSteps(runDir, stage)).find((s) => s <= maxStep);
+  if (step === undefined) return w;
+  const data = await readSnapshot(runDir, step, stage);
+  for (const name of w.trainable) {
+    const d = data.get(name), view = weightView(w.stage.params.get(name)!);
+    if (!d || d.length !== view.length) {
+      throw new Error(`snapshot step ${step} stage ${stage}: ${name} missing or of another size`);
+    }
+    view.set(d);
+  }
+  w.appliedStep = step;
   return w;
 }
 

@@ -52,6 +52,8 @@ import {
   createStageWorker,
   forwardStage,
   handleControl,
+  restoreSnapshot,
+  saveSnapshot,
   sliceDigest,
   stageDigests,
   type StageWorker,
@@ -197,12 +199,21 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     };
     await initBackend(config.backend);
     const ckpt = await openCheckpoint(config.model);
-    /** The slice of the current slot as the base checkpoint has it (no step applied). */
-    const load = async (range = a.ok ? a.range : undefined) => {
+    /**
+     * The slice of the current slot as of the newest snapshot at a step <= maxStep (the base
+     * checkpoint, step 0, without one).
+     */
+    const load = async (maxStep = 0) => {
+      if (!a.ok) throw new Error("no slot");
       if (w) disposeStage(w.stage);
       w = undefined;
-      const { stage, trainable } = await loadRunStage(config, ckpt, range!);
-      return createStageWorker(stage, trainable);
+      const { stage, trainable } = await loadRunStage(config, ckpt, a.range);
+      return await restoreSnapshot(
+        createStageWorker(stage, trainable),
+        config.run_dir,
+        a.stage,
+        maxStep,
+      );
     };
     const replayTo = async (L: number) => {
       const t0 = performance.now();
@@ -221,7 +232,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     const becomeReady = async (keep: boolean) => {
       if (!a.ok) return;
       try {
-        if (!keep || !w) w = await load();
+        if (!keep || !w) w = await load(a.ledger_step ?? 0);
         await replayTo(a.ledger_step ?? 0);
       } catch (e) {
         const error = (e as Error).message;
@@ -267,7 +278,17 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
               // Exactly step m.step - 1 of the ledger: complete, rebuild or replay.
               await replayTo(m.step - 1);
               extra = { step: w!.appliedStep, slice_sha256: sliceDigest(w!) };
-            } else handleControl(w!, m);
+            } else {
+              handleControl(w!, m);
+              // Group 0 writes the snapshots (every replica group holds the same slices).
+              const every = config.train.snapshot_every;
+              if (
+                m.type === "step.update" && every > 0 && m.step % every === 0 && a.ok &&
+                a.group === 0
+              ) {
+                await saveSnapshot(w!, config.run_dir, a.stage);
+              }
+            }
           } catch (e) {
             error = (e as Error).message;
             log(`${me}: ${error}`);

@@ -180,3 +180,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "export starts from the newest snapshot; a truncated snapshot is named, nothing changed",
+  ignore: skip,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const { exportRun } = await import("../cluster/export.ts");
+    const { readJson } = await import("./fixtures.ts");
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-snap-" });
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          `${ROOT}cluster/main.ts`,
+          "train",
+          "--config",
+          "configs/tiny-sst2.yaml",
+          "--quiet",
+          ...sets.flatMap((x) => ["--set", x]),
+          "--set",
+          "train.steps=5",
+          "--set",
+          "train.snapshot_every=2",
+          "--set",
+          `run_dir=${dir}/r`,
+        ],
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      const sha = readJson(`${dir}/r/summary.json`).final_weights_sha256;
+      const logs: string[] = [];
+      const r = await exportRun(`${dir}/r`, `${dir}/out`, (l) => logs.push(l));
+      assert.equal(r.final_weights_sha256, sha);
+      assert.ok(logs.some((l) => /snapshot of step 4/.test(l)), logs.join("\n"));
+
+      const file = `${dir}/r/snapshots/step-00000004/stage-0.safetensors`;
+      const bytes = await Deno.readFile(file);
+      const truncated = bytes.subarray(0, bytes.length - 100);
+      await Deno.writeFile(file, truncated);
+      await assert.rejects(
+        exportRun(`${dir}/r`, `${dir}/out2`, () => {}),
+        /step-00000004\/stage-0\.safetensors: truncated or corrupt snapshot: \d+ bytes where/,
+      );
+      assert.deepEqual(await Deno.readFile(file), truncated);
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -43,6 +43,9 @@ const common = [
   "cluster.stages=2",
   "--set",
   "cluster.heartbeat_timeout_s=3",
+  // Snapshots every 2 steps: a replacement restores the newest one and replays the rest.
+  "--set",
+  "train.snapshot_every=2",
 ];
 
 interface Proc {

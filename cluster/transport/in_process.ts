@@ -22,7 +22,11 @@ import type { LedgerEntry } from "../../src/checkpoint/ledger.ts";
  */
 export function inProcessTransport(
   pipelines: StageWorker[][],
-  opts: { rebuild?: (group: number, stage: number) => Promise<StageWorker> } = {},
+  opts: {
+    rebuild?: (group: number, stage: number) => Promise<StageWorker>;
+    /** After each worker applied a step's update (snapshots). */
+    afterUpdate?: (group: number, stage: number, w: StageWorker) => Promise<void>;
+  } = {},
 ): Transport {
   let syncBytes = 0, actBytes = 0;
   // What the same traffic would weigh on the wire (raw typed-array bytes).
@@ -31,11 +35,15 @@ export function inProcessTransport(
     r.pairScore.byteLength;
   return {
     groups: pipelines.length,
-    broadcast(msg: ControlMessage) {
+    async broadcast(msg: ControlMessage) {
       // Counted as it would be encoded on the wire, per worker.
       syncBytes += pack(msg).length;
       for (const pipeline of pipelines) for (const w of pipeline) handleControl(w, msg);
-      return Promise.resolve();
+      if (msg.type === "step.update" && opts.afterUpdate) {
+        for (const [g, pipeline] of pipelines.entries()) {
+          for (const [k, w] of pipeline.entries()) await opts.afterUpdate(g, k, w);
+        }
+      }
     },
     forward(group: number, req: ForwardRequest): Promise<ForwardResult> {
       let hidden: Float32Array | undefined;

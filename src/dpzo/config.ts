@@ -54,6 +54,11 @@ const Train = z.object({
   eval_every: z.number().int().nonnegative().default(0),
   eval_examples: z.number().int().positive().optional(),
   log_every: z.number().int().positive().default(10),
+  /**
+   * Full snapshots of the trainable tensors every N steps (0: none), in RUN_DIR/snapshots: a
+   * replacement worker and `export` replay the ledger from the newest one.
+   */
+  snapshot_every: z.number().int().nonnegative().default(0),
 }).strict();
 
 /** Sharding over NATS (`dpzo launch`): K pipeline stages x R replica groups. */
