@@ -2,12 +2,17 @@
  * `dpzo launch`: one command for a sharded run. Starts `nats-server` when no URL is given (a
  * free loopback port, JetStream on, its store in the run directory), then the coordinator and
  * K x R stage workers as processes of this machine, prefixes their log lines, and stops them
- * all on Ctrl-C or when one of them fails. Under Slurm (`--slurm`) each task takes one role.
+ * all on Ctrl-C or when the run fails. A worker process that dies is started again (a bounded
+ * number of times per slot), a coordinator killed by a signal is restarted once from the
+ * ledger, and `dpzo launch --resume RUN_DIR` continues a launch whose machine went down. Under
+ * Slurm (`--slurm`) each task takes one role.
  *
  * The coordinator process is `prepareRun` + `coordinateRun` over the NATS transport: the same
  * coordinator as `dpzo train`, only the transport differs.
  */
+import { z } from "zod";
 import type { RunConfig } from "../src/dpzo/config.ts";
+import { formatZodError } from "../src/validation.ts";
 import {
   coordinateRun,
   NATS_STORE_DIR,
@@ -21,7 +26,7 @@ import {
 import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
-import { startNatsServer } from "./nats_server.ts";
+import { freePort, startNatsServer } from "./nats_server.ts";
 import {
   installRunKey,
   localUsers,
@@ -173,6 +178,14 @@ export interface LaunchOptions {
   run?: string;
   nats?: string;
   /**
+   * Resume the run of `config.run_dir` (`dpzo launch --resume RUN_DIR`): its nats-server store,
+   * credentials and run key (RUN_DIR/nats/launch.json), a coordinator in resume mode and fresh
+   * workers that replay the ledger. `configPath` and `sets` are not used.
+   */
+  resume?: boolean;
+  /** How often each worker slot is restarted after its process died (default 3). */
+  maxRestarts?: number;
+  /**
    * With `nats`: how the coordinator (and, without `workerSecurity`, the workers) connect.
    * Without: ignored; the launcher's own server gets throw-away users (see `launchLocal`).
    */
@@ -185,44 +198,145 @@ export interface LaunchOptions {
   out?: (line: string) => void;
 }
 
+/** What a launch keeps to be resumed (RUN_DIR/nats/launch.json, mode 0600: it holds secrets). */
+const LaunchState = z.object({
+  format: z.literal("dpzo-launch/1"),
+  run: z.string(),
+  runKey: z.string(),
+  /** The port of the launcher's nats-server (absent with --nats). */
+  port: z.number().int().positive().optional(),
+  users: z.object({
+    coordinator: z.object({ user: z.string(), password: z.string() }),
+    worker: z.object({ user: z.string(), password: z.string() }),
+  }).optional(),
+});
+type LaunchState = z.infer<typeof LaunchState>;
+export const LAUNCH_STATE_FILE = "launch.json";
+
+async function readLaunchState(runDir: string): Promise<LaunchState | null> {
+  const path = `${runDir}/${NATS_STORE_DIR}/${LAUNCH_STATE_FILE}`;
+  let text;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new Error(`${path}: not valid JSON`);
+  }
+  const parsed = LaunchState.safeParse(raw);
+  if (!parsed.success) throw new Error(`${path}: ${formatZodError(parsed.error)}`);
+  return parsed.data;
+}
+
+async function writeLaunchState(runDir: string, state: LaunchState): Promise<void> {
+  const dir = `${runDir}/${NATS_STORE_DIR}`;
+  await Deno.mkdir(dir, { recursive: true });
+  const path = `${dir}/${LAUNCH_STATE_FILE}`, tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, JSON.stringify(state, null, 2) + "\n", { mode: 0o600 });
+  await Deno.chmod(tmp, 0o600).catch(() => {});
+  await Deno.rename(tmp, path);
+}
+
+function portIsFree(port: number): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** "killed by SIGKILL" / "exited with code 3". */
+function describeExit(s: Deno.CommandStatus): string {
+  return s.signal ? `was killed by ${s.signal}` : `exited with code ${s.code}`;
+}
+
 /**
  * Runs a whole sharded run on this machine; resolves with the coordinator's exit code. Without
  * `nats`, the launcher's nats-server listens on loopback only and admits two throw-away users
  * with random passwords: the coordinator and the workers, each with the run's permissions
  * (`runPermissions`). Every run gets a fresh run key (unless the security names one), so every
  * message is authenticated. Passwords and the key reach the children through their environment,
- * never their command line.
+ * never their command line; to resume, they are kept in RUN_DIR/nats/launch.json (mode 0600).
+ *
+ * Faults: a worker process that dies while the coordinator runs is started again with the same
+ * arguments (up to `maxRestarts` times per slot): it joins as a replacement, takes the slot its
+ * predecessor freed and replays the ledger. A coordinator killed by a signal is started again
+ * once in resume mode (`dpzo coordinate --resume`): the workers re-join it. A coordinator that
+ * exits with an error, or a slot out of restarts, stops the whole run as before.
  */
 export async function launchLocal(opts: LaunchOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const out = opts.out ?? ((l: string) => console.log(l));
   const { config } = opts;
-  const run = opts.run ?? defaultRunId(config);
-  const { stages, replicas } = config.cluster;
-  try {
-    const entries = [...Deno.readDirSync(config.run_dir)].filter((e) => e.name !== NATS_STORE_DIR);
-    if (entries.length) {
+  const runDir = config.run_dir;
+  const maxRestarts = opts.maxRestarts ?? 3;
+  const previous = opts.resume ? await readLaunchState(runDir) : null;
+  if (opts.resume) {
+    if (!previous && !opts.nats) {
       throw new Error(
-        `run_dir: ${config.run_dir} already holds a run; choose another run_dir (--set run_dir=...) or remove it`,
+        `${runDir}/${NATS_STORE_DIR}/${LAUNCH_STATE_FILE} not found: the run was not started by ` +
+          "dpzo launch on its own nats-server; resume it with --nats URL (and its credentials)",
       );
     }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    if (previous && opts.run !== undefined && opts.run !== previous.run) {
+      throw new Error(`--run: the run in ${runDir} is ${previous.run}, not ${opts.run}`);
+    }
+  }
+  const run = opts.run ?? previous?.run ?? defaultRunId(config);
+  const { stages, replicas } = config.cluster;
+  if (!opts.resume) {
+    try {
+      const entries = [...Deno.readDirSync(runDir)].filter((e) => e.name !== NATS_STORE_DIR);
+      if (entries.length) {
+        throw new Error(
+          `run_dir: ${runDir} already holds a run; choose another run_dir (--set run_dir=...), ` +
+            `remove it, or continue it with dpzo launch --resume ${runDir}`,
+        );
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
   }
 
   let server: Awaited<ReturnType<typeof startNatsServer>> | undefined;
   let url = opts.nats;
-  const runKey = opts.security?.runKey ?? toHex(newRunKey());
+  // A resumed run keeps its run key: the ledger stream's entries are tagged with it.
+  const runKey = opts.security?.runKey ?? previous?.runKey ?? toHex(newRunKey());
   let coordSecurity: NatsSecurity = { ...opts.security, runKey };
   let workerSecurity: NatsSecurity = { ...(opts.workerSecurity ?? opts.security), runKey };
   if (!url) {
-    const storeDir = `${config.run_dir}/${NATS_STORE_DIR}`;
+    const storeDir = `${runDir}/${NATS_STORE_DIR}`;
     await Deno.mkdir(storeDir, { recursive: true });
     const serverLog = await Deno.open(`${storeDir}/server.log`, { create: true, append: true });
     const enc = new TextEncoder();
     const users = localUsers(run, { stages, groups: replicas });
+    if (previous?.users) {
+      // The same users and passwords as before (the permissions follow from run and shape).
+      users.coordinator.password = previous.users.coordinator.password;
+      users.worker.password = previous.users.worker.password;
+    }
+    const port = previous?.port !== undefined && portIsFree(previous.port)
+      ? previous.port
+      : freePort();
+    await writeLaunchState(runDir, {
+      format: "dpzo-launch/1",
+      run,
+      runKey,
+      port,
+      users: {
+        coordinator: { user: users.coordinator.user, password: users.coordinator.password },
+        worker: { user: users.worker.user, password: users.worker.password },
+      },
+    });
     server = await startNatsServer({
       storeDir,
+      port,
       log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
       users: [users.coordinator, users.worker],
     });
@@ -237,16 +351,21 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
     );
     log(
       `launch: nats-server on ${url}, loopback only, users coordinator/worker with throw-away ` +
-        `passwords (JetStream store ${storeDir}, log ${storeDir}/server.log)`,
+        `passwords (JetStream store ${storeDir}${
+          opts.resume ? ", reused" : ""
+        }, log ${storeDir}/server.log)`,
     );
+  } else if (!opts.resume && opts.security?.runKey === undefined) {
+    // A generated run key is needed again to resume: kept like the local server's secrets.
+    await writeLaunchState(runDir, { format: "dpzo-launch/1", run, runKey });
   }
   log(
-    `launch: run ${run}: coordinator + ${
+    `launch: ${opts.resume ? "resuming " : ""}run ${run}: coordinator + ${
       stages * replicas
     } workers (${stages} stages x ${replicas} groups); ` +
       `more workers join with: dpzo worker --nats ${url} --run ${run}` +
       (server
-        ? ` (credentials and run key: set -a; . ${config.run_dir}/${NATS_STORE_DIR}/worker.env)`
+        ? ` (credentials and run key: set -a; . ${runDir}/${NATS_STORE_DIR}/worker.env)`
         : " (with the same credentials and DPZO_RUN_KEY)"),
   );
 
@@ -272,6 +391,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       pumpLines(proc.stderr, (l) => log(`${pad}| ${l}`)),
     ]);
     children.push(c);
+    log(`launch: ${name} is pid ${proc.pid}`);
     return c;
   };
   const killAll = async (signal: Deno.Signal = "SIGTERM") => {
@@ -306,11 +426,11 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
   });
   for (const s of signals) Deno.addSignalListener(s, onSignal!);
 
-  let code = 1;
-  try {
-    const coord = spawn(
+  const common = ["--nats", url, "--run", run, ...(opts.quiet ? ["--quiet"] : [])];
+  const startCoordinator = (resume: boolean) =>
+    spawn(
       "coord",
-      [
+      resume ? ["coordinate", "--resume", runDir, ...common] : [
         "coordinate",
         "--config",
         opts.configPath,
@@ -319,53 +439,90 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         `cluster.stages=${stages}`,
         "--set",
         `cluster.replicas=${replicas}`,
-        "--nats",
-        url,
-        "--run",
-        run,
-        ...(opts.quiet ? ["--quiet"] : []),
+        ...common,
       ],
       true,
       coordSecurity,
     );
-    const workers = Array.from(
-      { length: stages * replicas },
-      (_, i) =>
-        spawn(`worker ${i}`, ["worker", "--nats", url!, "--run", run], false, workerSecurity),
-    );
-    // The first of: the coordinator ends, a worker fails, or Ctrl-C.
-    const workerFailure = Promise.race(
-      workers.map((w) =>
-        w.status.then((s) => (s.success ? new Promise<never>(() => {}) : { w, s }))
-      ),
-    );
-    const first = await Promise.race([
-      coord.status.then((s) => ({ coord: s })),
-      workerFailure.then((f) => ({ worker: f })),
-      interruption,
-    ]);
-    if (first === "signal") {
-      log("launch: interrupted; stopping every process");
-      await killAll("SIGINT");
-      code = 130;
-    } else if ("worker" in first) {
-      log(
-        `launch: ${first.worker.w.name} exited with code ${first.worker.s.code}; stopping the run`,
-      );
-      await killAll();
-      code = 1;
-    } else {
-      code = first.coord.code;
-      if (code !== 0) {
-        log(`launch: the coordinator exited with code ${code}; stopping the workers`);
-        await killAll();
-      } else {
+  const startWorker = (i: number) =>
+    spawn(`worker ${i}`, ["worker", "--nats", url!, "--run", run], false, workerSecurity);
+  /** Ctrl-C reaches the children too: give the launcher's own handler a moment to see it. */
+  const settle = () => new Promise((r) => setTimeout(r, 300));
+
+  let code = 1;
+  try {
+    let coord = startCoordinator(opts.resume === true);
+    let coordRestarted = false;
+    const workers = Array.from({ length: stages * replicas }, (_, i) => startWorker(i));
+    const restarts = workers.map(() => 0);
+    for (;;) {
+      // The first of: the coordinator ends, a worker process ends, or Ctrl-C.
+      const first = await Promise.race([
+        interruption,
+        coord.status.then((s) => ({ coord: s })),
+        ...workers.flatMap((w, i) => w.done ? [] : [w.status.then((s) => ({ worker: i, s }))]),
+      ]);
+      if (first !== "signal" && !("coord" in first && first.coord.success)) await settle();
+      if (first === "signal" || interrupted) {
+        log("launch: interrupted; stopping every process");
+        await killAll("SIGINT");
+        code = 130;
+        break;
+      }
+      if ("worker" in first) {
+        const i = first.worker, w = workers[i];
+        if (first.s.success) continue; // it left on the coordinator's shutdown message
+        if (coord.done) continue; // the coordinator's exit decides (next round)
+        if (restarts[i] >= maxRestarts) {
+          log(
+            `launch: ${w.name} (pid ${w.proc.pid}) ${describeExit(first.s)}; no restarts left ` +
+              `(--max-restarts ${maxRestarts}); stopping the run`,
+          );
+          await killAll();
+          code = 1;
+          break;
+        }
+        restarts[i]++;
+        log(
+          `launch: ${w.name} (pid ${w.proc.pid}) ${
+            describeExit(first.s)
+          }; starting a replacement ` +
+            `(restart ${
+              restarts[i]
+            } of ${maxRestarts}): it takes the free slot and replays the ledger`,
+        );
+        workers[i] = startWorker(i);
+        continue;
+      }
+      const s = first.coord;
+      if (s.success) {
+        code = 0;
         // Workers leave on the coordinator's shutdown message; stragglers are stopped.
         const grace = setTimeout(() => killAll(), 15_000);
         await Promise.race([Promise.all(workers.map((w) => w.status)), interruption]);
         clearTimeout(grace);
         if (interrupted) await killAll("SIGINT");
+        break;
       }
+      // Killed (not failed with an error): once, a coordinator in resume mode takes over.
+      const resumable = s.signal !== null && !coordRestarted &&
+        await Deno.stat(`${runDir}/run.json`).then(() => true, () => false);
+      if (!resumable) {
+        code = s.code;
+        log(`launch: the coordinator ${describeExit(s)}; stopping the workers`);
+        await killAll();
+        break;
+      }
+      coordRestarted = true;
+      log(
+        `launch: the coordinator (pid ${coord.proc.pid}) ${describeExit(s)}; restarting it once ` +
+          `from the ledger (dpzo coordinate --resume ${runDir}); the workers re-join it`,
+      );
+      coord = startCoordinator(true);
+      // Workers that left meanwhile (e.g. on a shutdown before the kill) are started again.
+      workers.forEach((w, i) => {
+        if (w.done) workers[i] = startWorker(i);
+      });
     }
   } finally {
     for (const s of signals) Deno.removeSignalListener(s, onSignal!);

@@ -3,16 +3,21 @@
  * over NATS in one command (nats-server, coordinator and K x R workers on this machine), or
  * with `--slurm`, one role per Slurm task. `dpzo coordinate` is the coordinator alone (what
  * launch starts; for workers started by hand with `dpzo worker`).
+ *
+ * `dpzo launch --resume RUN_DIR` continues a launch that stopped (the machine crashed, Ctrl-C):
+ * its nats-server on the store and credentials kept in RUN_DIR/nats, the coordinator in resume
+ * mode (`dpzo coordinate --resume RUN_DIR`) and fresh workers that replay the ledger.
  */
 import { Command, type OptionValues } from "@commander-js/extra-typings";
 import { loadRunConfig, type RunConfig } from "../../src/dpzo/config.ts";
 import { UsageError } from "../../src/validation.ts";
 import type { RunSummary } from "../run.ts";
-import { NATS_STORE_DIR } from "../run.ts";
+import { NATS_STORE_DIR, readRunConfig } from "../run.ts";
 import {
   coordinateOverNats,
   defaultRunId,
   launchLocal,
+  resumeOverNats,
   slurmNatsUrl,
   slurmRole,
 } from "../launcher.ts";
@@ -27,6 +32,11 @@ import {
   securityProblem,
 } from "../nats_security.ts";
 import { flag, positiveInt } from "./common.ts";
+import { z } from "zod";
+
+const nonNegativeInt = z.coerce.number({ error: "expected a number" }).int({
+  error: "expected a whole number",
+}).nonnegative({ error: "expected 0 or more" });
 
 /** The NATS security flags every cluster command takes (README "Security"). */
 function withSecurity<A extends unknown[], O extends OptionValues, G extends OptionValues>(
@@ -141,12 +151,21 @@ async function configWith(
 export function launchCommand() {
   return withSecurity(new Command("launch"))
     .description("a sharded run over NATS: nats-server, coordinator and K x R stage workers")
-    .requiredOption("--config <file>", "run configuration, e.g. configs/tiny-sst2.yaml")
+    .option("--config <file>", "run configuration, e.g. configs/tiny-sst2.yaml")
+    .option(
+      "--resume <run_dir>",
+      "continue a stopped launch: its nats-server store and credentials, the coordinator from the ledger",
+    )
     .option("--stages <K>", "pipeline stages per replica group (default: cluster.stages, 1)")
     .option("--replicas <R>", "replica groups splitting each batch (default: cluster.replicas, 1)")
     .option("--nats <url>", "a running nats-server (default: start one on a free loopback port)")
     .option("--run <id>", "run id on the NATS server (default: the run directory's name)")
     .option("--set <key=value>", "override a config field (repeatable)", collect, [] as string[])
+    .option(
+      "--max-restarts <n>",
+      "how often a worker process that died is started again, per worker slot",
+      "3",
+    )
     .option("--slurm", "one role per Slurm task: task 0 coordinator, tasks 1..K*R workers")
     .option(
       "--nats-port <port>",
@@ -159,16 +178,39 @@ export function launchCommand() {
     )
     .option("--quiet", "plain progress lines instead of a live bar")
     .action(async (opts) => {
-      const { config, sets } = await configWith(opts.config, opts.set, opts.stages, opts.replicas);
-      const run = runIdOf(config, opts.run);
+      if (!opts.resume && !opts.config) {
+        throw new UsageError("launch: give --config FILE (a new run) or --resume RUN_DIR");
+      }
+      if (
+        opts.resume &&
+        (opts.config || opts.set.length || opts.stages !== undefined ||
+          opts.replicas !== undefined)
+      ) {
+        throw new UsageError(
+          "launch --resume: the run's own run.json is its config; drop --config/--set/--stages/--replicas",
+        );
+      }
+      if (opts.resume && opts.slurm) {
+        throw new UsageError(
+          "launch --resume: not with --slurm; run dpzo coordinate --resume RUN_DIR --nats URL on " +
+            "task 0 and dpzo worker on the others",
+        );
+      }
+      const maxRestarts = flag("--max-restarts", nonNegativeInt, opts.maxRestarts);
+      const { config, sets } = opts.resume
+        ? { config: await readRunConfig(opts.resume), sets: [] }
+        : await configWith(opts.config!, opts.set, opts.stages, opts.replicas);
+      const run = opts.resume && opts.run === undefined ? undefined : runIdOf(config, opts.run);
       if (!opts.slurm) {
         const security = securityOf(opts, opts.nats);
         const code = await launchLocal({
-          configPath: opts.config,
+          configPath: opts.config ?? "",
           sets,
           config,
           run,
           nats: opts.nats,
+          resume: opts.resume !== undefined,
+          maxRestarts,
           security,
           workerSecurity: opts.natsWorkerCreds
             ? { ...security, creds: opts.natsWorkerCreds, nkey: undefined, user: undefined }
@@ -176,9 +218,15 @@ export function launchCommand() {
           quiet: opts.quiet,
         });
         if (code === 130) throw new Error("interrupted; every process of the run was stopped");
-        if (code !== 0) throw new Error(`the run failed (exit code ${code}); see the log above`);
+        if (code !== 0) {
+          throw new Error(
+            `the run failed (exit code ${code}); see the log above; ` +
+              `continue it with dpzo launch --resume ${config.run_dir}`,
+          );
+        }
         return;
       }
+      if (run === undefined) throw new Error("unreachable: --slurm without a run id");
       const { stages, replicas } = config.cluster;
       const role = slurmRole(Deno.env.toObject(), stages * replicas);
       const port = flag("--nats-port", positiveInt, opts.natsPort);
@@ -217,15 +265,39 @@ export function launchCommand() {
 export function coordinateCommand() {
   return withSecurity(new Command("coordinate"))
     .description("the coordinator of a sharded run alone (workers join with dpzo worker)")
-    .requiredOption("--config <file>", "run configuration")
+    .option("--config <file>", "run configuration")
+    .option(
+      "--resume <run_dir>",
+      "continue a stopped run from its ledger; running workers re-join, new ones replay it",
+    )
     .requiredOption("--nats <url>", "the nats-server, e.g. nats://10.0.0.1:4222")
     .option("--run <id>", "run id (default: the run directory's name)")
     .option("--set <key=value>", "override a config field (repeatable)", collect, [] as string[])
     .option("--quiet", "plain progress lines instead of a live bar")
     .action(async (opts) => {
-      const config = await loadRunConfig(opts.config, opts.set);
-      const run = runIdOf(config, opts.run);
+      if (!opts.resume === !opts.config) {
+        throw new UsageError("coordinate: give --config FILE (a new run) or --resume RUN_DIR");
+      }
+      if (opts.resume && opts.set.length) {
+        throw new UsageError(
+          "coordinate --resume: the run's own run.json is its config; drop --set",
+        );
+      }
       const security = securityOf(opts, opts.nats);
+      if (opts.resume) {
+        const config = await readRunConfig(opts.resume);
+        const run = runIdOf(config, opts.run);
+        const s = await resumeOverNats(opts.resume, {
+          url: opts.nats,
+          run,
+          quiet: opts.quiet,
+          security,
+        });
+        printSummary(config, s);
+        return;
+      }
+      const config = await loadRunConfig(opts.config!, opts.set);
+      const run = runIdOf(config, opts.run);
       const s = await coordinateOverNats(config, {
         url: opts.nats,
         run,
