@@ -254,7 +254,6 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
       await nc.flush();
       log(`${me}: ready (${parameters} parameters, ${w!.trainable.length} trainable tensors)`);
     };
-    await becomeReady(false);
 
     let controlBytes = 0, trainBytes = 0, evalBytes = 0, forwardS = 0;
     let stop!: () => void;
@@ -456,6 +455,13 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
       },
     });
+
+    // Subscribe first, then announce "ready": the coordinator may send a control message the
+    // moment it sees it (a replacement that announced before subscribing missed step.begin and
+    // the run hung). Loading runs in the control queue, so a step.abort of a recovery that
+    // arrives meanwhile is applied after the load, in order.
+    queue = queue.then(() => becomeReady(false));
+    await queue;
 
     let finished = false;
     const closed = nc.closed().then((

@@ -146,7 +146,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     return new Promise<T>((resolve, reject) => {
       const onFail = (e: Error) => done(() => reject(e));
       const timer = setTimeout(
-        () => done(() => reject(new Error(`${what}: no answer within ${ms / 1000} s`))),
+        // A live worker that missed a message would otherwise be waited for forever: the
+        // step is interrupted and the run recovers (abort, then retry).
+        () => done(() => reject(new TransportFault(`${what}: no answer within ${ms / 1000} s`))),
         ms,
       );
       let settled = false;
