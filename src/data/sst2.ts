@@ -7,6 +7,7 @@
  * (GLUE dev, labelled). A single TSV file works too: then all three splits are drawn from it.
  */
 import { insecureRandom } from "../dpzo/randomness.ts";
+import { drawSplits, fileKind, readRecords, type Row, splitFiles, str } from "./records.ts";
 
 export interface Sst2Example {
   sentence: string;
@@ -65,11 +66,43 @@ export interface SplitSizes {
   seed: number;
 }
 
-/** Loads SST-2 from a directory (train.tsv, dev.tsv, test.tsv) or one TSV file. */
+/** One SST-2 record of a JSONL or parquet file (`sentence`, `label` 0/1 as glue/sst2 has it). */
+function recordExample(row: Row, where: string): Sst2Example {
+  const l = row.label;
+  const label = l === 1 || l === 1n || l === "1"
+    ? 1
+    : l === 0 || l === 0n || l === "0"
+    ? 0
+    : undefined;
+  if (label === undefined) throw new Error(`${where}: field "label" must be 0 or 1`);
+  return { sentence: str(row, "sentence", where), label };
+}
+
+async function readSst2Records(path: string): Promise<Sst2Example[]> {
+  const rows = await readRecords(path);
+  return rows.map((r, i) => recordExample(r, `${path}: record ${i + 1}`));
+}
+
+/**
+ * Loads SST-2 from a directory in the GLUE TSV layout (train.tsv, dev.tsv, test.tsv), one TSV
+ * file, or JSONL / Hugging Face parquet files (`train*` for train and validation, the
+ * `validation*` file as the test pool, as glue/sst2 on the Hub lays them out).
+ */
 export async function loadSst2(path: string, sizes: SplitSizes): Promise<Splits<Sst2Example>> {
   const stat = await Deno.stat(path).catch(() => {
     throw new Error(`task.data: ${path} not found; point it at a GLUE SST-2 directory or TSV file`);
   });
+  const tsvLayout = stat.isDirectory
+    ? await Deno.stat(`${path}/train.tsv`).then(() => true, () => false)
+    : fileKind(path) === "tsv";
+  if (!tsvLayout) {
+    const files = await splitFiles(path, "SST-2");
+    const pool = (await Promise.all(files.pool.map(readSst2Records))).flat();
+    const test = files.testPool
+      ? (await Promise.all(files.testPool.map(readSst2Records))).flat()
+      : undefined;
+    return drawSplits(pool, test, sizes, path);
+  }
   let pool: Sst2Example[], testPool: Sst2Example[] | undefined;
   if (stat.isDirectory) {
     pool = [...await readSst2Tsv(`${path}/train.tsv`)];
