@@ -1,0 +1,20 @@
+/**
+ * Every ready-made configuration in configs/ validates, so a user never meets a schema error in a
+ * file we ship.
+ */
+import { strict as assert } from "node:assert";
+import { loadRunConfig } from "../src/dpzo/config.ts";
+
+const dir = new URL("../configs/", import.meta.url).pathname;
+
+for (
+  const e of [...Deno.readDirSync(dir)].filter((f) => f.name.endsWith(".yaml")).sort((a, b) =>
+    a.name < b.name ? -1 : 1
+  )
+) {
+  Deno.test(`configs/${e.name} validates`, async () => {
+    const c = await loadRunConfig(`${dir}${e.name}`);
+    assert.ok(c.train.steps > 0);
+    assert.ok(c.run_dir.length > 0);
+  });
+}
