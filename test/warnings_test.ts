@@ -128,7 +128,10 @@ Deno.test({
     // C = 0.001 clips every |g_i| of the tiny run.
     const high = await train(`${tmp}/high`, "train.steps=12", "privacy.clip=0.001");
     assert.equal(high.code, 0, high.stderr);
-    assert.match(high.stderr, /(9\d|100)% of per-example gradients were clipped .* Raise privacy\.clip/);
+    assert.match(
+      high.stderr,
+      /(9\d|100)% of per-example gradients were clipped .* Raise privacy\.clip/,
+    );
     assert.equal(high.metrics.filter((m) => m.event === "warning").length, 1);
     assert.equal(high.metrics.find((m) => m.event === "warning").kind, "clip_high");
 

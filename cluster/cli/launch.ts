@@ -84,7 +84,7 @@ const readTrimmed = (path: string, what: string) => {
 };
 
 /** Flags over DPZO_NATS_* / DPZO_RUN_KEY; a usage error for an unsafe or incomplete setup. */
-function securityOf(o: SecurityFlags, url?: string): NatsSecurity {
+export function securityOf(o: SecurityFlags, url?: string): NatsSecurity {
   const s = mergeSecurity(securityFromEnv(Deno.env.toObject()), {
     creds: o.natsCreds,
     nkey: o.natsNkey,

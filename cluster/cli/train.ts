@@ -12,6 +12,7 @@ import { resumeEmbedded, trainEmbedded } from "../run.ts";
 import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
 import { flag } from "./common.ts";
+import { securityOf } from "./launch.ts";
 import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -47,7 +48,14 @@ export function trainCommand() {
       if (opts.resume && opts.nats) {
         const { resumeOverNats } = await import("../launcher.ts");
         const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
-        s = await resumeOverNats(opts.resume, { url: opts.nats, run, quiet: opts.quiet });
+        // Credentials and TLS come from DPZO_NATS_* / DPZO_RUN_KEY, as the launcher hands them to
+        // its children (README "Security"); `dpzo coordinate --resume` also takes them as flags.
+        s = await resumeOverNats(opts.resume, {
+          url: opts.nats,
+          run,
+          quiet: opts.quiet,
+          security: securityOf({}, opts.nats),
+        });
       } else if (opts.resume) {
         s = await resumeEmbedded(opts.resume, { quiet: opts.quiet });
       } else {
