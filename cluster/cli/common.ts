@@ -11,6 +11,8 @@ import {
   initBackend,
 } from "../../src/tensor/backend.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";
+import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
+import type { RunSummary } from "../run.ts";
 
 export function backendOption() {
   return new Option("--backend <name>", "tensor backend: wasm (CPU default), cpu, tensorflow")
@@ -34,3 +36,30 @@ export function flag<T>(name: string, schema: z.ZodType<T>, value: unknown): T {
 export const positiveInt = z.coerce.number({ error: "expected a number" }).int({
   error: "expected a whole number",
 }).positive({ error: "expected a number above 0" });
+
+/**
+ * The lines `dpzo train`, `dpzo launch` and `dpzo coordinate` print at the end of a run. The
+ * privacy sentence is the one `dpzo privacy` and the report print.
+ */
+export function printSummary(runDir: string, s: RunSummary, out = console.log): void {
+  const pct = (v: number | null | undefined) =>
+    v === null || v === undefined ? "-" : `${(v * 100).toFixed(1)}%`;
+  const f = s.final;
+  out(`run: ${runDir}`);
+  if (f.test_f1 !== undefined) {
+    out(
+      `F1: val ${pct(f.val_f1)}, test ${pct(f.test_f1)}; ` +
+        `exact match: val ${pct(f.val_em)}, test ${pct(f.test_em)}`,
+    );
+  } else {
+    out(`accuracy: val ${pct(f.val_accuracy)}, test ${pct(f.test_accuracy)}`);
+  }
+  out(`privacy: ${runPrivacyStatement(s)}`);
+  if (s.activation_bytes_per_step > 0) {
+    out(
+      `traffic per step: parameter sync ${s.param_sync_bytes_per_step_per_worker.toFixed(0)} B ` +
+        `per worker, activations ${(s.activation_bytes_per_step / 1024).toFixed(1)} KiB`,
+    );
+  }
+  out(`final_weights_sha256: ${s.final_weights_sha256}`);
+}

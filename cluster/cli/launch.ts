@@ -11,7 +11,6 @@
 import { Command, type OptionValues } from "@commander-js/extra-typings";
 import { loadRunConfig, type RunConfig } from "../../src/dpzo/config.ts";
 import { UsageError } from "../../src/validation.ts";
-import type { RunSummary } from "../run.ts";
 import { NATS_STORE_DIR, readRunConfig } from "../run.ts";
 import {
   coordinateOverNats,
@@ -31,7 +30,7 @@ import {
   securityFromEnv,
   securityProblem,
 } from "../nats_security.ts";
-import { flag, positiveInt } from "./common.ts";
+import { flag, positiveInt, printSummary } from "./common.ts";
 import { z } from "zod";
 
 const nonNegativeInt = z.coerce.number({ error: "expected a number" }).int({
@@ -104,31 +103,6 @@ export function securityOf(o: SecurityFlags, url?: string): NatsSecurity {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
-
-/** The lines `dpzo train` prints at the end of a run. */
-export function printSummary(config: RunConfig, s: RunSummary, out = console.log): void {
-  const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
-  out(`run: ${config.run_dir}`);
-  out(`accuracy: val ${acc(s.final.val_accuracy)}, test ${acc(s.final.test_accuracy)}`);
-  if (s.epsilon !== null) {
-    const noise = s.mechanism === "gaussian" ? `sigma=${s.sigma}` : `b=${s.b}`;
-    out(
-      `privacy: (${s.epsilon.toFixed(4)}, ${s.delta})-DP for add/remove of one training example ` +
-        `over ${s.steps} steps with q=${s.sampling_rate}, ${noise} (accountant ${s.accountant}, ` +
-        `error <= ${s.epsilon_error?.toExponential(1)})` +
-        (s.insecure_seed !== null ? " — NOT PRIVATE: insecure_seed was set" : ""),
-    );
-  } else {
-    out("privacy: none (non-private run)");
-  }
-  out(
-    `traffic per step: parameter sync ${
-      s.param_sync_bytes_per_step_per_worker.toFixed(0)
-    } B per worker, ` +
-      `activations ${(s.activation_bytes_per_step / 1024).toFixed(1)} KiB`,
-  );
-  out(`final_weights_sha256: ${s.final_weights_sha256}`);
-}
 
 function runIdOf(config: RunConfig, run: string | undefined): string {
   return run === undefined ? defaultRunId(config) : flag("--run", RunId, run);
@@ -255,7 +229,7 @@ export function launchCommand() {
           quiet: opts.quiet,
           log: (l) => console.error(`${tag} | ${l}`),
         });
-        printSummary(config, s);
+        printSummary(config.run_dir, s);
       } finally {
         await server?.stop();
       }
@@ -293,7 +267,7 @@ export function coordinateCommand() {
           quiet: opts.quiet,
           security,
         });
-        printSummary(config, s);
+        printSummary(config.run_dir, s);
         return;
       }
       const config = await loadRunConfig(opts.config!, opts.set);
@@ -304,7 +278,7 @@ export function coordinateCommand() {
         quiet: opts.quiet,
         security,
       });
-      printSummary(config, s);
+      printSummary(config.run_dir, s);
     });
 }
 

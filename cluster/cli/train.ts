@@ -11,9 +11,8 @@ import { loadRunConfig } from "../../src/dpzo/config.ts";
 import { resumeEmbedded, trainEmbedded } from "../run.ts";
 import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
-import { flag } from "./common.ts";
+import { flag, printSummary } from "./common.ts";
 import { securityOf } from "./launch.ts";
-import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -63,21 +62,6 @@ export function trainCommand() {
         runDir = config.run_dir;
         s = await trainEmbedded(config, { quiet: opts.quiet });
       }
-      const acc = (v: number | null) => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
-      console.log(`run: ${runDir}`);
-      const f = s.final;
-      if (f.test_f1 !== undefined) {
-        console.log(
-          `F1: val ${acc(f.val_f1 ?? null)}, test ${acc(f.test_f1 ?? null)}; ` +
-            `exact match: val ${acc(f.val_em ?? null)}, test ${acc(f.test_em ?? null)}`,
-        );
-      } else {
-        console.log(
-          `accuracy: val ${acc(s.final.val_accuracy)}, test ${acc(s.final.test_accuracy)}`,
-        );
-      }
-      // The same sentence as `dpzo privacy` and the report (src/report/privacy_statement.ts).
-      console.log(`privacy: ${runPrivacyStatement(s)}`);
-      console.log(`final_weights_sha256: ${s.final_weights_sha256}`);
+      printSummary(runDir, s);
     });
 }
