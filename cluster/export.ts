@@ -5,23 +5,15 @@
  * LoRA runs give the base `model.safetensors` plus PEFT's `adapter_model.safetensors` and
  * `adapter_config.json`.
  */
-import { z } from "zod";
-import { type RunConfig, RunConfigSchema } from "../src/dpzo/config.ts";
-import { readLedger, stepPasses } from "../src/checkpoint/ledger.ts";
+import type { RunConfig } from "../src/dpzo/config.ts";
+import { readLedger } from "../src/checkpoint/ledger.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
-import { formatZodError } from "../src/validation.ts";
 import { initBackend } from "../src/tensor/backend.ts";
-import { applyPass, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
-import { loadModel, modelOrder } from "./run.ts";
+import { applyEntryPasses, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
+import { loadModel, modelOrder, readRunJson } from "./run.ts";
 import { readSnapshot, snapshotSteps } from "../src/checkpoint/snapshot.ts";
 import { weightView } from "../src/tensor/backend.ts";
-
-const RunJson = z.object({
-  format: z.string(),
-  config: RunConfigSchema,
-  trainable: z.array(z.string()),
-}).passthrough();
 
 export interface ExportResult {
   steps: number;
@@ -48,25 +40,12 @@ export async function replayRun(
   log: (l: string) => void = (l) => console.error(l),
 ): Promise<{ config: RunConfig; worker: StageWorker; steps: number }> {
   const runPath = `${runDir}/run.json`;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await Deno.readTextFile(runPath));
-  } catch (e) {
-    throw new Error(
-      `${runPath}: ${
-        e instanceof Deno.errors.NotFound
-          ? "not found: is --run a run directory?"
-          : "not valid JSON"
-      }`,
-    );
-  }
-  const parsed = RunJson.safeParse(raw);
-  if (!parsed.success) throw new Error(`${runPath}: ${formatZodError(parsed.error)}`);
-  const { config } = parsed.data;
+  const run = await readRunJson(runDir);
+  const { config } = run;
   const entries = await readLedger(`${runDir}/ledger.jsonl`);
   await initBackend(config.backend);
   const { stage, trainable } = await loadModel(config);
-  if (trainable.join() !== parsed.data.trainable.join()) {
+  if (trainable.join() !== run.trainable.join()) {
     throw new Error(
       `${runPath}: the trainable tensors differ from the base checkpoint's; wrong model?`,
     );
@@ -75,15 +54,7 @@ export async function replayRun(
   const from = await fromSnapshots(runDir, worker, entries.length, log);
   const t0 = performance.now();
   for (const e of entries.slice(from)) {
-    const seed = BigInt(e.seed);
-    for (const pass of stepPasses(e)) {
-      applyPass(
-        worker,
-        seed,
-        pass.coeff,
-        pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined,
-      );
-    }
+    applyEntryPasses(worker, e);
     if (e.step % 100 === 0) log(`replayed ${e.step}/${entries.length} steps`);
   }
   log(

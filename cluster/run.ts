@@ -14,6 +14,7 @@
  * resumed run ends bit-identical to an uninterrupted one (same weights, ledger and epsilon).
  */
 import { createHash } from "node:crypto";
+import { z } from "zod";
 import type { RunConfig } from "../src/dpzo/config.ts";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.ts";
 import {
@@ -59,6 +60,12 @@ import { resolveModelDir, resolveRunInputs } from "../src/hub/mod.ts";
 
 export const Z_SPEC_VERSION = 1;
 export const RUN_FORMAT = "dpzo-run/1";
+
+/** What is read back from run.json (the rest of it is for people and the report). */
+const RunJsonSchema = z.object({
+  config: RunConfigSchema,
+  trainable: z.array(z.string()),
+}).passthrough();
 /** The JetStream store of the nats-server `dpzo launch` starts, inside the run directory. */
 export const NATS_STORE_DIR = "nats";
 
@@ -300,10 +307,12 @@ export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Pr
   };
 }
 
-/** The config of an existing run directory (run.json), for `--resume`. */
-export async function readRunConfig(runDir: string): Promise<RunConfigT> {
+/** run.json of an existing run directory: its config and the tensors it perturbs. */
+export async function readRunJson(
+  runDir: string,
+): Promise<{ config: RunConfigT; trainable: string[] }> {
   const path = `${runDir}/run.json`;
-  let raw: { config?: unknown };
+  let raw: unknown;
   try {
     raw = JSON.parse(await Deno.readTextFile(path));
   } catch (e) {
@@ -313,9 +322,14 @@ export async function readRunConfig(runDir: string): Promise<RunConfigT> {
       }`,
     );
   }
-  const parsed = RunConfigSchema.safeParse(raw?.config);
-  if (!parsed.success) throw new Error(`${path}: config: ${formatZodError(parsed.error)}`);
-  return { ...parsed.data, run_dir: runDir };
+  const parsed = RunJsonSchema.safeParse(raw);
+  if (!parsed.success) throw new Error(`${path}: ${formatZodError(parsed.error)}`);
+  return { config: { ...parsed.data.config, run_dir: runDir }, trainable: parsed.data.trainable };
+}
+
+/** The config of an existing run directory (run.json), for `--resume`. */
+export async function readRunConfig(runDir: string): Promise<RunConfigT> {
+  return (await readRunJson(runDir)).config;
 }
 
 /**

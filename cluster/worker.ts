@@ -136,7 +136,7 @@ export function forwardStage(
 }
 
 /** Applies the passes of one released step (the ledger's coefficients), from `from` on. */
-function applyEntryPasses(w: StageWorker, e: LedgerEntry, from: number): void {
+export function applyEntryPasses(w: StageWorker, e: LedgerEntry, from = 0): void {
   const seed = BigInt(e.seed);
   stepPasses(e).slice(from).forEach((pass) =>
     applyPass(w, seed, pass.coeff, pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined)
