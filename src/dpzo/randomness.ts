@@ -53,28 +53,28 @@ export function cryptoRandom(): SecretRandom {
 /** Domain tag in the Philox counter so this stream never meets z's counters ("DPZO"). */
 const DOMAIN = 0x44505a4f;
 
-/** A reproducible, NOT private generator: Philox4x32-10 keyed by `seed`, counter 0, 1, 2, … */
-export function insecureRandom(seed: number | bigint): SecretRandom {
+/**
+ * Words of Philox4x32-10 keyed by the 64-bit `seed`, block i at counter `(i mod 2^32, c1(i),
+ * c2, DOMAIN)`: the one generator behind both reproducible streams below.
+ */
+function philoxStream(seed: number | bigint, c1: (i: number) => number, c2: number): SecretRandom {
   const s = BigInt.asUintN(64, BigInt(seed));
   const k0 = Number(s & 0xffffffffn), k1 = Number(s >> 32n);
   const out = new Uint32Array(4);
-  let counter = 0, pos = 4;
+  let block = 0, pos = 4;
   return fromWords(() => {
     if (pos === 4) {
-      philox4x32_10(
-        counter % 4294967296,
-        Math.floor(counter / 4294967296),
-        DOMAIN,
-        DOMAIN,
-        k0,
-        k1,
-        out,
-      );
-      counter++;
+      philox4x32_10(block % 4294967296, c1(block), c2, DOMAIN, k0, k1, out);
+      block++;
       pos = 0;
     }
     return out[pos++];
   }, true);
+}
+
+/** A reproducible, NOT private generator: Philox4x32-10 keyed by `seed`, counter 0, 1, 2, … */
+export function insecureRandom(seed: number | bigint): SecretRandom {
+  return philoxStream(seed, (i) => Math.floor(i / 4294967296), DOMAIN);
 }
 
 /** Second counter word of the per-step streams ("STEP"): never equal to `insecureRandom`'s. */
@@ -90,18 +90,7 @@ export function insecureStepRandom(seed: number | bigint, step: number): SecretR
   if (!Number.isInteger(step) || step < 0 || step >= 2 ** 32) {
     throw new Error(`insecureStepRandom: step ${step} out of range`);
   }
-  const s = BigInt.asUintN(64, BigInt(seed));
-  const k0 = Number(s & 0xffffffffn), k1 = Number(s >> 32n);
-  const out = new Uint32Array(4);
-  let counter = 0, pos = 4;
-  return fromWords(() => {
-    if (pos === 4) {
-      philox4x32_10(counter, step, STEP_DOMAIN, DOMAIN, k0, k1, out);
-      counter = (counter + 1) % 4294967296;
-      pos = 0;
-    }
-    return out[pos++];
-  }, true);
+  return philoxStream(seed, () => step, STEP_DOMAIN);
 }
 
 /**
