@@ -3,18 +3,7 @@
  * ids, the loss is Hugging Face's per-text cross-entropy, and bad input is one clear line.
  */
 import { strict as assert } from "node:assert";
-import { FIXTURES, missing, readJson } from "./fixtures.ts";
-
-async function dpzo(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 for (const model of ["tiny-opt", "small-opt"]) {
   Deno.test({

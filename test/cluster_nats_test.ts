@@ -8,9 +8,7 @@
  */
 import { strict as assert } from "node:assert";
 import { startNatsServer } from "../cluster/nats_server.ts";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
-
-const ROOT = new URL("..", import.meta.url).pathname;
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 function hasNatsServer(): boolean {
   try {
@@ -21,21 +19,6 @@ function hasNatsServer(): boolean {
     console.log("skipping: nats-server is not installed");
     return true;
   }
-}
-
-async function dpzo(...args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  // A hung run must not hang the suite: kill the launcher (it stops its children) on timeout.
-  const timer = setTimeout(() => child.kill("SIGTERM"), 120_000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
 const ledgerOf = async (run: string) =>

@@ -26,3 +26,26 @@ export function missing(path: string): boolean {
 export function readJson(path: string): any {
   return JSON.parse(Deno.readTextFileSync(path));
 }
+
+/** The repository root: `deno task` runs from here. */
+export const ROOT = new URL("..", import.meta.url).pathname;
+
+/**
+ * Runs `deno task dpzo ARGS...` from the repository root, as the README shows it, and returns its
+ * exit code and output. A hung run must not hang the suite: it is stopped after `timeoutMs`.
+ */
+export async function dpzo(
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "dpzo", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGTERM"), 300_000);
+  const out = await child.output();
+  clearTimeout(timer);
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}

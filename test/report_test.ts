@@ -6,23 +6,10 @@
  * saves a screenshot. Also: the live progress figures and the plain (non-TTY) progress lines.
  */
 import { strict as assert } from "node:assert";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 import { LiveFigures } from "../src/report/live.ts";
 import { Progress } from "../cluster/progress.ts";
 import { CHROMIUM } from "../src/report/screenshot.ts";
-
-const ROOT = new URL("..", import.meta.url).pathname;
-
-async function dpzo(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 const needs = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
 

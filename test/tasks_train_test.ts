@@ -3,20 +3,7 @@
  * fixture), and `dpzo eval` prints each task's metric, for the base model and for a run.
  */
 import { strict as assert } from "node:assert";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
-
-const ROOT = new URL("..", import.meta.url).pathname;
-
-async function dpzo(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 for (const task of ["qnli", "squad", "drop"] as const) {
   Deno.test({

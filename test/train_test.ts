@@ -5,20 +5,7 @@
  */
 import { strict as assert } from "node:assert";
 import { parseRunConfig } from "../src/dpzo/config.ts";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
-
-const ROOT = new URL("..", import.meta.url).pathname;
-
-async function dpzo(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 const needs = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
 
