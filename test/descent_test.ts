@@ -5,44 +5,34 @@
  * `bench/descent.ts` runs the same check on small-opt.
  */
 import { strict as assert } from "node:assert";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
-
-const ROOT = new URL("..", import.meta.url).pathname;
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 export async function descentRun(model: string, steps: number, extra: string[]) {
   const dir = await Deno.makeTempDir();
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "task",
-      "--quiet",
-      "dpzo",
-      "train",
-      "--config",
-      "configs/tiny-sst2.yaml",
-      "--quiet",
-      "--set",
-      `run_dir=${dir}/run`,
-      "--set",
-      `model=${model}`,
-      "--set",
-      "insecure_seed=2",
-      "--set",
-      `train.steps=${steps}`,
-      "--set",
-      "train.lr=1e-3",
-      "--set",
-      "train.eval_every=100000",
-      "--set",
-      "task.val_examples=200",
-      "--set",
-      "task.test_examples=16",
-      ...extra,
-    ],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const out = await dpzo(
+    "train",
+    "--config",
+    "configs/tiny-sst2.yaml",
+    "--quiet",
+    "--set",
+    `run_dir=${dir}/run`,
+    "--set",
+    `model=${model}`,
+    "--set",
+    "insecure_seed=2",
+    "--set",
+    `train.steps=${steps}`,
+    "--set",
+    "train.lr=1e-3",
+    "--set",
+    "train.eval_every=100000",
+    "--set",
+    "task.val_examples=200",
+    "--set",
+    "task.test_examples=16",
+    ...extra,
+  );
+  assert.equal(out.code, 0, out.stderr);
   const summary = readJson(`${dir}/run/summary.json`);
   const evals = (await Deno.readTextFile(`${dir}/run/metrics.jsonl`)).trim().split("\n")
     .map((l) => JSON.parse(l)).filter((m) => m.event === "eval" && m.split === "val");
