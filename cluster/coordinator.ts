@@ -125,7 +125,7 @@ export function packRequests(
   };
 }
 
-/** The padded length of a set of examples: the longest row (fixed for every group of a step). */
+/** The padded length of a set of examples: their longest row. */
 export function paddedLength(examples: ExampleRequest[]): number {
   let s = 1;
   for (const e of examples) for (const r of e.rows) s = Math.max(s, r.ids.length);
@@ -133,34 +133,44 @@ export function paddedLength(examples: ExampleRequest[]): number {
 }
 
 /**
- * Runs the forward pass of `examples` over all replica groups (split round-robin, then into
- * micro-batches) and returns each example's scores.
+ * Runs the forward pass of `examples` over all replica groups and returns each example's
+ * scores. The examples are cut into micro-batches of `microBatch` in order, each padded to its
+ * own longest row, and micro-batch m goes to group m % groups. A micro-batch is therefore the
+ * same (rows, order, padded length) whatever the number of groups or stages: with a native
+ * matMul, whose last bits depend on the shape of the call and a row's place in it, that is
+ * what keeps an example's loss, and so the run, bit-identical across topologies.
  */
 export async function scoreExamples(
   transport: Transport,
   examples: ExampleRequest[],
-  opts: { step: number; sign: 1 | -1 | 0; seqLen: number; padId: number; microBatch: number },
+  opts: { step: number; sign: 1 | -1 | 0; padId: number; microBatch: number },
 ): Promise<Float32Array[]> {
   const out: Float32Array[] = new Array(examples.length);
   const groups = transport.groups;
+  const micros: number[][] = [];
+  for (let start = 0; start < examples.length; start += opts.microBatch) {
+    micros.push(
+      Array.from(
+        { length: Math.min(opts.microBatch, examples.length - start) },
+        (_, j) => start + j,
+      ),
+    );
+  }
   // Several micro-batches of a group in flight at once, so that the stages of a pipeline work
   // at the same time; each result lands at its examples' indices, so order does not matter.
   const depth = Math.max(1, transport.pipelineDepth ?? 1);
   const work: Promise<void>[] = [];
   for (let g = 0; g < groups; g++) {
-    const mine = examples.map((_, i) => i).filter((i) => i % groups === g);
-    const micros: number[][] = [];
-    for (let start = 0; start < mine.length; start += opts.microBatch) {
-      micros.push(mine.slice(start, start + opts.microBatch));
-    }
+    const mine = micros.map((_, m) => m).filter((m) => m % groups === g);
     let next = 0;
     const runner = async () => {
-      while (next < micros.length) {
-        const micro = next++;
+      while (next < mine.length) {
+        const micro = mine[next++];
         const idx = micros[micro];
+        const part = idx.map((i) => examples[i]);
         const req = packRequests(
-          idx.map((i) => examples[i]),
-          opts.seqLen,
+          part,
+          paddedLength(part),
           opts.padId,
           opts.step,
           micro,
@@ -175,7 +185,7 @@ export async function scoreExamples(
         }
       }
     };
-    for (let r = 0; r < Math.min(depth, micros.length); r++) work.push(runner());
+    for (let r = 0; r < Math.min(depth, mine.length); r++) work.push(runner());
   }
   await Promise.all(work);
   return out;
@@ -191,11 +201,7 @@ export async function evaluate(
   let correct = 0, loss = 0;
   for (let start = 0; start < examples.length; start += opts.microBatch * transport.groups) {
     const chunk = examples.slice(start, start + opts.microBatch * transport.groups);
-    const scores = await scoreExamples(transport, chunk, {
-      ...opts,
-      sign: 0,
-      seqLen: paddedLength(chunk),
-    });
+    const scores = await scoreExamples(transport, chunk, { ...opts, sign: 0 });
     chunk.forEach((ex, i) => {
       if (argmax(scores[i]) === ex.label) correct++;
       loss += candidateCrossEntropy(scores[i], ex.label);
@@ -240,11 +246,7 @@ export function generationTask(
       let loss = 0;
       for (let start = 0; start < examples.length; start += opts.microBatch * transport.groups) {
         const chunk = examples.slice(start, start + opts.microBatch * transport.groups);
-        const scores = await scoreExamples(transport, chunk, {
-          ...opts,
-          sign: 0,
-          seqLen: paddedLength(chunk),
-        });
+        const scores = await scoreExamples(transport, chunk, { ...opts, sign: 0 });
         chunk.forEach((_, i) => (loss += targetCrossEntropy(scores[i])));
       }
       const g = generate ? generate(examples) : { f1: NaN, em: NaN };
@@ -288,8 +290,7 @@ export async function trainStep(
   const t0 = performance.now();
   const batch = poissonSample(inp.train.length, s.q, rng).map((i) => inp.train[i]);
   const seed = rng.u64();
-  const seqLen = paddedLength(batch);
-  const common = { step, seqLen, padId: inp.padId, microBatch: s.microBatch };
+  const common = { step, padId: inp.padId, microBatch: s.microBatch };
   const loss = (scores: Float32Array[]) =>
     Float64Array.from(batch, (ex, i) => (inp.task ?? classificationTask).trainLoss(scores[i], ex));
 

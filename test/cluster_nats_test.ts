@@ -2,8 +2,10 @@
  * Sharded training over a real nats-server: the same run (insecure_seed) embedded, over NATS
  * with K = 2 stages, and with K = 2 x R = 2 replica groups ends with the same
  * final_weights_sha256 and the same ledger apart from times. Activations are chunked (the
- * server runs with a small max_payload) and micro-batches are smaller than embedded, so an
- * example's loss is shown not to depend on its micro-batch companions. Parameter sync per step
+ * server runs with a small max_payload), micro-batches of 3 are several in flight down each
+ * pipeline and spread over the replica groups: a micro-batch is the same rows whatever the
+ * topology, so with the same micro_batch every run computes the same losses (with the native
+ * matMul too, whose last bits depend on a row's place in the call). Parameter sync per step
  * and worker is the same for tiny-opt and small-opt, and at most 200 bytes.
  */
 import { strict as assert } from "node:assert";
@@ -38,6 +40,8 @@ const common = [
   "--set",
   "insecure_seed=7",
   "--set",
+  "cluster.micro_batch=3",
+  "--set",
   "mode={type: full}",
 ];
 
@@ -53,8 +57,7 @@ Deno.test({
       const cfg = ["--config", "configs/tiny-sst2.yaml", ...common];
       const embedded = await dpzo("train", ...cfg, "--set", `run_dir=${dir}/embedded`);
       assert.equal(embedded.code, 0, embedded.stderr);
-      // K = 2 on the test's server (activations chunked under its 16 KiB max_payload),
-      // micro-batches of 3 so that several are in flight down the pipeline.
+      // K = 2 on the test's server (activations chunked under its 16 KiB max_payload).
       const k2 = await dpzo(
         "launch",
         ...cfg,
@@ -64,8 +67,6 @@ Deno.test({
         server.url,
         "--set",
         `run_dir=${dir}/k2`,
-        "--set",
-        "cluster.micro_batch=3",
       );
       assert.equal(k2.code, 0, k2.stderr);
       assert.match(k2.stderr, /coord +\| coordinator: all 2 workers ready/);
