@@ -30,6 +30,7 @@ import {
   layerNormTransposed,
 } from "../tensor/fused.ts";
 import { activeBackend, weightView } from "../tensor/backend.ts";
+import { nativeMatMul } from "../tensor/blas.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
 export interface StageRange {
@@ -464,10 +465,14 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
 
 /**
  * How many positions the LM head handles at once. It bounds the `[vocab, chunk]` logits block
- * (12.9 MB for OPT's vocabulary at 64) and is the fastest width of the WASM backend's
- * `[V, E] · [E, P]` matMul measured on small-opt (P = 64: ~33 GFLOP/s; P = 128-512: 16-20).
+ * (OPT's vocabulary: 12.9 MB at 64, 25.7 MB at 128). 64 is the fastest width of the WASM
+ * backend's `[V, E] · [E, P]` matMul (small-opt: ~33 GFLOP/s; 16-20 at 128-512); with the
+ * native matMul (src/tensor/blas.ts) 128 gives ~130 GFLOP/s, 256 only 5% more for twice the
+ * memory.
  */
-const HEAD_CHUNK = 64;
+function headChunk(): number {
+  return nativeMatMul()?.enabled ? 128 : 64;
+}
 
 /** The LM head's logits transposed, `[vocab, P]`, at the given positions (one column each). */
 function headLogitsT(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
@@ -499,8 +504,9 @@ export function logProbsAt(
   const unique = [...new Set(positions)];
   const slot = new Map(unique.map((p, i) => [p, i]));
   const out = new Float32Array(positions.length);
-  for (let start = 0; start < unique.length; start += HEAD_CHUNK) {
-    const chunk = Int32Array.from(unique.slice(start, start + HEAD_CHUNK));
+  const width = headChunk();
+  for (let start = 0; start < unique.length; start += width) {
+    const chunk = Int32Array.from(unique.slice(start, start + width));
     const P = chunk.length;
     const pairs: number[] = [];
     for (let i = 0; i < positions.length; i++) {

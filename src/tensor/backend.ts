@@ -1,5 +1,6 @@
 /**
- * Tensor backends: TensorFlow.js with the WASM backend (SIMD) as the CPU default, the pure-JS
+ * Tensor backends: TensorFlow.js with the WASM backend (SIMD) as the CPU default (its matMul on
+ * the system's OpenBLAS when there is one, `blas.ts`), the pure-JS
  * `cpu` backend as a fallback, and `tensorflow` (`@tensorflow/tfjs-node-gpu` or
  * `@tensorflow/tfjs-node`) loaded by dynamic import only when asked for.
  *
@@ -9,6 +10,7 @@
  * detach old views), so take a fresh view for every pass.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { enableNativeMatMul, nativeMatMul } from "./blas.ts";
 
 export type BackendName = "wasm" | "cpu" | "tensorflow";
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "tensorflow"];
@@ -40,6 +42,7 @@ export async function initBackend(name: BackendName = "wasm"): Promise<BackendNa
     if (!(await tf.setBackend("wasm"))) {
       throw new Error("backend: the WASM backend failed to start; try --backend cpu");
     }
+    enableNativeMatMul();
   } else if (name === "cpu") {
     await import("@tensorflow/tfjs-backend-cpu");
     await tf.setBackend("cpu");
@@ -82,7 +85,10 @@ export function describeBackend(): string {
   if (name === "wasm") {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
     const threads = tf.env().getBool("WASM_HAS_MULTITHREAD_SUPPORT");
-    return `backend: wasm (SIMD ${simd ? "on" : "off"}, threads ${threads ? "on" : "off"})`;
+    const blas = nativeMatMul()?.description ?? "off";
+    return `backend: wasm (SIMD ${simd ? "on" : "off"}, threads ${
+      threads ? "on" : "off"
+    }; matMul: ${blas})`;
   }
   return `backend: ${name}`;
 }

@@ -1,0 +1,238 @@
+/**
+ * Native matMul for the WASM backend: the system's OpenBLAS `cblas_sgemm`, called through
+ * Deno's FFI directly on the WASM heap (no copies), with all of OpenBLAS' threads.
+ *
+ * TensorFlow.js' WASM matMul is single-threaded (XNNPACK without a thread pool; Deno has no
+ * WASM threads) and reaches 15-35 GFLOP/s here; OpenBLAS on the same two cores reaches
+ * 100-150 GFLOP/s, the library PyTorch itself uses on CPU. Everything else (the perturbation
+ * pass, attention, LayerNorm, the log-sum-exp) stays in WASM, so the weights still live in, and
+ * are perturbed in place in, the backend's heap: OpenBLAS only reads them there.
+ *
+ * `enableNativeMatMul()` replaces the WASM backend's `BatchMatMul` kernel with one that calls
+ * `cblas_sgemm` per batch entry, and keeps the original for anything it does not handle.
+ * Choose the library with `DPZO_BLAS`:
+ * - unset or `auto`: `libopenblas.so.0` (Debian: `apt-get install libopenblas0`) when it loads,
+ *   else the WASM matMul;
+ * - a path or soname: that library (it must export `cblas_sgemm`), an error when it fails;
+ * - `off`: always the WASM matMul.
+ * The thread count is OpenBLAS' own: `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS`, else all cores.
+ *
+ * Reproducibility. OpenBLAS' sums differ from XNNPACK's in the last bits, and its own last bits
+ * depend on the call's shape, a column's place in it, the kernel set (`OPENBLAS_CORETYPE`) and
+ * the thread count; for the same four they are the same on every call and every machine. The
+ * coordinator therefore cuts batches into the same micro-batches whatever the topology
+ * (cluster/coordinator.ts `scoreExamples`), and workers report `matMulIdentity()` so that a run
+ * whose processes differ says it will not be bit-reproducible.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+const CBLAS_ROW_MAJOR = 101;
+const CBLAS_NO_TRANS = 111;
+const CBLAS_TRANS = 112;
+/** Rows of the left operand per `cblas_sgemm` call (see `sgemmBatchMatMul`). */
+const ROW_BLOCK = 2048;
+
+const SYMBOLS = {
+  cblas_sgemm: {
+    parameters: [
+      "i32", // order
+      "i32", // transA
+      "i32", // transB
+      "i32", // M
+      "i32", // N
+      "i32", // K
+      "f32", // alpha
+      "pointer", // A
+      "i32", // lda
+      "pointer", // B
+      "i32", // ldb
+      "f32", // beta
+      "pointer", // C
+      "i32", // ldc
+    ],
+    result: "void",
+  },
+} as const;
+
+const OPTIONAL_SYMBOLS = {
+  openblas_get_num_threads: { parameters: [], result: "i32", optional: true },
+  openblas_get_config: { parameters: [], result: "pointer", optional: true },
+  openblas_get_corename: { parameters: [], result: "pointer", optional: true },
+} as const;
+
+type Library = Deno.DynamicLibrary<typeof SYMBOLS & typeof OPTIONAL_SYMBOLS>;
+
+/** What `enableNativeMatMul` found: the library in use, or why the WASM matMul stays. */
+export interface NativeMatMul {
+  enabled: boolean;
+  /** e.g. "OpenBLAS 0.3.21 (2 threads)", or the reason it is off. */
+  description: string;
+  /**
+   * What decides the last bits of a matMul: "wasm", or library, kernel and thread count
+   * ("OpenBLAS 0.3.21 Haswell x2"). Processes that report the same identity compute the same
+   * losses for the same micro-batch; the workers of a run compare theirs.
+   */
+  identity: string;
+}
+
+let state: NativeMatMul | undefined;
+
+interface WasmBackend {
+  dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
+  wasm: { HEAPU8: Uint8Array };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+}
+
+function openLibrary(name: string): Library {
+  return Deno.dlopen(name, { ...SYMBOLS, ...OPTIONAL_SYMBOLS }) as Library;
+}
+
+function describeLibrary(lib: Library, name: string): { description: string; identity: string } {
+  const cString = (p: Deno.PointerValue | undefined) =>
+    p ? new Deno.UnsafePointerView(p).getCString() : "";
+  const threads = lib.symbols.openblas_get_num_threads?.();
+  const version = cString(lib.symbols.openblas_get_config?.()).match(/OpenBLAS\s+([\d.]+)/)?.[1];
+  const core = cString(lib.symbols.openblas_get_corename?.());
+  const what = version ? `OpenBLAS ${version}` : name;
+  const details = [threads ? `${threads} threads` : "", core ? `${core} kernels` : ""]
+    .filter(Boolean).join(", ");
+  return {
+    description: details ? `${what} (${details})` : what,
+    identity: [what, core, threads ? `x${threads}` : ""].filter(Boolean).join(" "),
+  };
+}
+
+/**
+ * Switches the WASM backend's matMul to the native BLAS named by `DPZO_BLAS` (see the module
+ * comment). Call once, after the WASM backend is active. Returns what is in use.
+ */
+export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"): NativeMatMul {
+  if (state) return state;
+  if (setting === "off") {
+    return (state = { enabled: false, description: "off (DPZO_BLAS=off)", identity: "wasm" });
+  }
+  const explicit = setting !== "auto" && setting !== "";
+  const name = explicit ? setting : "libopenblas.so.0";
+  let lib: Library;
+  try {
+    lib = openLibrary(name);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    if (explicit) {
+      throw new Error(
+        `DPZO_BLAS=${setting}: cannot load it (${reason}); give a library that exports ` +
+          "cblas_sgemm, or DPZO_BLAS=off for the WASM matMul",
+      );
+    }
+    return (state = {
+      enabled: false,
+      description: `not found (${name}); the WASM matMul is 4-10x slower: ` +
+        "apt-get install libopenblas0",
+      identity: "wasm",
+    });
+  }
+  const original = tf.getKernel(tf.BatchMatMul, "wasm");
+  if (!original) throw new Error("native matMul: the WASM backend is not registered");
+  tf.unregisterKernel(tf.BatchMatMul, "wasm");
+  tf.registerKernel({
+    kernelName: tf.BatchMatMul,
+    backendName: "wasm",
+    kernelFunc: (args) =>
+      sgemmBatchMatMul(lib, args) ?? (original.kernelFunc(args) as tf.TensorInfo),
+  });
+  return (state = { enabled: true, ...describeLibrary(lib, name) });
+}
+
+/** The state of the native matMul (undefined before `enableNativeMatMul`). */
+export function nativeMatMul(): NativeMatMul | undefined {
+  return state;
+}
+
+/** The matMul identity of this process ("wasm" unless the native matMul is on). */
+export function matMulIdentity(): string {
+  return state?.identity ?? "wasm";
+}
+
+/**
+ * `BatchMatMul` through `cblas_sgemm`: C[i] = op(A[i]) · op(B[i]) for each batch entry, with a
+ * batch of 1 broadcast. Returns null for what it does not handle (other broadcasts, dtypes).
+ */
+function sgemmBatchMatMul(
+  lib: Library,
+  { inputs, backend, attrs }: {
+    inputs: tf.NamedTensorInfoMap;
+    backend: unknown;
+    attrs?: tf.NamedAttrMap;
+  },
+): tf.TensorInfo | null {
+  const a = inputs.a!, b = inputs.b!;
+  const transposeA = Boolean(attrs?.transposeA), transposeB = Boolean(attrs?.transposeB);
+  if (a.dtype !== "float32" || b.dtype !== "float32") return null;
+  const ra = a.shape.length, rb = b.shape.length;
+  const M = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const K = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const Kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
+  const N = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+  if (K !== Kb) return null; // let the original kernel raise its error
+  const outerA = a.shape.slice(0, -2), outerB = b.shape.slice(0, -2);
+  const batchA = outerA.reduce((x, y) => x * y, 1), batchB = outerB.reduce((x, y) => x * y, 1);
+  let outer: number[];
+  if (batchA === batchB && sameShape(outerA, outerB)) outer = outerA;
+  else if (batchB === 1) outer = outerA;
+  else if (batchA === 1) outer = outerB;
+  else return null;
+  const batch = Math.max(batchA, batchB);
+
+  const wasm = backend as WasmBackend;
+  const out = wasm.makeOutput([...outer, M, N], "float32");
+  if (M === 0 || N === 0 || batch === 0) return out;
+  // The heap may have grown while allocating the output: read it afresh.
+  const heap = wasm.wasm.HEAPU8;
+  const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(heap)!);
+  const at = (t: tf.TensorInfo) => {
+    const info = wasm.dataIdMap.get(t.dataId);
+    if (!info) throw new Error("native matMul: tensor is not on the wasm backend");
+    return BigInt(info.memoryOffset);
+  };
+  const aAt = at(a), bAt = at(b), cAt = at(out);
+  if (K === 0) {
+    heap.fill(0, Number(cAt), Number(cAt) + M * N * 4);
+    return out;
+  }
+  const lda = transposeA ? M : K, ldb = transposeB ? K : N;
+  const ta = transposeA ? CBLAS_TRANS : CBLAS_NO_TRANS;
+  const tb = transposeB ? CBLAS_TRANS : CBLAS_NO_TRANS;
+  const ptr = (offset: bigint) => Deno.UnsafePointer.create(BigInt(base) + offset);
+  // Rows of A in blocks of ROW_BLOCK (from row 0, so a given weight always splits the same
+  // way): OpenBLAS packs the rows of a call into its own buffers, and a block bounds that
+  // memory (an LM head's [vocab, E] weight would otherwise be packed whole).
+  for (let i = 0; i < batch; i++) {
+    for (let m0 = 0; m0 < M; m0 += ROW_BLOCK) {
+      const rows = Math.min(ROW_BLOCK, M - m0);
+      const aOff = aAt + BigInt((batchA === 1 ? 0 : i * M * K) + (transposeA ? m0 : m0 * K)) * 4n;
+      const bOff = bAt + BigInt(batchB === 1 ? 0 : i * K * N) * 4n;
+      const cOff = cAt + BigInt(i * M * N + m0 * N) * 4n;
+      lib.symbols.cblas_sgemm(
+        CBLAS_ROW_MAJOR,
+        ta,
+        tb,
+        rows,
+        N,
+        K,
+        1,
+        ptr(aOff),
+        lda,
+        ptr(bOff),
+        ldb,
+        0,
+        ptr(cOff),
+        N,
+      );
+    }
+  }
+  return out;
+}
+
+function sameShape(x: number[], y: number[]): boolean {
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}
