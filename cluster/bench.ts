@@ -10,6 +10,7 @@ import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
 import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
 import type { ForwardRequest } from "./protocol.ts";
+import { matMulIdentity } from "../src/tensor/blas.ts";
 
 export interface BenchOptions {
   model: string;
@@ -36,6 +37,8 @@ export interface BenchResult {
   rss_before_load_bytes: number;
   /** Size of the WASM backend's heap at the end (weights + the largest live activations). */
   wasm_heap_bytes?: number;
+  /** How matMuls are computed (src/tensor/blas.ts `matMulIdentity`). */
+  matmul: string;
 }
 
 /** Peak resident set size of this process (VmHWM on Linux, else the current RSS). */
@@ -129,5 +132,6 @@ export async function benchStep(
     peak_rss_bytes: peakRssBytes(),
     rss_before_load_bytes: rssBeforeLoad,
     wasm_heap_bytes: wasmHeapBytes(),
+    matmul: matMulIdentity(),
   };
 }

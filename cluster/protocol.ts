@@ -254,6 +254,8 @@ export const Ready = z.object({
   /** The ledger step the slice is at, and its hash (`sliceDigest`). */
   step: z.number().int().nonnegative().optional(),
   slice_sha256: z.string().optional(),
+  /** The worker's matMul identity (src/tensor/blas.ts `matMulIdentity`). */
+  matmul: z.string().max(200).optional(),
 });
 export const Heartbeat = z.object({ worker: z.string() });
 export const Ack = z.object({

@@ -26,6 +26,7 @@ import { parseRunConfig } from "../src/dpzo/config.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { disposeStage } from "../src/model/opt.ts";
 import { initBackend } from "../src/tensor/backend.ts";
+import { matMulIdentity } from "../src/tensor/blas.ts";
 import {
   Assignment,
   Chunk,
@@ -249,6 +250,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
           parameters,
           step: w!.appliedStep,
           slice_sha256: sliceDigest(w!),
+          matmul: matMulIdentity(),
         }),
       );
       await nc.flush();

@@ -221,6 +221,22 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       }));
     },
   });
+  // Workers whose matMuls differ in their last bits compute slightly different losses for the
+  // same micro-batch: the run stays consistent (every worker applies the same update) but is not
+  // bit-reproducible across topologies. Said once per new identity.
+  const matMuls = new Map<string, string>();
+  const checkMatMul = (slot: Slot, matmul = "unknown") => {
+    if (matMuls.has(matmul)) return;
+    matMuls.set(matmul, label(slot));
+    if (matMuls.size < 2) return;
+    const [firstId, firstWorker] = [...matMuls][0];
+    log(
+      `coordinator: warning: ${label(slot)} computes matMuls with ${matmul}, ${firstWorker} ` +
+        `with ${firstId}; losses differ in the last bits, so this run is not bit-reproducible ` +
+        "on another topology: give every node the same DPZO_BLAS, OPENBLAS_CORETYPE and " +
+        "OPENBLAS_NUM_THREADS, or DPZO_BLAS=off",
+    );
+  };
   nc.subscribe(S.ready, {
     callback: (err, msg) => {
       if (err) return;
@@ -240,6 +256,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       slot.ready = true;
       slot.lastSeen = Date.now();
       slot.digest = r.slice_sha256;
+      checkMatMul(slot, r.matmul);
       log(
         `coordinator: ${label(slot)} ready (${r.parameters} parameters` +
           (r.step
