@@ -103,6 +103,16 @@ async function makeCerts(dir: string) {
   };
 }
 
+// A refused TLS handshake can end after the client has already given up (on a loaded machine
+// the server's "bad certificate" alert arrives after the connect timeout); the node socket then
+// reports it with no listener left, as an uncaught error. That alert is the refusal this file
+// asserts, so it is not a failure of the module.
+globalThis.addEventListener("error", (e) => {
+  if (/fatal alert: (BadCertificate|CertificateRequired)/.test(String(e.error?.message))) {
+    e.preventDefault();
+  }
+});
+
 const refused = async (url: string, opts: Record<string, unknown>) => {
   try {
     const nc = await connect({ servers: url, reconnect: false, timeout: 3000, ...opts });
