@@ -13,6 +13,15 @@
  *   (a task whose answer is those tokens: dpzo runs the LM head only there; MeZO on PyTorch still
  *   computes it everywhere, which is what its users run).
  *
+ * PyTorch runs with glibc's malloc told to keep freed memory (`MALLOC_MMAP_THRESHOLD_`,
+ * `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`; `--torch-malloc default` turns that off). By
+ * default glibc hands every large block (the 200 MB logits, each parameter's z) back to the
+ * system and faults it in again on the next step; on this VM that made PyTorch's step 3-4x
+ * slower (2.7-3.4 s instead of 0.73 s, most of it system time), which would flatter dpzo.
+ * Keeping the memory is what a tuned PyTorch setup (jemalloc, tcmalloc) does.
+ *
+ * dpzo runs with the same runtime flags as `deno task dpzo` (V8's young generation capped).
+ *
  * Each figure is the best (minimum) over rounds; peak RSS is the process high-water mark
  * (VmHWM for dpzo, ru_maxrss for PyTorch), also shown relative to the float32 weight bytes.
  * PyTorch comes from Debian's python3-torch and runs with /usr/bin/python3. Debian's torch does
@@ -22,6 +31,7 @@
  * `apt-get install -y libopenblas0-openmp` (it takes over libblas.so.3 through alternatives).
  */
 import { parseArgs } from "node:util";
+import { DPZO_RUNTIME_FLAGS } from "../cluster/launcher.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -37,6 +47,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     "target-tokens": { type: "string", default: "1" },
     python: { type: "string", default: "/usr/bin/python3" },
+    "torch-malloc": { type: "string", default: "keep" },
     "torch-script": {
       type: "string",
       default: new URL("../../shared/bench/torch_mezo_step.py", import.meta.url).pathname,
@@ -62,13 +73,16 @@ interface Figures {
   peak_rss_bytes: number;
   weight_bytes_f32: number;
   rss_before_load_bytes?: number;
+  wasm_heap_bytes?: number;
+  matmul?: string;
 }
 
 async function run(
   cmd: string,
   args: string[],
+  env: Record<string, string> = {},
 ): Promise<{ code: number; out: string; err: string }> {
-  const p = await new Deno.Command(cmd, { args, cwd: root, stdout: "piped", stderr: "piped" })
+  const p = await new Deno.Command(cmd, { args, cwd: root, env, stdout: "piped", stderr: "piped" })
     .output();
   const dec = new TextDecoder();
   return { code: p.code, out: dec.decode(p.stdout), err: dec.decode(p.stderr) };
@@ -91,6 +105,13 @@ finally:
     print("PEAK_RSS_KB " + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), file=sys.stderr)
 `;
 
+/** glibc malloc settings that keep freed memory in the process (see the module comment). */
+const KEEP_FREED_MEMORY = {
+  MALLOC_MMAP_THRESHOLD_: String(4 * 2 ** 30),
+  MALLOC_TRIM_THRESHOLD_: String(64 * 2 ** 30),
+  MALLOC_TOP_PAD_: String(2 ** 30),
+};
+
 async function torchAvailable(): Promise<string | undefined> {
   try {
     const r = await run(values.python!, ["-c", "import torch, numpy; print(torch.__version__)"]);
@@ -110,7 +131,7 @@ async function torchRound(): Promise<Figures> {
     values.threads!,
     "--steps",
     values.steps!,
-  ]);
+  ], values["torch-malloc"] === "default" ? {} : KEEP_FREED_MEMORY);
   if (r.code !== 0) throw new Error(`PyTorch reference failed:\n${r.err.slice(-2000)}`);
   const j = lastJson(r.out);
   const kb = Number(r.err.match(/PEAK_RSS_KB (\d+)/)?.[1] ?? NaN);
@@ -127,7 +148,7 @@ async function dpzoRound(targetTokens?: string): Promise<Figures> {
   const extra = targetTokens ? ["--target-tokens", targetTokens] : [];
   const r = await run(Deno.execPath(), [
     "run",
-    "-A",
+    ...DPZO_RUNTIME_FLAGS,
     "cluster/main.ts",
     "bench",
     ...common,
@@ -149,6 +170,8 @@ function best(rs: Figures[]): Figures {
     peak_rss_bytes: Math.max(...rs.map((r) => r.peak_rss_bytes)),
     weight_bytes_f32: rs[0].weight_bytes_f32,
     rss_before_load_bytes: rs[0].rss_before_load_bytes,
+    wasm_heap_bytes: rs[0].wasm_heap_bytes,
+    matmul: rs[0].matmul,
   };
 }
 
@@ -194,7 +217,12 @@ for (let i = 0; i < rounds; i++) {
 const t = best(torch), a = best(all), k = best(task);
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const rows: [string, Figures][] = [
-  [`PyTorch ${torchVersion} (${values.threads} threads)`, t],
+  [
+    `PyTorch ${torchVersion} (${values.threads} threads${
+      values["torch-malloc"] === "default" ? ", default malloc" : ""
+    })`,
+    t,
+  ],
   ["dpzo, loss at every position", a],
   [`dpzo, loss on last ${values["target-tokens"]} token(s)/row`, k],
 ];
@@ -234,13 +262,26 @@ console.log(
     `${ratios.forward_all_positions.toFixed(2)} / ${ratios.forward_target_tokens.toFixed(2)}; ` +
     `perturbation pass ${ratios.perturb_pass.toFixed(2)}`,
 );
-if (a.rss_before_load_bytes !== undefined) {
+// Memory: what dpzo holds beyond the runtime it starts with, against 1.5 x the float32 weights
+// plus the activations (everything in the WASM heap beyond the weights: hidden states, the LM
+// head's logits block, scratch).
+let memory: Record<string, number> | undefined;
+if (a.rss_before_load_bytes !== undefined && a.wasm_heap_bytes !== undefined) {
+  const above = a.peak_rss_bytes - a.rss_before_load_bytes;
+  const activations = Math.max(0, a.wasm_heap_bytes - a.weight_bytes_f32);
+  const budget = 1.5 * a.weight_bytes_f32 + activations;
+  memory = { above_runtime_bytes: above, activations_bytes: activations, budget_bytes: budget };
   console.log(
     `dpzo peak RSS ${mib(a.peak_rss_bytes)} = runtime before loading ` +
-      `${mib(a.rss_before_load_bytes)} + ${mib(a.peak_rss_bytes - a.rss_before_load_bytes)} ` +
-      `(${ratios.dpzo_rss_above_runtime_over_f32_weights!.toFixed(2)} x float32 weights)`,
+      `${mib(a.rss_before_load_bytes)} + ${mib(above)} ` +
+      `(${(above / a.weight_bytes_f32).toFixed(2)} x float32 weights); budget 1.5 x weights ` +
+      `${mib(1.5 * a.weight_bytes_f32)} + activations ${mib(activations)} = ${mib(budget)}: ` +
+      (above <= budget ? "within" : "OVER"),
   );
 }
+console.log(`dpzo matMul: ${a.matmul ?? "unknown"}`);
 if (values.json) {
-  console.log(JSON.stringify({ torch: t, dpzo_all: a, dpzo_target: k, ratios, blas, load }));
+  console.log(
+    JSON.stringify({ torch: t, dpzo_all: a, dpzo_target: k, ratios, memory, blas, load }),
+  );
 }
