@@ -84,7 +84,35 @@ interface WasmBackend {
 }
 
 function openLibrary(name: string): Library {
+  // OpenMP's threads wait passively between calls unless the user says otherwise: by default
+  // they spin for a while after every call, and the processes of a local cluster (or the test
+  // suite's) share the cores with them. libgomp reads this when the library loads it.
+  if (Deno.env.get("OMP_WAIT_POLICY") === undefined) Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
+  pinLibrary(name);
   return Deno.dlopen(name, { ...SYMBOLS, ...OPTIONAL_SYMBOLS }) as Library;
+}
+
+/**
+ * Loads the library once more with RTLD_NODELETE, so that it stays mapped for the life of the
+ * process. Deno closes a library when the isolate that opened it ends (every test module, every
+ * worker); OpenBLAS' threads outlive that, and unmapping the code under them crashed the
+ * process (SIGSEGV at exit). Linux only; elsewhere a no-op.
+ */
+function pinLibrary(name: string): void {
+  if (Deno.build.os !== "linux") return;
+  const RTLD_NOW = 2, RTLD_NODELETE = 0x1000;
+  try {
+    const libc = Deno.dlopen("libc.so.6", {
+      dlopen: { parameters: ["buffer", "i32"], result: "pointer" },
+    });
+    try {
+      libc.symbols.dlopen(new TextEncoder().encode(name + "\0"), RTLD_NOW | RTLD_NODELETE);
+    } finally {
+      libc.close();
+    }
+  } catch {
+    // not glibc: the library is then only as pinned as Deno keeps it
+  }
 }
 
 function describeLibrary(lib: Library, name: string): { description: string; identity: string } {
