@@ -129,8 +129,12 @@ export function stageFromArrays(
 export async function loadStage(ckpt: Checkpoint, range: StageRange): Promise<Stage> {
   const specs = stageParameters(ckpt.config, range);
   const params = new Map<string, tf.Tensor>();
+  // One read buffer for the whole slice (loads of several stages may interleave at their
+  // awaits, so it is per call): a fresh 4 MiB buffer per tensor left tens of MiB of garbage
+  // that could still be uncollected at the first training step, the peak of RSS.
+  const buffer = new Uint8Array(LOAD_CHUNK_BYTES);
   try {
-    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec));
+    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec, buffer));
   } catch (e) {
     for (const t of params.values()) t.dispose();
     throw e;
@@ -146,7 +150,11 @@ const LOAD_CHUNK_BYTES = 4 << 20;
  * the tensor's backend memory in 4 MiB chunks (no whole-tensor JS copy: the peak memory of
  * loading stays near the weights themselves); float16/bfloat16 go through `loadTensor`.
  */
-async function loadParam(ckpt: Checkpoint, spec: ParamSpec): Promise<tf.Tensor> {
+async function loadParam(
+  ckpt: Checkpoint,
+  spec: ParamSpec,
+  buffer: Uint8Array,
+): Promise<tf.Tensor> {
   const loc = ckpt.tensors.get(spec.name);
   let inPlace = loc?.entry.dtype === "F32" && loc.entry.shape.join(",") === spec.shape.join(",");
   if (inPlace) {
@@ -160,13 +168,14 @@ async function loadParam(ckpt: Checkpoint, spec: ParamSpec): Promise<tf.Tensor> 
     const data = await loadTensor(ckpt, spec.name, spec.shape);
     return tf.tensor(data, internalShape(spec), "float32");
   }
-  const t = tf.zeros(internalShape(spec), "float32");
+  // tf.fill allocates in backend memory; tf.zeros would first build the zeros as a JS array
+  // (51 MB for OPT-125m's embeddings), a transient copy of the weights.
+  const t = tf.fill(internalShape(spec), 0, "float32");
   const file = await Deno.open(loc.path, { read: true });
   try {
     await file.seek(loc.entry.begin, Deno.SeekMode.Start);
     const total = loc.entry.byteLength;
-    // Per load (loads of several stages may interleave at their awaits).
-    const buf = new Uint8Array(Math.min(LOAD_CHUNK_BYTES, total));
+    const buf = buffer;
     let done = 0;
     while (done < total) {
       const want = Math.min(buf.length, total - done);

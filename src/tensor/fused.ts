@@ -4,8 +4,9 @@
  * axis 0 (it transposes), batched matMuls (a scalar loop, ~2 GFLOP/s), gathers.
  *
  * They run a small SIMD module (`wasm/fused_kernel.ts`) instantiated on the backend's own
- * memory: it reads tensors where tfjs wrote them and writes into tensors allocated here, so no
- * data is copied between JS and the WASM heap. Each function returns null (or falls back, for
+ * memory: it reads tensors where tfjs wrote them and writes into tensors allocated here (with
+ * `tf.fill`, which allocates in the heap; `tf.zeros` would build a JS array first), so no data
+ * is copied between JS and the WASM heap. Each function returns null (or falls back, for
  * `columnLogSumExp`) on other backends; the model then uses tfjs ops with the same semantics.
  *
  * - `columnLogSumExp`: the LM head's log-sum-exp over the vocabulary of `[V, P]` logits, in two
@@ -95,7 +96,7 @@ export function columnLogSumExp(logits: tf.Tensor2D): Float64Array {
     return out;
   }
   // Scratch on the backend heap: m (P floats), acc (P floats), s (P doubles).
-  const scratch = tf.zeros([4 * P + 2], "float32");
+  const scratch = tf.fill([4 * P + 2], 0, "float32");
   try {
     const L = offsetOf(logits);
     let base = offsetOf(scratch);
@@ -136,8 +137,8 @@ export function fusedAttention(
   if (D !== H * hd || N !== B * S || keyMask.size !== N || keyMask.dtype !== "int32") {
     throw new Error(`fusedAttention: shapes [${q.shape}] for B=${B} S=${S} H=${H} hd=${hd}`);
   }
-  const out = tf.zeros([D, N], "float32") as tf.Tensor2D;
-  const scratch = tf.zeros([S * S + 3 * hd * S], "float32");
+  const out = tf.fill([D, N], 0, "float32") as tf.Tensor2D;
+  const scratch = tf.fill([S * S + 3 * hd * S], 0, "float32");
   try {
     kern.exports.attention(
       offsetOf(q),
@@ -178,7 +179,7 @@ export function embedTransposed(
       throw new RangeError(`position row ${rows[n]} not in [0, ${R})`);
     }
   }
-  const out = tf.zeros([E, N], "float32") as tf.Tensor2D;
+  const out = tf.fill([E, N], 0, "float32") as tf.Tensor2D;
   const ti = tf.tensor1d(ids, "int32"), tr = tf.tensor1d(rows, "int32");
   try {
     kern.exports.embedT(
@@ -211,8 +212,8 @@ export function layerNormTransposed(
   if (!kern) return null;
   const [D, N] = x.shape;
   if (weight.size !== D || bias.size !== D) throw new Error("layerNormTransposed: shapes");
-  const out = tf.zeros([D, N], "float32") as tf.Tensor2D;
-  const scratch = tf.zeros([2 * N], "float32");
+  const out = tf.fill([D, N], 0, "float32") as tf.Tensor2D;
+  const scratch = tf.fill([2 * N], 0, "float32");
   try {
     kern.exports.layerNormT(
       offsetOf(x),
