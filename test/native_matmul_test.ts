@@ -104,37 +104,42 @@ Deno.test({
     assert.deepEqual(tf.matMul(w, x).shape, [512, 96]);
     const empty = tf.matMul(tf.zeros([4, 0]), tf.zeros([0, 3]));
     assert.deepEqual([...empty.dataSync()], new Array(12).fill(0));
+    // every batch entry, not only the first, on a heap block that held other values before
+    tf.matMul(tf.ones([2, 4, 3]), tf.ones([2, 3, 5])).dispose();
+    const emptyBatched = tf.matMul(tf.zeros([2, 4, 0]), tf.zeros([2, 0, 5]));
+    assert.deepEqual([...emptyBatched.dataSync()], new Array(40).fill(0));
     assert.throws(() => tf.matMul(tf.zeros([2, 3]), tf.zeros([4, 2])), /inner|match/i);
-    tf.dispose([w, x, empty]);
+    tf.dispose([w, x, empty, emptyBatched]);
   },
 });
 
-Deno.test("DPZO_BLAS names a library that does not load: one line naming the fix", async () => {
-  const code = `import { initBackend } from "${ROOT}/src/tensor/backend.ts";
-await initBackend("wasm");`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", code],
-    cwd: ROOT,
-    env: { DPZO_BLAS: "/nonexistent/libnothing.so" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const err = new TextDecoder().decode(out.stderr);
-  assert.notEqual(out.code, 0);
-  assert.match(err, /DPZO_BLAS=\/nonexistent\/libnothing\.so: cannot load it .*DPZO_BLAS=off/);
-});
-
-Deno.test("DPZO_BLAS=off keeps the WASM matMul and says so", async () => {
+/** Starts the WASM backend in a fresh process with `DPZO_BLAS` set; prints its backend line. */
+async function startWith(dpzoBlas: string) {
   const code = `import { describeBackend, initBackend } from "${ROOT}/src/tensor/backend.ts";
 await initBackend("wasm");
 console.log(describeBackend());`;
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["eval", code],
     cwd: ROOT,
-    env: { DPZO_BLAS: "off" },
+    env: { DPZO_BLAS: dpzoBlas },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  assert.match(new TextDecoder().decode(out.stdout), /matMul: off \(DPZO_BLAS=off\)/);
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+Deno.test("DPZO_BLAS names a library that does not load: one line naming the fix", async () => {
+  const out = await startWith("/nonexistent/libnothing.so");
+  assert.notEqual(out.code, 0);
+  assert.match(
+    out.stderr,
+    /DPZO_BLAS=\/nonexistent\/libnothing\.so: cannot load it .*DPZO_BLAS=off/,
+  );
+});
+
+Deno.test("DPZO_BLAS=off keeps the WASM matMul and says so", async () => {
+  const out = await startWith("off");
+  assert.equal(out.code, 0, out.stderr);
+  assert.match(out.stdout, /matMul: off \(DPZO_BLAS=off\)/);
 });

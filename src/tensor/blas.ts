@@ -224,7 +224,7 @@ function sgemmBatchMatMul(
   };
   const aAt = at(a), bAt = at(b), cAt = at(out);
   if (K === 0) {
-    heap.fill(0, Number(cAt), Number(cAt) + M * N * 4);
+    heap.fill(0, Number(cAt), Number(cAt) + batch * M * N * 4);
     return out;
   }
   const lda = transposeA ? M : K, ldb = transposeB ? K : N;
