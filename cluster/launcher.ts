@@ -26,7 +26,7 @@ import {
 import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
-import { freePort, startNatsServer } from "./nats_server.ts";
+import { freePort, pumpLines, startNatsServer } from "./nats_server.ts";
 import {
   installRunKey,
   localUsers,
@@ -148,25 +148,6 @@ export const DPZO_RUNTIME_FLAGS = [
   "--allow-sys",
   "--allow-ffi",
 ];
-
-/** Streams a child's output line by line through `emit`. */
-async function pumpLines(stream: ReadableStream<Uint8Array>, emit: (line: string) => void) {
-  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += value;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        emit(buf.slice(0, nl).replace(/\r/g, ""));
-        buf = buf.slice(nl + 1);
-      }
-    }
-  } catch { /* the child went away */ }
-  if (buf) emit(buf);
-}
 
 interface Child {
   name: string;

@@ -84,24 +84,12 @@ export async function startNatsServer(opts: {
     throw e;
   }
   const tail: string[] = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += value;
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        tail.push(line);
-        if (tail.length > 20) tail.shift();
-        opts.log?.(line);
-      }
-    }
+  const keep = (line: string) => {
+    tail.push(line);
+    if (tail.length > 20) tail.shift();
+    opts.log?.(line);
   };
-  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]).catch(() => {});
+  const pumps = Promise.all([pumpLines(child.stdout, keep), pumpLines(child.stderr, keep)]);
   let exited = false;
   const status = child.status.then((s) => {
     exited = true;
@@ -161,4 +149,23 @@ export function serverConfig(opts: {
   }
   if (opts.users?.length) lines.push(authorizationBlock(opts.users));
   return lines.length ? lines.join("\n") + "\n" : null;
+}
+
+/** Streams a child's output line by line through `emit`. */
+export async function pumpLines(stream: ReadableStream<Uint8Array>, emit: (line: string) => void) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        emit(buf.slice(0, nl).replace(/\r/g, ""));
+        buf = buf.slice(nl + 1);
+      }
+    }
+  } catch { /* the child went away */ }
+  if (buf) emit(buf);
 }

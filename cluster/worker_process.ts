@@ -163,6 +163,14 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     connectOptions(opts.url, opts.security ?? {}, log),
   );
   const maxChunk = Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
+  /** The fields that name a forward's result (or error) for the coordinator. */
+  const resultOf = (p: { rid: number; step: number; micro: number; sign: number }) => ({
+    rid: p.rid,
+    worker: id,
+    step: p.step,
+    micro: p.micro,
+    sign: p.sign,
+  });
   // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive.
   const beat = setInterval(() => {
     try {
@@ -358,14 +366,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
             if (out.result) {
               publishBlob(
                 next,
-                encodeBlob({
-                  rid: p.rid,
-                  worker: id,
-                  step: p.step,
-                  micro: p.micro,
-                  sign: p.sign,
-                  scores: rawBytes(out.result.scores),
-                }),
+                encodeBlob({ ...resultOf(p), scores: rawBytes(out.result.scores) }),
                 p.rid,
                 p.sign,
               );
@@ -389,14 +390,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
             for (
               const c of chunkPayload(
                 `${id}.e${p.rid}`,
-                encodeBlob({
-                  rid: p.rid,
-                  worker: id,
-                  step: p.step,
-                  micro: p.micro,
-                  sign: p.sign,
-                  error,
-                }),
+                encodeBlob({ ...resultOf(p), error }),
                 maxChunk,
               )
             ) nc.publish(S.result, send(c));

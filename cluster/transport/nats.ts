@@ -363,7 +363,41 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     },
   });
 
-  /** Sends `body` to every worker on `subject` and gathers one reply per worker. */
+  /**
+   * Publishes `data` on `subject` with a private reply inbox and collects one valid reply per
+   * worker in `expected` until all have answered or `until(all)` settles.
+   */
+  async function collect<T extends { worker: string }>(
+    subject: string,
+    data: Uint8Array,
+    schema: z.ZodType<T>,
+    what: string,
+    expected: Set<string>,
+    until: (all: Promise<void>) => Promise<void>,
+  ): Promise<Map<string, T>> {
+    const got = new Map<string, T>();
+    const inbox = createInbox();
+    let resolve!: () => void;
+    const all = new Promise<void>((r) => (resolve = r));
+    const sub = nc.subscribe(inbox, {
+      callback: (err, msg) => {
+        if (err) return;
+        const r = decode(msg.data, run, schema, log, `${what} reply`, "worker");
+        if (!r || !expected.has(r.worker)) return;
+        got.set(r.worker, r);
+        if (got.size === expected.size) resolve();
+      },
+    });
+    try {
+      nc.publish(subject, data, { reply: inbox });
+      await until(all);
+    } finally {
+      sub.unsubscribe();
+    }
+    return got;
+  }
+
+  /** Sends `data` to every worker on `subject` and gathers one reply per worker. */
   async function gather<T extends { worker: string }>(
     subject: string,
     data: Uint8Array,
@@ -375,30 +409,11 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       throw new TransportFault(`${what}: ${missing.map(label).join(", ")} not ready`);
     }
     const expected = new Set(slots.map((s) => s.worker!));
-    const got = new Map<string, T>();
-    const inbox = createInbox();
-    let resolve!: () => void;
-    const all = new Promise<void>((r) => (resolve = r));
-    const sub = nc.subscribe(inbox, {
-      callback: (err, msg) => {
-        if (err) return;
-        const r = decode(msg.data, run, schema, log, `${what} reply`, "worker");
-        if (!r || !expected.has(r.worker)) return;
-        got.set(r.worker, r);
-        if (got.size === expected.size) resolve();
-      },
-    });
-    try {
-      nc.publish(subject, data, { reply: inbox });
-      await guarded(all, what);
-    } finally {
-      sub.unsubscribe();
-    }
-    return got;
+    return await collect(subject, data, schema, what, expected, (all) => guarded(all, what));
   }
 
   /** Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives. */
-  async function gatherSome<T extends { worker: string }>(
+  function gatherSome<T extends { worker: string }>(
     subject: string,
     data: Uint8Array,
     schema: z.ZodType<T>,
@@ -406,28 +421,14 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     expected: Set<string>,
     ms: number,
   ): Promise<Map<string, T>> {
-    const got = new Map<string, T>();
-    const inbox = createInbox();
-    let resolve!: () => void;
-    const all = new Promise<void>((r) => (resolve = r));
-    const sub = nc.subscribe(inbox, {
-      callback: (err, msg) => {
-        if (err) return;
-        const r = decode(msg.data, run, schema, log, `${what} reply`, "worker");
-        if (!r || !expected.has(r.worker)) return;
-        got.set(r.worker, r);
-        if (got.size === expected.size) resolve();
-      },
+    return collect(subject, data, schema, what, expected, async (all) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+      } finally {
+        clearTimeout(timer);
+      }
     });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      nc.publish(subject, data, { reply: inbox });
-      await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
-    } finally {
-      clearTimeout(timer);
-      sub.unsubscribe();
-    }
-    return got;
   }
 
   let nextRid = 0;
