@@ -10,24 +10,7 @@
  */
 import { strict as assert } from "node:assert";
 import { startNatsServer } from "../cluster/nats_server.ts";
-import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
-
-function hasNatsServer(): boolean {
-  try {
-    new Deno.Command("nats-server", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync();
-    return false;
-  } catch {
-    console.log("skipping: nats-server is not installed");
-    return true;
-  }
-}
-
-const ledgerOf = async (run: string) =>
-  (await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").map((l) => {
-    const { time: _t, check: _c, ...rest } = JSON.parse(l);
-    return rest;
-  });
+import { DATA, dpzo, FIXTURES, lacks, ledgerOf, missing, readJson } from "./fixtures.ts";
 
 const common = [
   "--quiet",
@@ -47,7 +30,7 @@ const common = [
 
 Deno.test({
   name: "embedded, K=2 and K=2 x R=2 over NATS end bit-identical",
-  ignore: hasNatsServer() || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
+  ignore: lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
@@ -118,7 +101,7 @@ Deno.test({
 
 Deno.test({
   name: "parameter sync per step and worker is the same for tiny-opt and small-opt",
-  ignore: hasNatsServer() || missing(`${FIXTURES}/small-opt`) || missing(`${DATA}/sst2`),
+  ignore: lacks("nats-server") || missing(`${FIXTURES}/small-opt`) || missing(`${DATA}/sst2`),
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {

@@ -7,6 +7,10 @@
 import { strict as assert } from "node:assert";
 import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
+/**
+ * Trains `model` for `steps` on the tiny SST-2 config (seed 2, lr 1e-3; `extra` flags come last
+ * and override) and returns the losses before and after. `bench/descent.ts` uses it too.
+ */
 export async function descentRun(model: string, steps: number, extra: string[]) {
   const dir = await Deno.makeTempDir();
   const out = await dpzo(
@@ -43,6 +47,8 @@ export async function descentRun(model: string, steps: number, extra: string[]) 
     trainLast: summary.train_loss_last as number,
     valBefore: baseVal as number,
     valAfter: summary.final.val_loss as number,
+    epsilon: summary.epsilon as number | null,
+    wallS: summary.wall_s as number,
   };
 }
 

@@ -20,10 +20,9 @@ import { inProcessTransport } from "../cluster/transport/in_process.ts";
 import { type Transport, TransportFault } from "../cluster/transport/transport.ts";
 import { createStageWorker, sliceDigest, type StageWorker } from "../cluster/worker.ts";
 import { disposeStage } from "../src/model/opt.ts";
-import { DATA, FIXTURES, missing } from "./fixtures.ts";
+import { DATA, FIXTURES, missing, ROOT } from "./fixtures.ts";
 
 const skip = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
-const ROOT = new URL("..", import.meta.url).pathname;
 const sets = [
   "train.steps=6",
   "task.val_examples=4",

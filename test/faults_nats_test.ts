@@ -10,22 +10,21 @@
  */
 import { strict as assert } from "node:assert";
 import { type NatsServer, startNatsServer } from "../cluster/nats_server.ts";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+import {
+  DATA,
+  FIXTURES,
+  lacks,
+  ledgerLines,
+  ledgerOf,
+  missing,
+  readJson,
+  ROOT,
+  waitFor,
+} from "./fixtures.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = `${ROOT}cluster/main.ts`;
 
-function noNatsServer(): boolean {
-  try {
-    new Deno.Command("nats-server", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync();
-    return false;
-  } catch {
-    console.log("skipping: nats-server is not installed");
-    return true;
-  }
-}
-const skip = noNatsServer() || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
+const skip = lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
 
 const STEPS = 16;
 const common = [
@@ -92,28 +91,6 @@ async function killAll() {
     await p.status;
   }
 }
-
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms = 90_000) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function ledgerLines(dir: string): Promise<number> {
-  try {
-    return (await Deno.readTextFile(`${dir}/ledger.jsonl`)).split("\n").filter((l) => l).length;
-  } catch {
-    return 0;
-  }
-}
-
-const ledgerOf = async (run: string) =>
-  (await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").map((l) => {
-    const { time: _t, check: _c, ...rest } = JSON.parse(l);
-    return rest;
-  });
 
 async function finished(p: Proc, ms = 120_000): Promise<void> {
   const timer = setTimeout(() => p.child.kill("SIGKILL"), ms);

@@ -22,6 +22,50 @@ export function missing(path: string): boolean {
   return true;
 }
 
+/**
+ * True when `binary` cannot be started (it is looked up on the PATH; only whether it starts
+ * counts, not its exit code); prints why the test that needs it is skipped.
+ */
+export function lacks(binary: string): boolean {
+  try {
+    new Deno.Command(binary, { args: ["--version"], stdout: "null", stderr: "null" }).outputSync();
+    return false;
+  } catch {
+    console.log(`skipping: ${binary} is not installed`);
+    return true;
+  }
+}
+
+/** Polls `cond` every 50 ms until it holds; throws naming `what` after `ms`. */
+export async function waitFor(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  ms = 90_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** How many entries a run's ledger holds (0 before it exists). */
+export async function ledgerLines(run: string): Promise<number> {
+  try {
+    return (await Deno.readTextFile(`${run}/ledger.jsonl`)).split("\n").filter((l) => l).length;
+  } catch {
+    return 0;
+  }
+}
+
+/** A run's ledger entries without the fields that differ between equal runs (time, check). */
+export async function ledgerOf(run: string): Promise<Record<string, unknown>[]> {
+  return (await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").map((l) => {
+    const { time: _t, check: _c, ...rest } = JSON.parse(l);
+    return rest;
+  });
+}
+
 // deno-lint-ignore no-explicit-any
 export function readJson(path: string): any {
   return JSON.parse(Deno.readTextFileSync(path));

@@ -16,24 +16,12 @@ import { strict as assert } from "node:assert";
 import { connect } from "@nats-io/transport-node";
 import { startNatsServer } from "../cluster/nats_server.ts";
 import { encodeBlob, subjects } from "../cluster/protocol.ts";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+import { DATA, FIXTURES, lacks, missing, readJson, ROOT } from "./fixtures.ts";
 import { HOSTILE, mutate, mutateField, pack, rng, tag } from "./fuzz_helpers.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const RUN = "fuzz";
 const KEY = new Uint8Array(32).map((_, i) => i * 7 + 1);
 const KEY_HEX = [...KEY].map((b) => b.toString(16).padStart(2, "0")).join("");
-
-function hasNatsServer(): boolean {
-  try {
-    new Deno.Command("nats-server", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync();
-    return true;
-  } catch {
-    console.log("skipping: nats-server is not installed");
-    return false;
-  }
-}
 
 const common = [
   "--config",
@@ -132,7 +120,7 @@ function fuzzCase(r: ReturnType<typeof rng>, i: number): [string, Uint8Array] {
 
 Deno.test({
   name: "fuzzed messages on every subject leave a running K=2 run unchanged",
-  ignore: !hasNatsServer() || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
+  ignore: lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {

@@ -19,20 +19,8 @@ import {
 } from "../cluster/nats_security.ts";
 import { encode, encodeControl, subjects } from "../cluster/protocol.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
+import { lacks, ROOT } from "./fixtures.ts";
 const RUN = "sec";
-
-function hasTools(): boolean {
-  for (const bin of ["nats-server", "openssl"]) {
-    try {
-      new Deno.Command(bin, { args: ["version"], stdout: "null", stderr: "null" }).outputSync();
-    } catch {
-      console.log(`skipping: ${bin} is not installed`);
-      return false;
-    }
-  }
-  return true;
-}
 
 async function openssl(cwd: string, ...args: string[]) {
   const out = await new Deno.Command("openssl", { args, cwd, stdout: "piped", stderr: "piped" })
@@ -139,7 +127,7 @@ Deno.test("security settings: loopback, TLS and plaintext refusal", () => {
 
 Deno.test({
   name: "TLS + credentials required; worker permissions cannot drive the model or the ledger",
-  ignore: !hasTools(),
+  ignore: lacks("nats-server") || lacks("openssl"),
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {

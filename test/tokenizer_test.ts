@@ -5,7 +5,6 @@
  */
 
 import { strict as assert } from "node:assert";
-import { fileURLToPath } from "node:url";
 import {
   createTokenizer,
   gpt2Split,
@@ -15,23 +14,11 @@ import {
   readTokenizerFiles,
   type Tokenizer,
 } from "../src/tokenizer/mod.ts";
+import { FIXTURES, missing } from "./fixtures.ts";
 
-const FIXTURES = fileURLToPath(new URL("../../shared/fixtures/", import.meta.url));
 const MODELS = ["tiny-opt", "small-opt"];
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const haveFixtures = MODELS.every((m) => exists(`${FIXTURES}${m}/reference.json`));
-if (!haveFixtures) {
-  console.warn(`tokenizer_test: ${FIXTURES} not found; skipping the reference-fixture tests`);
-}
+const haveFixtures = !MODELS.some((m) => missing(`${FIXTURES}/${m}/reference.json`));
 
 interface Case {
   text: string;
@@ -50,12 +37,12 @@ interface Reference {
 }
 
 async function reference(model: string): Promise<Reference> {
-  return JSON.parse(await Deno.readTextFile(`${FIXTURES}${model}/reference.json`)).tokenizer;
+  return JSON.parse(await Deno.readTextFile(`${FIXTURES}/${model}/reference.json`)).tokenizer;
 }
 
 const loaded = new Map<string, Promise<Tokenizer>>();
 function fixtureTokenizer(model: string): Promise<Tokenizer> {
-  if (!loaded.has(model)) loaded.set(model, loadTokenizer(`${FIXTURES}${model}`));
+  if (!loaded.has(model)) loaded.set(model, loadTokenizer(`${FIXTURES}/${model}`));
   return loaded.get(model)!;
 }
 
@@ -117,7 +104,7 @@ Deno.test({
     const asText = tok.encode("a</s>b", { splitSpecialTokens: false });
     assert.notDeepEqual(asText, [2, 102, 2, 428]);
     assert.ok(!asText.slice(1).includes(2));
-    const noSplit = await loadTokenizer(`${FIXTURES}tiny-opt`, { splitSpecialTokens: false });
+    const noSplit = await loadTokenizer(`${FIXTURES}/tiny-opt`, { splitSpecialTokens: false });
     assert.deepEqual(noSplit.encode("a</s>b"), asText);
     assert.deepEqual(noSplit.encode("a</s>b", { splitSpecialTokens: true }), [2, 102, 2, 428]);
   },
@@ -150,7 +137,7 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "dpzo_tok_" });
     try {
-      const src = `${FIXTURES}tiny-opt`;
+      const src = `${FIXTURES}/tiny-opt`;
       const vocab = JSON.parse(await Deno.readTextFile(`${src}/vocab.json`));
       const merges = (await Deno.readTextFile(`${src}/merges.txt`)).split("\n").slice(1)
         .filter((l) => l !== "");

@@ -9,9 +9,8 @@ import { strict as assert } from "node:assert";
 import { LossBlowUpError, RunMonitor } from "../src/report/warnings.ts";
 import { parseRunConfig } from "../src/dpzo/config.ts";
 import { planPrivacy } from "../cluster/privacy_plan.ts";
-import { DATA, FIXTURES, missing, readJson } from "./fixtures.ts";
+import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const needs = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
 
 const step = (i: number, o: Partial<{ loss: number; clipped: number; absG: number }> = {}) => ({
@@ -88,36 +87,22 @@ Deno.test("a target epsilon the configured steps cannot meet: warning, and the r
 });
 
 async function train(dir: string, ...sets: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "task",
-      "--quiet",
-      "dpzo",
-      "train",
-      "--config",
-      "configs/tiny-sst2.yaml",
-      "--quiet",
-      ...[
-        `run_dir=${dir}`,
-        "task.val_examples=16",
-        "task.test_examples=16",
-        "train.eval_every=0",
-        ...sets,
-      ].flatMap((s) => ["--set", s]),
-    ],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
+  const out = await dpzo(
+    "train",
+    "--config",
+    "configs/tiny-sst2.yaml",
+    "--quiet",
+    ...[
+      `run_dir=${dir}`,
+      "task.val_examples=16",
+      "task.test_examples=16",
+      "train.eval_every=0",
+      ...sets,
+    ].flatMap((s) => ["--set", s]),
+  );
   const metrics = (await Deno.readTextFile(`${dir}/metrics.jsonl`).catch(() => "")).trim()
     .split("\n").filter(Boolean).map((l) => JSON.parse(l));
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-    metrics,
-  };
+  return { ...out, metrics };
 }
 
 Deno.test({
