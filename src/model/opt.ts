@@ -129,12 +129,11 @@ export function stageFromArrays(
 export async function loadStage(ckpt: Checkpoint, range: StageRange): Promise<Stage> {
   const specs = stageParameters(ckpt.config, range);
   const params = new Map<string, tf.Tensor>();
-  // One read buffer for the whole slice (loads of several stages may interleave at their
-  // awaits, so it is per call): a fresh 4 MiB buffer per tensor left tens of MiB of garbage
-  // that could still be uncollected at the first training step, the peak of RSS.
-  const buffer = new Uint8Array(LOAD_CHUNK_BYTES);
+  // One read buffer for the whole slice, not one per tensor (loads of several stages may
+  // interleave at their awaits, so it is per call).
+  const buf = new Uint8Array(LOAD_CHUNK_BYTES);
   try {
-    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec, buffer));
+    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec, buf));
   } catch (e) {
     for (const t of params.values()) t.dispose();
     throw e;
@@ -153,7 +152,7 @@ const LOAD_CHUNK_BYTES = 4 << 20;
 async function loadParam(
   ckpt: Checkpoint,
   spec: ParamSpec,
-  buffer: Uint8Array,
+  buf: Uint8Array,
 ): Promise<tf.Tensor> {
   const loc = ckpt.tensors.get(spec.name);
   let inPlace = loc?.entry.dtype === "F32" && loc.entry.shape.join(",") === spec.shape.join(",");
@@ -175,7 +174,6 @@ async function loadParam(
   try {
     await file.seek(loc.entry.begin, Deno.SeekMode.Start);
     const total = loc.entry.byteLength;
-    const buf = buffer;
     let done = 0;
     while (done < total) {
       const want = Math.min(buf.length, total - done);
