@@ -9,7 +9,13 @@
  * (c) nats-server restarted during a run: no ledger entry lost, the run completes identically.
  */
 import { strict as assert } from "node:assert";
+import { connect } from "@nats-io/transport-node";
 import { type NatsServer, startNatsServer } from "../cluster/nats_server.ts";
+import { Assignment, decode, encode, subjects } from "../cluster/protocol.ts";
+import { planStages } from "../cluster/stage_plan.ts";
+import { openNatsCoordinator } from "../cluster/transport/nats.ts";
+import { loadRunConfig } from "../src/dpzo/config.ts";
+import { openCheckpoint } from "../src/model/checkpoint.ts";
 import {
   DATA,
   FIXTURES,
@@ -248,4 +254,45 @@ Deno.test({
       for (const w of workers) await finished(w, 30_000);
       await assertSameAsReference(tmp, dir);
     }),
+});
+
+Deno.test({
+  name: "a worker that says hello before a resumed coordinator has read its ledger replays to it",
+  ...opts,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-early-hello-" });
+    const server = await startNatsServer({ storeDir: `${dir}/nats` });
+    const run = "early";
+    const config = await loadRunConfig(`${ROOT}configs/tiny-sst2.yaml`, [
+      `model=${FIXTURES}/tiny-opt`,
+    ]);
+    const model = (await openCheckpoint(config.model)).config;
+    const transport = await openNatsCoordinator({
+      url: server.url,
+      run,
+      config,
+      model,
+      plan: planStages(model, 1),
+      log: () => {},
+      readyTimeoutMs: 3000,
+    });
+    const nc = await connect({ servers: server.url });
+    try {
+      // The hello goes out while the coordinator is still opening its ledger ...
+      const hello = encode(run, { worker: "w1", host: "test", pid: 1 }, "worker");
+      const reply = nc.request(subjects(run).hello, hello, { timeout: 10_000 });
+      await new Promise((r) => setTimeout(r, 300));
+      // ... which holds 4 steps; nobody becomes ready here, so ready() times out.
+      const ready = transport.ready(4).catch(() => {});
+      const a = decode((await reply).data, run, Assignment, () => {}, "assignment");
+      assert.ok(a?.ok, JSON.stringify(a));
+      assert.equal(a.ledger_step, 4);
+      await ready;
+    } finally {
+      await nc.close();
+      await transport.close();
+      await server.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
 });

@@ -20,7 +20,7 @@
  * batches go to stage 0 of a group, activations from stage k to stage k+1 (chunked under the
  * server's max_payload), and the last stage publishes the scores back.
  */
-import { connect, createInbox, type NatsConnection } from "@nats-io/transport-node";
+import { connect, createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { z } from "zod";
 import type { RunConfig } from "../../src/dpzo/config.ts";
@@ -184,41 +184,51 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     fault(new TransportFault(what));
   };
 
+  // A worker's assignment tells it the ledger step to replay to, which a resumed coordinator
+  // knows only once it has opened the ledger (through this connection) and called ready(step).
+  // Hellos that arrive before are answered then; answered earlier with step 0, such a worker
+  // reported "ready at step 0", was ignored, and the resumed run waited for it forever.
+  let ledgerKnown = false;
+  const early: Msg[] = [];
+  const answerHello = (msg: Msg) => {
+    const h = decode(msg.data, run, Hello, log, "hello", "worker");
+    if (!h) return;
+    let slot = slots.find((s) => s.worker === h.worker);
+    // A worker that holds a slice (a restarted coordinator) gets its own slot back if free.
+    if (!slot && h.holding) {
+      slot = slots.find((s) =>
+        s.worker === undefined && s.group === h.holding!.group && s.stage === h.holding!.stage
+      );
+    }
+    if (!slot) slot = slots.find((s) => s.worker === undefined);
+    if (!slot) {
+      msg.respond(
+        send({ ok: false, error: `run ${run} has all ${slots.length} workers` }),
+      );
+      return;
+    }
+    slot.worker = h.worker;
+    slot.host = h.host;
+    slot.lastSeen = Date.now();
+    log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
+    msg.respond(send({
+      ok: true,
+      worker: h.worker,
+      group: slot.group,
+      stage: slot.stage,
+      stages: plan.stages,
+      groups: plan.groups,
+      range: plan.ranges[slot.stage],
+      activation_dtype: opts.config.cluster.activation_dtype,
+      epoch,
+      ledger_step: ledgerStep,
+    }));
+  };
   nc.subscribe(S.hello, {
     callback: (err, msg) => {
       if (err) return;
-      const h = decode(msg.data, run, Hello, log, "hello", "worker");
-      if (!h) return;
-      let slot = slots.find((s) => s.worker === h.worker);
-      // A worker that holds a slice (a restarted coordinator) gets its own slot back if free.
-      if (!slot && h.holding) {
-        slot = slots.find((s) =>
-          s.worker === undefined && s.group === h.holding!.group && s.stage === h.holding!.stage
-        );
-      }
-      if (!slot) slot = slots.find((s) => s.worker === undefined);
-      if (!slot) {
-        msg.respond(
-          send({ ok: false, error: `run ${run} has all ${slots.length} workers` }),
-        );
-        return;
-      }
-      slot.worker = h.worker;
-      slot.host = h.host;
-      slot.lastSeen = Date.now();
-      log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
-      msg.respond(send({
-        ok: true,
-        worker: h.worker,
-        group: slot.group,
-        stage: slot.stage,
-        stages: plan.stages,
-        groups: plan.groups,
-        range: plan.ranges[slot.stage],
-        activation_dtype: opts.config.cluster.activation_dtype,
-        epoch,
-        ledger_step: ledgerStep,
-      }));
+      if (ledgerKnown) answerHello(msg);
+      else early.push(msg);
     },
   });
   // Workers whose matMuls differ in their last bits compute slightly different losses for the
@@ -439,6 +449,8 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     pipelineDepth: plan.stages + 1,
     async ready(step = 0) {
       ledgerStep = step;
+      ledgerKnown = true;
+      for (const msg of early.splice(0)) answerHello(msg);
       const ms = opts.readyTimeoutMs ?? 600_000;
       const deadline = Date.now() + ms;
       try {
