@@ -21,7 +21,9 @@
  * still-perturbed `theta - phi z` in the fused pass; the difference from decaying the unperturbed
  * weights is `lr * decay * phi * z`, below float32 resolution for usual settings.
  *
- * Implementations: by default the WebAssembly SIMD kernel (`src/rng/wasm`) runs the pass, chunk by
+ * Implementations: by default the WebAssembly SIMD kernel (`src/rng/wasm`) runs the pass on every
+ * thread of `src/cores` (tensors of at least SPLIT_MIN elements are cut into one part per
+ * thread on WASM_CHUNK bounds; z is counter-based, so the bits do not depend on the cut), chunk by
  * chunk of WASM_CHUNK elements: the chunk of theta is copied into the kernel's memory, z is
  * generated there and the update is done with f32x4 IEEE multiply and add (no FMA; the same
  * two or three float32 roundings as above), and the chunk is copied back. Where WebAssembly SIMD
@@ -37,6 +39,7 @@
 import { fillZKeyed, nameHash, seedKey } from "../rng/z.ts";
 import { philoxRoundKeys } from "../rng/philox.ts";
 import { createZKernel, type ZKernel } from "../rng/wasm/mod.ts";
+import { addressOf, ARG_DOUBLES, Command, floatsAt, type Helper, helpers } from "../cores/mod.ts";
 
 /** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
 export const CHUNK = 4096;
@@ -112,22 +115,21 @@ export function perturb(
   const keys = philoxRoundKeys(...seedKey(seed));
   const c = Math.fround(coeff);
   const seen = new Set<string>();
-  for (const { name, data } of tensors) {
+  for (const { name } of tensors) {
     if (seen.has(name)) {
       throw new Error(`perturb: tensor "${name}" listed twice; pass each buffer once`);
     }
     seen.add(name);
+  }
+  const decayedOf = (name: string) => wd !== undefined && keep !== 1 && wd.appliesTo(name);
+  if (k !== null) {
+    perturbOnCores(k, tensors, keys, c, keep, decayedOf);
+    return;
+  }
+  for (const { name, data } of tensors) {
     const [h0, h1] = nameHash(name);
-    const decayed = wd !== undefined && keep !== 1 && wd.appliesTo(name);
+    const decayed = decayedOf(name);
     const n = data.length;
-    if (k !== null) {
-      k.setKey(keys, h0, h1);
-      const kc = decayed ? keep : undefined;
-      for (let start = 0; start < n; start += WASM_CHUNK) {
-        k.perturb(data.subarray(start, Math.min(n, start + WASM_CHUNK)), start, c, kc);
-      }
-      continue;
-    }
     for (let start = 0; start < n; start += CHUNK) {
       const len = Math.min(CHUNK, n - start);
       const z = len === CHUNK ? scratch : scratch.subarray(0, len);
@@ -143,4 +145,118 @@ export function perturb(
       }
     }
   }
+}
+
+/** Tensors shorter than this are not split between threads. */
+export const SPLIT_MIN = 1 << 16;
+
+/** A part of a tensor for one thread: elements start .. start + data.length. */
+interface Segment {
+  data: Float32Array;
+  start: number;
+  h0: number;
+  h1: number;
+  decayed: boolean;
+}
+
+/** Arguments of Command.Perturb: c, keep, 20 round keys, the count, then the segments. */
+const HEADER = 23, SEGMENT_DOUBLES = 6;
+const MAX_SEGMENTS = Math.floor((ARG_DOUBLES - HEADER) / SEGMENT_DOUBLES);
+
+/** The WASM pass over `segments` on one thread's kernel. */
+function runSegments(
+  k: ZKernel,
+  keys: Int32Array,
+  c: number,
+  keep: number,
+  segments: Iterable<Segment>,
+): void {
+  for (const { data, start, h0, h1, decayed } of segments) {
+    k.setKey(keys, h0, h1);
+    const kc = decayed ? keep : undefined;
+    for (let j = 0; j < data.length; j += WASM_CHUNK) {
+      k.perturb(data.subarray(j, Math.min(data.length, j + WASM_CHUNK)), start + j, c, kc);
+    }
+  }
+}
+
+/** The pass on every thread: big tensors cut in one part per thread, small ones on main. */
+function perturbOnCores(
+  k: ZKernel,
+  tensors: readonly NamedTensor[],
+  keys: Int32Array,
+  c: number,
+  keep: number,
+  decayedOf: (name: string) => boolean,
+): void {
+  const pool = helpers();
+  const T = pool.length + 1;
+  const parts: Segment[][] = Array.from({ length: T }, () => []);
+  for (const { name, data } of tensors) {
+    const [h0, h1] = nameHash(name);
+    const decayed = decayedOf(name);
+    const n = data.length;
+    const ways = n < SPLIT_MIN ? 1 : T;
+    const cut = (i: number) => Math.min(n, Math.round((n * i) / ways / WASM_CHUNK) * WASM_CHUNK);
+    for (let i = 0; i < ways; i++) {
+      const lo = cut(i), hi = i === ways - 1 ? n : cut(i + 1);
+      if (hi > lo) parts[i].push({ data: data.subarray(lo, hi), start: lo, h0, h1, decayed });
+    }
+  }
+  const longest = Math.max(...parts.map((p) => p.length));
+  for (let from = 0; from < longest; from += MAX_SEGMENTS) {
+    const posted: Helper[] = [];
+    try {
+      pool.forEach((helper, i) => {
+        const segments = parts[i + 1].slice(from, from + MAX_SEGMENTS);
+        if (segments.length === 0) return;
+        encodeSegments(helper.args, keys, c, keep, segments);
+        helper.post(Command.Perturb);
+        posted.push(helper);
+      });
+      runSegments(k, keys, c, keep, parts[0].slice(from, from + MAX_SEGMENTS));
+    } finally {
+      for (const helper of posted) helper.wait();
+    }
+  }
+}
+
+function encodeSegments(
+  args: Float64Array,
+  keys: Int32Array,
+  c: number,
+  keep: number,
+  segments: readonly Segment[],
+): void {
+  args[0] = c;
+  args[1] = keep;
+  for (let i = 0; i < 20; i++) args[2 + i] = keys[i];
+  args[22] = segments.length;
+  segments.forEach((s, i) => {
+    const o = HEADER + i * SEGMENT_DOUBLES;
+    args[o] = Number(addressOf(s.data));
+    args[o + 1] = s.data.length;
+    args[o + 2] = s.start;
+    args[o + 3] = s.h0;
+    args[o + 4] = s.h1;
+    args[o + 5] = s.decayed ? 1 : 0;
+  });
+}
+
+/** A helper thread's side of Command.Perturb (src/cores/helper.ts). */
+export function runPerturbCommand(k: ZKernel, args: Float64Array): void {
+  const keys = Int32Array.from(args.subarray(2, 22));
+  const count = args[22];
+  const segments: Segment[] = [];
+  for (let i = 0; i < count; i++) {
+    const o = HEADER + i * SEGMENT_DOUBLES;
+    segments.push({
+      data: floatsAt(BigInt(args[o]), args[o + 1]),
+      start: args[o + 2],
+      h0: args[o + 3],
+      h1: args[o + 4],
+      decayed: args[o + 5] === 1,
+    });
+  }
+  runSegments(k, keys, args[0], args[1], segments);
 }
