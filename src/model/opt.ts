@@ -31,6 +31,7 @@ import {
 } from "../tensor/fused.ts";
 import { activeBackend, weightView } from "../tensor/backend.ts";
 import { nativeMatMul } from "../tensor/blas.ts";
+import { HEAD_WIDTH, headLogProbs } from "../tensor/head.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
 export interface StageRange {
@@ -471,15 +472,12 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
 }
 
 /**
- * How many positions the LM head handles at once. It bounds the `[vocab, chunk]` logits block
- * (OPT's vocabulary: 12.9 MB at 64, 25.7 MB at 128). 64 is the fastest width of the WASM
- * backend's `[V, E] · [E, P]` matMul (small-opt: ~33 GFLOP/s; 16-20 at 128-512); with the
- * native matMul (src/tensor/blas.ts) 128 gives ~130 GFLOP/s, 256 only 5% more for twice the
- * memory.
+ * How many positions the LM head handles at once on the WASM matMul. It bounds the
+ * `[vocab, chunk]` logits block (OPT's vocabulary: 12.9 MB at 64); 64 is the fastest width of
+ * the WASM backend's `[V, E] · [E, P]` matMul (small-opt: ~33 GFLOP/s; 16-20 at 128-512). With
+ * the native matMul the head runs fused instead (src/tensor/head.ts), HEAD_WIDTH at once.
  */
-function headChunk(): number {
-  return nativeMatMul()?.enabled ? 128 : 64;
-}
+const WASM_HEAD_CHUNK = 64;
 
 /** The LM head's logits transposed, `[vocab, P]`, at the given positions (one column each). */
 function headLogitsT(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
@@ -498,9 +496,11 @@ export function logitsAt(stage: Stage, features: tf.Tensor2D, positions: Int32Ar
  * Log-probabilities log softmax(logits[position])[token] for (position, token) pairs. Each
  * distinct position goes through the LM head once, and only the requested positions do.
  *
- * The logits stay in the layout the matMul writes, `[vocab, chunk]`; the log-sum-exp over the
- * vocabulary runs along axis 0 (`columnLogSumExp`, a streaming kernel on the WASM heap), so no
- * `[vocab, chunk]` transpose or temporary is made.
+ * With the native matMul the head is fused (`headLogProbs`, src/tensor/head.ts): the logits
+ * are made and reduced block by block of the vocabulary on every thread and never stored whole.
+ * Otherwise the logits stay in the layout the matMul writes, `[vocab, chunk]`, and the
+ * log-sum-exp over the vocabulary runs along axis 0 (`columnLogSumExp`, a streaming kernel on
+ * the WASM heap), so no `[vocab, chunk]` transpose or temporary is made.
  */
 export function logProbsAt(
   stage: Stage,
@@ -511,7 +511,8 @@ export function logProbsAt(
   const unique = [...new Set(positions)];
   const slot = new Map(unique.map((p, i) => [p, i]));
   const out = new Float32Array(positions.length);
-  const width = headChunk();
+  const fused = nativeMatMul()?.enabled ?? false;
+  const width = fused ? HEAD_WIDTH : WASM_HEAD_CHUNK;
   for (let start = 0; start < unique.length; start += width) {
     const chunk = Int32Array.from(unique.slice(start, start + width));
     const P = chunk.length;
@@ -519,6 +520,21 @@ export function logProbsAt(
     for (let i = 0; i < positions.length; i++) {
       const u = slot.get(positions[i])!;
       if (u >= start && u < start + P) pairs.push(i);
+    }
+    if (fused) {
+      const sel = tf.tidy(() => tf.gather(features, tf.tensor1d(chunk, "int32"), 1));
+      try {
+        const lp = headLogProbs(
+          param(stage, "embed_tokens.weight") as tf.Tensor2D,
+          sel as tf.Tensor2D,
+          Int32Array.from(pairs, (i) => slot.get(positions[i])! - start),
+          Int32Array.from(pairs, (i) => tokens[i]),
+        )!;
+        pairs.forEach((i, k) => (out[i] = lp[k]));
+      } finally {
+        sel.dispose();
+      }
+      continue;
     }
     const logits = headLogitsT(stage, features, chunk);
     try {

@@ -76,6 +76,7 @@ export interface NativeMatMul {
 }
 
 let state: NativeMatMul | undefined;
+let library: Library | undefined;
 
 interface WasmBackend {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -159,6 +160,7 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
       identity: "wasm",
     });
   }
+  library = lib;
   const original = tf.getKernel(tf.BatchMatMul, "wasm");
   if (!original) throw new Error("native matMul: the WASM backend is not registered");
   tf.unregisterKernel(tf.BatchMatMul, "wasm");
@@ -179,6 +181,41 @@ export function nativeMatMul(): NativeMatMul | undefined {
 /** The matMul identity of this process ("wasm" unless the native matMul is on). */
 export function matMulIdentity(): string {
   return state?.identity ?? "wasm";
+}
+
+/**
+ * Row-major `C[M, N] = A[M, K] · B[K, N]` on raw addresses (lda = K, ldb = N, ldc = N), for
+ * callers that write the product outside the heap (src/tensor/head.ts). Throws when the native
+ * matMul is off.
+ */
+export function sgemmAt(M: number, N: number, K: number, a: bigint, b: bigint, c: bigint): void {
+  if (!library) throw new Error("sgemmAt: the native matMul is off");
+  const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
+  library.symbols.cblas_sgemm(
+    CBLAS_ROW_MAJOR,
+    CBLAS_NO_TRANS,
+    CBLAS_NO_TRANS,
+    M,
+    N,
+    K,
+    1,
+    ptr(a),
+    K,
+    ptr(b),
+    N,
+    0,
+    ptr(c),
+    N,
+  );
+}
+
+/** The address of a WASM-backend tensor's data (valid until the heap next grows). */
+export function heapAddress(t: tf.Tensor): bigint {
+  const wasm = tf.backend() as unknown as WasmBackend;
+  const info = wasm.dataIdMap.get(t.dataId);
+  if (!info) throw new Error("heapAddress: tensor is not on the wasm backend");
+  const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(wasm.wasm.HEAPU8)!) as bigint;
+  return base + BigInt(info.memoryOffset);
 }
 
 /**

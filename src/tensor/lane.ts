@@ -1,0 +1,169 @@
+/**
+ * One thread's lane: the fused kernels (./wasm/fused_kernel.ts) on a WASM memory of their own,
+ * LANE_BYTES long and never grown, so that its address is stable and the main thread can write
+ * into it (OpenBLAS writes blocks of LM-head logits there) and read results back. Each helper
+ * thread of src/cores has one, and so does the main thread. Kept free of TensorFlow.js, so that
+ * helper threads load little; pages a lane never touches cost no memory.
+ *
+ * Head layout (src/tensor/head.ts): a block of logits `[rows, P]` (row-major, rows * P <=
+ * BLOCK_FLOATS) at LOGITS; after `reduce`, its column maxima m (P float32) at MAXES and its sums
+ * of exp(logit - m) (P float64) at SUMS.
+ *
+ * Attention (`attendRows`): a helper's share of src/tensor/fused.ts `fusedAttention`, one (row,
+ * head) at a time, copied into the lane from LOGITS on.
+ */
+import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
+import { floatsAt } from "../cores/mod.ts";
+
+/** Positions per block at most (the head's width). */
+export const HEAD_WIDTH = 1024;
+/** Floats of a block of logits at most (1 MiB: it stays in cache while it is reduced). */
+export const BLOCK_FLOATS = 1 << 18;
+
+const LOGITS = 1 << 16; // the kernels keep nothing in memory; the first page stays unused
+const MAXES = LOGITS + BLOCK_FLOATS * 4;
+const CONSTANTS = MAXES + HEAD_WIDTH * 4; // 208 bytes for colSumExp's exp constants
+const SUMS = CONSTANTS + 256;
+const PAGES = 128; // 8 MiB, of which the head uses 1.1 MiB
+
+/** Bytes of a lane. */
+export const LANE_BYTES = PAGES * 65536;
+if (SUMS + HEAD_WIDTH * 8 > LANE_BYTES) throw new Error("lane: head layout does not fit");
+
+/**
+ * Vocabulary rows per block for P positions: as many as fit BLOCK_FLOATS, a multiple of 16,
+ * at most 16384. A function of P alone: the blocks decide the last bits of the result.
+ */
+export function blockRows(P: number): number {
+  if (!Number.isInteger(P) || P < 1 || P > HEAD_WIDTH) {
+    throw new RangeError(`head: positions per block must be in [1, ${HEAD_WIDTH}], got ${P}`);
+  }
+  return Math.min(16384, Math.floor(BLOCK_FLOATS / P / 16) * 16);
+}
+
+/** A lane as any thread sees it: the block of logits and the block's results. */
+export interface LaneViews {
+  /** Address of the lane memory. */
+  address: bigint;
+  logits: Float32Array;
+  maxes: Float32Array;
+  sums: Float64Array;
+}
+
+/** Byte offset of the logits block in a lane. */
+export const LANE_LOGITS = LOGITS;
+
+/** The views of a lane memory given as an ArrayBuffer (its own thread or an alias of it). */
+export function laneViews(buffer: ArrayBufferLike, address: bigint): LaneViews {
+  return {
+    address,
+    logits: new Float32Array(buffer, LOGITS, BLOCK_FLOATS),
+    maxes: new Float32Array(buffer, MAXES, HEAD_WIDTH),
+    sums: new Float64Array(buffer, SUMS, HEAD_WIDTH),
+  };
+}
+
+interface Exports {
+  colMax(L: number, V: number, P: number, m: number): void;
+  colSumExp(L: number, V: number, P: number, m: number, k: number, s: number): void;
+  attention(
+    q: number,
+    k: number,
+    v: number,
+    keyMask: number,
+    out: number,
+    B: number,
+    S: number,
+    H: number,
+    hd: number,
+    scratch: number,
+    bFrom: number,
+    bTo: number,
+  ): void;
+}
+
+/** Addresses of fusedAttention's operands, in memory another thread owns. */
+export interface AttentionOperands {
+  q: bigint;
+  k: bigint;
+  v: bigint;
+  keyMask: bigint;
+  out: bigint;
+}
+
+/** A lane owned by this thread: its views, `reduce` and `attendRows`. */
+export interface Lane extends LaneViews {
+  /** Column maxima and sums of exp(logit - max) of the `[rows, P]` block now in the lane. */
+  reduce(rows: number, P: number): void;
+  /**
+   * fusedAttention's work for rows [bFrom, bTo) of the batch (q, k, v, out `[H * hd, B * S]`
+   * float32, the key mask B * S int32).
+   */
+  attendRows(
+    at: AttentionOperands,
+    shape: { B: number; S: number; H: number; hd: number },
+    bFrom: number,
+    bTo: number,
+  ): void;
+}
+
+/** Bytes a lane needs to attend one (row, head) of S tokens and head size hd. */
+export function attentionBytes(S: number, hd: number): number {
+  return (4 * hd * S + S + S * S + 3 * hd * S) * 4;
+}
+
+/** Whether `attendRows` fits in a lane for these sizes. */
+export function laneFitsAttention(S: number, hd: number): boolean {
+  return LOGITS + attentionBytes(S, hd) <= LANE_BYTES;
+}
+
+let module: WebAssembly.Module | undefined;
+
+/** A new lane on a memory of its own (each thread makes one). */
+export function createLane(): Lane {
+  module ??= new WebAssembly.Module(
+    Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0)),
+  );
+  const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
+  const ex = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Exports;
+  const bytes = new Uint8Array(memory.buffer);
+  const floats = new Float32Array(memory.buffer);
+  const address = Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)!) as bigint;
+  return {
+    ...laneViews(memory.buffer, address),
+    reduce(rows, P) {
+      if (rows * P > BLOCK_FLOATS || P > HEAD_WIDTH) {
+        throw new RangeError(`lane: block [${rows}, ${P}] does not fit`);
+      }
+      ex.colMax(LOGITS, rows, P, MAXES);
+      ex.colSumExp(LOGITS, rows, P, MAXES, CONSTANTS, SUMS);
+    },
+    attendRows(at, { B, S, H, hd }, bFrom, bTo) {
+      if (!laneFitsAttention(S, hd)) throw new RangeError(`lane: attention S=${S} does not fit`);
+      const N = B * S, D = H * hd;
+      const q = floatsAt(at.q, D * N), k = floatsAt(at.k, D * N), v = floatsAt(at.v, D * N);
+      const out = floatsAt(at.out, D * N), mask = floatsAt(at.keyMask, N);
+      // One (row, head) as a [hd, S] problem with B = H = 1: the kernel does the same
+      // arithmetic on it as on the whole batch.
+      const block = hd * S;
+      const fq = LOGITS / 4, fk = fq + block, fv = fk + block, fo = fv + block;
+      const fm = fo + block, scratch = (fm + S) * 4;
+      for (let b = bFrom; b < bTo; b++) {
+        floats.set(mask.subarray(b * S, b * S + S), fm); // int32 bits, copied as they are
+        for (let h = 0; h < H; h++) {
+          for (let d = 0; d < hd; d++) {
+            const src = (h * hd + d) * N + b * S;
+            floats.set(q.subarray(src, src + S), fq + d * S);
+            floats.set(k.subarray(src, src + S), fk + d * S);
+            floats.set(v.subarray(src, src + S), fv + d * S);
+          }
+          ex.attention(fq * 4, fk * 4, fv * 4, fm * 4, fo * 4, 1, S, 1, hd, scratch, 0, 1);
+          for (let d = 0; d < hd; d++) {
+            const dst = (h * hd + d) * N + b * S;
+            out.set(floats.subarray(fo + d * S, fo + d * S + S), dst);
+          }
+        }
+      }
+    },
+  };
+}
