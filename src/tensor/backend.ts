@@ -11,6 +11,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { enableNativeMatMul, nativeMatMul } from "./blas.ts";
+import { describeThreads, helpers } from "../cores/mod.ts";
 
 export type BackendName = "wasm" | "cpu" | "tensorflow";
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "tensorflow"];
@@ -43,6 +44,7 @@ export async function initBackend(name: BackendName = "wasm"): Promise<BackendNa
       throw new Error("backend: the WASM backend failed to start; try --backend cpu");
     }
     enableNativeMatMul();
+    helpers(); // start the helper threads now: their memory is runtime, not training state
   } else if (name === "cpu") {
     await import("@tensorflow/tfjs-backend-cpu");
     await tf.setBackend("cpu");
@@ -84,11 +86,9 @@ export function describeBackend(): string {
   const name = activeBackend();
   if (name === "wasm") {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
-    const threads = tf.env().getBool("WASM_HAS_MULTITHREAD_SUPPORT");
     const blas = nativeMatMul()?.description ?? "off";
-    return `backend: wasm (SIMD ${simd ? "on" : "off"}, threads ${
-      threads ? "on" : "off"
-    }; matMul: ${blas})`;
+    return `backend: wasm (SIMD ${simd ? "on" : "off"}; matMul: ${blas}; ` +
+      `perturbation and LM head: ${describeThreads()})`;
   }
   return `backend: ${name}`;
 }

@@ -17,10 +17,12 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
 import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
+import { addressOf, Command, type Helper, helpers } from "../cores/mod.ts";
+import { laneFitsAttention } from "./lane.ts";
 
 interface Exports {
   colMax(L: number, V: number, P: number, m: number): void;
-  colSumExp(L: number, V: number, P: number, m: number, acc: number, s: number): void;
+  colSumExp(L: number, V: number, P: number, m: number, k: number, s: number): void;
   embedT(
     tok: number,
     pos: number,
@@ -52,6 +54,8 @@ interface Exports {
     H: number,
     hd: number,
     scratch: number,
+    bFrom: number,
+    bTo: number,
   ): void;
 }
 
@@ -95,15 +99,15 @@ export function columnLogSumExp(logits: tf.Tensor2D): Float64Array {
     lse.dispose();
     return out;
   }
-  // Scratch on the backend heap: m (P floats), acc (P floats), s (P doubles).
-  const scratch = tf.fill([4 * P + 2], 0, "float32");
+  // Scratch on the backend heap: s (P doubles), the exp constants (208 bytes), m (P floats).
+  const scratch = tf.fill([3 * P + 54], 0, "float32");
   try {
     const L = offsetOf(logits);
     let base = offsetOf(scratch);
-    if (base % 8 !== 0) base += 4; // the two spare floats keep s 8-byte aligned
-    const m = base, acc = base + 4 * P, s = base + 8 * P;
+    if (base % 8 !== 0) base += 4; // the spare float keeps s 8-byte aligned
+    const s = base, constants = base + 8 * P, m = constants + 208;
     k.exports.colMax(L, V, P, m);
-    k.exports.colSumExp(L, V, P, m, acc, s);
+    k.exports.colSumExp(L, V, P, m, constants, s);
     const maxes = new Float32Array(k.memory.buffer, m, P);
     const sums = new Float64Array(k.memory.buffer, s, P);
     const out = new Float64Array(P);
@@ -139,7 +143,21 @@ export function fusedAttention(
   }
   const out = tf.fill([D, N], 0, "float32") as tf.Tensor2D;
   const scratch = tf.fill([S * S + 3 * hd * S], 0, "float32");
+  // Batch rows are shared among the threads (src/cores): each (row, head) is computed alone,
+  // the same way on any thread, so the bits do not depend on the thread count.
+  const pool = laneFitsAttention(S, hd) ? helpers() : [];
+  const share = Math.ceil(B / (pool.length + 1));
+  const posted: Helper[] = [];
   try {
+    const base = addressOf(new Uint8Array(kern.memory.buffer));
+    const at = (t: tf.Tensor) => Number(base) + offsetOf(t);
+    pool.forEach((helper, i) => {
+      const bFrom = Math.min(B, share * (i + 1)), bTo = Math.min(B, share * (i + 2));
+      if (bFrom >= bTo) return;
+      helper.args.set([at(q), at(k), at(v), at(keyMask), at(out), B, S, H, hd, bFrom, bTo]);
+      helper.post(Command.Attention);
+      posted.push(helper);
+    });
     kern.exports.attention(
       offsetOf(q),
       offsetOf(k),
@@ -151,8 +169,11 @@ export function fusedAttention(
       H,
       hd,
       offsetOf(scratch),
+      0,
+      Math.min(B, share),
     );
   } finally {
+    for (const helper of posted) helper.wait();
     scratch.dispose();
   }
   return out;

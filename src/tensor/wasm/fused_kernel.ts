@@ -11,11 +11,17 @@
 
 // Cephes expf, f32x4: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, 2^n by exponent bits.
 // Inputs here are <= 0 (logit minus its column maximum); they are clamped at -87.33 so 2^n
-// stays normal. NaN propagates (f32x4.max with a NaN operand is NaN).
+// stays normal. n = round-to-nearest-even(x log2 e) comes from adding 1.5 * 2^23 (the float's
+// low mantissa bits are then n), which also gives 2^n's exponent bits by one shift: fewer and
+// cheaper instructions than f32x4.nearest + i32x4.trunc_sat, with the same n. pmax is one
+// machine max and lets a NaN x through (pmax(a, b) = a < b ? b : a), so NaN propagates.
+
+const MAGIC: f32 = 12582912.0; // 1.5 * 2^23
 
 function exp4(x: v128): v128 {
-  x = f32x4.max(x, f32x4.splat(-87.33654));
-  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  x = f32x4.pmax(x, f32x4.splat(-87.33654));
+  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(MAGIC));
+  const n = f32x4.sub(t, f32x4.splat(MAGIC));
   let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
   r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
   const z = f32x4.mul(r, r);
@@ -26,7 +32,8 @@ function exp4(x: v128): v128 {
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
   y = f32x4.add(f32x4.add(f32x4.mul(y, z), r), f32x4.splat(1.0));
-  const e = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  // t's bits are MAGIC's plus n in the low mantissa bits; << 23 leaves n << 23 (mod 2^32).
+  const e = i32x4.add(i32x4.shl(t, 23), i32x4.splat(0x3f800000));
   return f32x4.mul(y, e);
 }
 
@@ -34,65 +41,243 @@ function exp1(x: f32): f32 {
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
 }
 
+// The same exp4 with its constants as arguments. V8 rematerialises every v128.const at each use
+// inside a loop (several instructions each); constants loaded from memory into locals before
+// the loop stay in registers or one load away, which made colSumExp 1.9x faster. The loop
+// kernels write them to 208 bytes of scratch memory (`storeExpConstants`) and load them back:
+// binaryen cannot fold a load, so they stay loads.
+
+function storeExpConstants(k: usize): void {
+  v128.store(k, f32x4.splat(-87.33654));
+  v128.store(k, f32x4.splat(1.44269504088896341), 16);
+  v128.store(k, f32x4.splat(MAGIC), 32);
+  v128.store(k, f32x4.splat(0.693359375), 48);
+  v128.store(k, f32x4.splat(-2.12194440e-4), 64);
+  v128.store(k, f32x4.splat(1.9875691500e-4), 80);
+  v128.store(k, f32x4.splat(1.3981999507e-3), 96);
+  v128.store(k, f32x4.splat(8.3334519073e-3), 112);
+  v128.store(k, f32x4.splat(4.1665795894e-2), 128);
+  v128.store(k, f32x4.splat(1.6666665459e-1), 144);
+  v128.store(k, f32x4.splat(5.0000001201e-1), 160);
+  v128.store(k, f32x4.splat(1.0), 176);
+  v128.store(k, i32x4.splat(0x3f800000), 192);
+}
+
+function exp4k(
+  x: v128,
+  lo: v128,
+  log2e: v128,
+  magic: v128,
+  ln2hi: v128,
+  ln2lo: v128,
+  p0: v128,
+  p1: v128,
+  p2: v128,
+  p3: v128,
+  p4: v128,
+  p5: v128,
+  one: v128,
+  bias: v128,
+): v128 {
+  x = f32x4.pmax(x, lo);
+  const t = f32x4.add(f32x4.mul(x, log2e), magic);
+  const n = f32x4.sub(t, magic);
+  let r = f32x4.sub(x, f32x4.mul(n, ln2hi));
+  r = f32x4.sub(r, f32x4.mul(n, ln2lo));
+  const z = f32x4.mul(r, r);
+  let y = p0;
+  y = f32x4.add(f32x4.mul(y, r), p1);
+  y = f32x4.add(f32x4.mul(y, r), p2);
+  y = f32x4.add(f32x4.mul(y, r), p3);
+  y = f32x4.add(f32x4.mul(y, r), p4);
+  y = f32x4.add(f32x4.mul(y, r), p5);
+  y = f32x4.add(f32x4.add(f32x4.mul(y, z), r), one);
+  const e = i32x4.add(i32x4.shl(t, 23), bias);
+  return f32x4.mul(y, e);
+}
+
+/** Columns per group in the column kernels: four f32x4 registers, independent chains. */
+const GROUP = 16;
+
+/** max(a, b) of one column, NaN when either is NaN. */
+function max1(a: f32, b: f32): f32 {
+  return a != a || b != b ? NaN : max(a, b);
+}
+
 /**
- * LM head, pass 1: m[p] = max over rows of L[v, p] (NaN if any is NaN), L `[V, P]` row-major
- * logits as the matMul wrote them, m: P floats. Pass 2 (colSumExp) gives s[p] = sum_v
- * exp(L[v, p] - m[p]); the caller forms lse[p] = m[p] + log(s[p]).
+ * LM head, pass 1: m[p] = max over rows of L[v, p], L `[V, P]` row-major logits as the matMul
+ * wrote them, m: P floats. Pass 2 (colSumExp) gives s[p] = sum_v exp(L[v, p] - m[p]); the caller
+ * forms lse[p] = m[p] + log(s[p]). Columns go in groups of GROUP down all rows, their maxima in
+ * registers, by f32x4.pmax (one machine max; f32x4.max's NaN rule costs several): a NaN may be
+ * skipped here, but then its exp in pass 2 is NaN, and so is s[p].
  */
 export function colMax(L: usize, V: i32, P: i32, m: usize): void {
-  const P4 = P & ~3;
   const stride = <usize> P << 2;
-  memory.copy(m, L, stride);
-  let row = L + stride;
-  for (let v = 1; v < V; v++) {
-    let p = 0;
-    for (; p < P4; p += 4) {
-      const o = <usize> p << 2;
-      v128.store(m + o, f32x4.max(v128.load(m + o), v128.load(row + o)));
+  let p = 0;
+  for (; p + GROUP <= P; p += GROUP) {
+    let at = L + (<usize> p << 2);
+    let m0 = v128.load(at), m1 = v128.load(at, 16), m2 = v128.load(at, 32);
+    let m3 = v128.load(at, 48);
+    for (let v = 1; v < V; v++) {
+      at += stride;
+      m0 = f32x4.pmax(m0, v128.load(at));
+      m1 = f32x4.pmax(m1, v128.load(at, 16));
+      m2 = f32x4.pmax(m2, v128.load(at, 32));
+      m3 = f32x4.pmax(m3, v128.load(at, 48));
     }
-    for (; p < P; p++) {
-      const o = <usize> p << 2;
-      const a = load<f32>(m + o), b = load<f32>(row + o);
-      store<f32>(m + o, a != a || b != b ? NaN : max(a, b));
+    const o = m + (<usize> p << 2);
+    v128.store(o, m0);
+    v128.store(o, m1, 16);
+    v128.store(o, m2, 32);
+    v128.store(o, m3, 48);
+  }
+  for (; p < P; p++) {
+    let at = L + (<usize> p << 2);
+    let best = load<f32>(at);
+    for (let v = 1; v < V; v++) {
+      at += stride;
+      best = max1(best, load<f32>(at));
     }
-    row += stride;
+    store<f32>(m + (<usize> p << 2), best);
   }
 }
 
 const BLOCK = 128;
 
 /**
- * s[p] = sum over rows of exp(L[v, p] - m[p]) as float64 (s: P doubles, 8-byte aligned), with
- * float32 partial sums over blocks of BLOCK rows kept in acc (P floats).
+ * s[p] = sum over rows of exp(L[v, p] - m[p]) as float64 (s: P doubles, 8-byte aligned): per
+ * column, float32 partial sums over blocks of BLOCK rows in row order, each added to the
+ * float64 sum in block order. Columns go in groups of GROUP down the rows, sums in registers.
+ * `k`: 208 bytes of scratch for the exp constants.
  */
-export function colSumExp(L: usize, V: i32, P: i32, m: usize, acc: usize, s: usize): void {
-  const P4 = P & ~3;
+export function colSumExp(L: usize, V: i32, P: i32, m: usize, k: usize, s: usize): void {
   const stride = <usize> P << 2;
-  memory.fill(s, 0, <usize> P << 3);
-  let row = L;
-  for (let v0 = 0; v0 < V; v0 += BLOCK) {
-    const v1 = min(V, v0 + BLOCK);
-    memory.fill(acc, 0, stride);
-    for (let v = v0; v < v1; v++) {
-      let p = 0;
-      for (; p < P4; p += 4) {
-        const o = <usize> p << 2;
-        const x = f32x4.sub(v128.load(row + o), v128.load(m + o));
-        v128.store(acc + o, f32x4.add(v128.load(acc + o), exp4(x)));
+  storeExpConstants(k);
+  const lo = v128.load(k), log2e = v128.load(k, 16), magic = v128.load(k, 32);
+  const ln2hi = v128.load(k, 48), ln2lo = v128.load(k, 64);
+  const p0 = v128.load(k, 80), p1 = v128.load(k, 96), p2 = v128.load(k, 112);
+  const p3 = v128.load(k, 128), p4 = v128.load(k, 144), p5 = v128.load(k, 160);
+  const one = v128.load(k, 176), bias = v128.load(k, 192);
+  let p = 0;
+  for (; p + GROUP <= P; p += GROUP) {
+    const mo = m + (<usize> p << 2);
+    const c0 = v128.load(mo), c1 = v128.load(mo, 16), c2 = v128.load(mo, 32);
+    const c3 = v128.load(mo, 48);
+    const so = s + (<usize> p << 3);
+    for (let i = 0; i < GROUP; i++) store<f64>(so + (<usize> i << 3), 0);
+    let at = L + (<usize> p << 2);
+    for (let v0 = 0; v0 < V; v0 += BLOCK) {
+      const v1 = min(V, v0 + BLOCK);
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let v = v0; v < v1; v++) {
+        a0 = f32x4.add(
+          a0,
+          exp4k(
+            f32x4.sub(v128.load(at), c0),
+            lo,
+            log2e,
+            magic,
+            ln2hi,
+            ln2lo,
+            p0,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            one,
+            bias,
+          ),
+        );
+        a1 = f32x4.add(
+          a1,
+          exp4k(
+            f32x4.sub(v128.load(at, 16), c1),
+            lo,
+            log2e,
+            magic,
+            ln2hi,
+            ln2lo,
+            p0,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            one,
+            bias,
+          ),
+        );
+        a2 = f32x4.add(
+          a2,
+          exp4k(
+            f32x4.sub(v128.load(at, 32), c2),
+            lo,
+            log2e,
+            magic,
+            ln2hi,
+            ln2lo,
+            p0,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            one,
+            bias,
+          ),
+        );
+        a3 = f32x4.add(
+          a3,
+          exp4k(
+            f32x4.sub(v128.load(at, 48), c3),
+            lo,
+            log2e,
+            magic,
+            ln2hi,
+            ln2lo,
+            p0,
+            p1,
+            p2,
+            p3,
+            p4,
+            p5,
+            one,
+            bias,
+          ),
+        );
+        at += stride;
       }
-      for (; p < P; p++) {
-        const o = <usize> p << 2;
-        store<f32>(acc + o, load<f32>(acc + o) + exp1(load<f32>(row + o) - load<f32>(m + o)));
-      }
-      row += stride;
-    }
-    for (let p = 0; p < P; p++) {
-      store<f64>(
-        s + (<usize> p << 3),
-        load<f64>(s + (<usize> p << 3)) + <f64> load<f32>(acc + (<usize> p << 2)),
-      );
+      addLanes(so, a0);
+      addLanes(so + 32, a1);
+      addLanes(so + 64, a2);
+      addLanes(so + 96, a3);
     }
   }
+  for (; p < P; p++) {
+    const mp = load<f32>(m + (<usize> p << 2));
+    const so = s + (<usize> p << 3);
+    let total: f64 = 0;
+    let at = L + (<usize> p << 2);
+    for (let v0 = 0; v0 < V; v0 += BLOCK) {
+      const v1 = min(V, v0 + BLOCK);
+      let a: f32 = 0;
+      for (let v = v0; v < v1; v++) {
+        a += exp1(load<f32>(at) - mp);
+        at += stride;
+      }
+      total += <f64> a;
+    }
+    store<f64>(so, total);
+  }
+}
+
+/** s[0..3] += the four float32 lanes of a, as float64. */
+function addLanes(s: usize, a: v128): void {
+  store<f64>(s, load<f64>(s) + <f64> f32x4.extract_lane(a, 0));
+  store<f64>(s, load<f64>(s, 8) + <f64> f32x4.extract_lane(a, 1), 8);
+  store<f64>(s, load<f64>(s, 16) + <f64> f32x4.extract_lane(a, 2), 16);
+  store<f64>(s, load<f64>(s, 24) + <f64> f32x4.extract_lane(a, 3), 24);
 }
 
 const F32_MIN: f32 = -3.4028234663852886e38;
@@ -103,9 +288,14 @@ const F32_MIN: f32 = -3.4028234663852886e38;
  * q already scaled by hd^-0.5; keyMask is N int32 (1 = real token). As Hugging Face OPT:
  * x[i, j] = max(q_i . k_j + (j <= i && mask_j ? 0 : float32 min), float32 min),
  * p = softmax_j(x[i, :]) (a fully masked row is uniform over its S keys, as there),
- * out[:, i] = sum_j p[i, j] v[:, j]. scratch: S * S + 3 * hd * S floats. A head's q, k, v
- * blocks are first packed contiguously ([hd, S] each): read in place their rows are N floats
- * apart, and rows 4 KiB apart alias in L1.
+ * out[:, i] = sum_j p[i, j] v[:, j]. scratch: S * S + 3 * hd * S floats. Only batch rows
+ * [bFrom, bTo) are done (the threads of src/tensor/fused.ts share a batch).
+ *
+ * A head's q and k blocks are first packed contiguously ([hd, S]), its v block transposed
+ * ([S, hd]): read in place their rows are N floats apart, and rows 4 KiB apart alias in L1.
+ * A query with a visible key only looks at keys j <= i: the others get exp(float32 min - max),
+ * which is below 1.2e-38 (exactly 0 in float64), so they are left out of the sum and the
+ * weighted sum, which halves the work. A query with none gets the uniform average over all S.
  */
 export function attention(
   q: usize,
@@ -118,13 +308,14 @@ export function attention(
   H: i32,
   hd: i32,
   scratch: usize,
+  bFrom: i32,
+  bTo: i32,
 ): void {
   const N = B * S;
   const rowBytes = <usize> N << 2;
-  const S4 = S & ~3;
-  const S16 = S & ~15;
   const sRow = <usize> S << 2;
-  for (let b = 0; b < B; b++) {
+  const hdRow = <usize> hd << 2;
+  for (let b = bFrom; b < bTo; b++) {
     const c0 = <usize> (b * S) << 2; // byte offset of this row's first token in a [., N] row
     const mrow = keyMask + c0;
     for (let h = 0; h < H; h++) {
@@ -132,97 +323,184 @@ export function attention(
       const oh = out + d0 + c0;
       const qh = scratch + <usize> S * sRow,
         kh = qh + <usize> hd * sRow,
-        vh = kh + <usize> hd * sRow;
+        vt = kh + <usize> hd * sRow;
       for (let d = 0; d < hd; d++) {
         const r = <usize> d * rowBytes + d0 + c0, w = <usize> d * sRow;
         memory.copy(qh + w, q + r, sRow);
         memory.copy(kh + w, k + r, sRow);
-        memory.copy(vh + w, v + r, sRow);
+        for (let j = 0; j < S; j++) {
+          store<f32>(
+            vt + <usize> j * hdRow + (<usize> d << 2),
+            load<f32>(v + r + (<usize> j << 2)),
+          );
+        }
       }
-      // scores[i, j] = sum_d q[d, i] k[d, j]
+      let seen = false; // whether some key j <= i is visible
       for (let i = 0; i < S; i++) {
         const srow = scratch + <usize> i * sRow;
-        const qi = qh + (<usize> i << 2);
-        let j = 0;
-        for (; j < S16; j += 16) {
-          const o = <usize> j << 2;
-          let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-          for (let d = 0; d < hd; d++) {
-            const r = <usize> d * sRow;
-            const x = f32x4.splat(load<f32>(qi + r));
-            const kr = kh + r + o;
-            a0 = f32x4.add(a0, f32x4.mul(x, v128.load(kr)));
-            a1 = f32x4.add(a1, f32x4.mul(x, v128.load(kr, 16)));
-            a2 = f32x4.add(a2, f32x4.mul(x, v128.load(kr, 32)));
-            a3 = f32x4.add(a3, f32x4.mul(x, v128.load(kr, 48)));
-          }
-          v128.store(srow + o, a0);
-          v128.store(srow + o, a1, 16);
-          v128.store(srow + o, a2, 32);
-          v128.store(srow + o, a3, 48);
+        seen = seen || load<i32>(mrow + (<usize> i << 2)) == 1;
+        if (!seen) {
+          uniformAverage(vt, S, hd, oh + (<usize> i << 2), rowBytes);
+          continue;
         }
-        for (; j < S4; j += 4) {
-          const o = <usize> j << 2;
-          let a0 = f32x4.splat(0);
-          for (let d = 0; d < hd; d++) {
-            const r = <usize> d * sRow;
-            a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(qi + r)), v128.load(kh + r + o)));
-          }
-          v128.store(srow + o, a0);
-        }
-        for (; j < S; j++) {
-          const o = <usize> j << 2;
-          let a: f32 = 0;
-          for (let d = 0; d < hd; d++) {
-            const r = <usize> d * sRow;
-            a += load<f32>(qi + r) * load<f32>(kh + r + o);
-          }
-          store<f32>(srow + o, a);
-        }
-        // mask, clamp, softmax over j (scalar: S values, exp by the SIMD routine's lane 0)
+        const limit = i + 1;
+        scoreRow(qh + (<usize> i << 2), kh, S, hd, limit, srow);
+        // mask, clamp, max
         let m: f32 = -Infinity;
-        for (let jj = 0; jj < S; jj++) {
-          const o = <usize> jj << 2;
-          const visible = jj <= i && load<i32>(mrow + o) == 1;
-          let x = load<f32>(srow + o) + (visible ? <f32> 0 : F32_MIN);
+        for (let j = 0; j < limit; j++) {
+          const o = <usize> j << 2;
+          let x = load<f32>(srow + o) + (load<i32>(mrow + o) == 1 ? <f32> 0 : F32_MIN);
           x = x != x ? x : max(x, F32_MIN);
           store<f32>(srow + o, x);
           m = x != x || m != m ? NaN : max(m, x);
         }
-        let sum: f32 = 0;
-        for (let jj = 0; jj < S; jj++) {
-          const o = <usize> jj << 2;
+        // exp and sum, four at a time
+        const mv = f32x4.splat(m);
+        let sv = f32x4.splat(0);
+        let j = 0;
+        for (; j + 4 <= limit; j += 4) {
+          const o = <usize> j << 2;
+          const e = exp4(f32x4.sub(v128.load(srow + o), mv));
+          v128.store(srow + o, e);
+          sv = f32x4.add(sv, e);
+        }
+        let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) +
+          (f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3));
+        for (; j < limit; j++) {
+          const o = <usize> j << 2;
           const e = exp1(load<f32>(srow + o) - m);
           store<f32>(srow + o, e);
           sum += e;
         }
-        const inv: f32 = <f32> 1 / sum;
-        for (let jj = 0; jj < S; jj++) {
-          const o = <usize> jj << 2;
-          store<f32>(srow + o, load<f32>(srow + o) * inv);
-        }
-      }
-      // out[d, i] = sum_j p[i, j] v[d, j]
-      for (let d = 0; d < hd; d++) {
-        const vr = vh + <usize> d * sRow, or = oh + <usize> d * rowBytes;
-        for (let i = 0; i < S; i++) {
-          const prow = scratch + <usize> i * sRow;
-          let acc = f32x4.splat(0);
-          let j = 0;
-          for (; j < S4; j += 4) {
-            const o = <usize> j << 2;
-            acc = f32x4.add(acc, f32x4.mul(v128.load(prow + o), v128.load(vr + o)));
-          }
-          let a: f32 = f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1) +
-            (f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3));
-          for (; j < S; j++) {
-            const o = <usize> j << 2;
-            a += load<f32>(prow + o) * load<f32>(vr + o);
-          }
-          store<f32>(or + (<usize> i << 2), a);
-        }
+        weightedSum(srow, <f32> 1 / sum, vt, limit, hd, oh + (<usize> i << 2), rowBytes);
       }
     }
+  }
+}
+
+/** srow[j] = q_i . k_j for j < limit (a few more up to the next group may be written too). */
+function scoreRow(qi: usize, kh: usize, S: i32, hd: i32, limit: i32, srow: usize): void {
+  const sRow = <usize> S << 2;
+  let j = 0;
+  for (; j < limit && j + 16 <= S; j += 16) {
+    const o = <usize> j << 2;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    for (let d = 0; d < hd; d++) {
+      const r = <usize> d * sRow;
+      const x = f32x4.splat(load<f32>(qi + r));
+      const kr = kh + r + o;
+      a0 = f32x4.add(a0, f32x4.mul(x, v128.load(kr)));
+      a1 = f32x4.add(a1, f32x4.mul(x, v128.load(kr, 16)));
+      a2 = f32x4.add(a2, f32x4.mul(x, v128.load(kr, 32)));
+      a3 = f32x4.add(a3, f32x4.mul(x, v128.load(kr, 48)));
+    }
+    v128.store(srow + o, a0);
+    v128.store(srow + o, a1, 16);
+    v128.store(srow + o, a2, 32);
+    v128.store(srow + o, a3, 48);
+  }
+  for (; j < limit && j + 4 <= S; j += 4) {
+    const o = <usize> j << 2;
+    let a0 = f32x4.splat(0);
+    for (let d = 0; d < hd; d++) {
+      const r = <usize> d * sRow;
+      a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(qi + r)), v128.load(kh + r + o)));
+    }
+    v128.store(srow + o, a0);
+  }
+  for (; j < limit; j++) {
+    const o = <usize> j << 2;
+    let a: f32 = 0;
+    for (let d = 0; d < hd; d++) {
+      const r = <usize> d * sRow;
+      a += load<f32>(qi + r) * load<f32>(kh + r + o);
+    }
+    store<f32>(srow + o, a);
+  }
+}
+
+/**
+ * out[d * rowBytes] = scale * sum_{j < limit} e[j] vt[j, d] for d < hd (vt `[S, hd]`), eight
+ * f32x4 accumulators (32 hidden units) at a time, summed over j in order.
+ */
+function weightedSum(
+  e: usize,
+  scale: f32,
+  vt: usize,
+  limit: i32,
+  hd: i32,
+  out: usize,
+  rowBytes: usize,
+): void {
+  const hdRow = <usize> hd << 2;
+  const sc = f32x4.splat(scale);
+  let d = 0;
+  for (; d + 32 <= hd; d += 32) {
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+    let vr = vt + (<usize> d << 2);
+    for (let j = 0; j < limit; j++) {
+      const p = f32x4.splat(load<f32>(e + (<usize> j << 2)));
+      a0 = f32x4.add(a0, f32x4.mul(p, v128.load(vr)));
+      a1 = f32x4.add(a1, f32x4.mul(p, v128.load(vr, 16)));
+      a2 = f32x4.add(a2, f32x4.mul(p, v128.load(vr, 32)));
+      a3 = f32x4.add(a3, f32x4.mul(p, v128.load(vr, 48)));
+      a4 = f32x4.add(a4, f32x4.mul(p, v128.load(vr, 64)));
+      a5 = f32x4.add(a5, f32x4.mul(p, v128.load(vr, 80)));
+      a6 = f32x4.add(a6, f32x4.mul(p, v128.load(vr, 96)));
+      a7 = f32x4.add(a7, f32x4.mul(p, v128.load(vr, 112)));
+      vr += hdRow;
+    }
+    const o = out + <usize> d * rowBytes;
+    storeColumn(o, f32x4.mul(a0, sc), rowBytes);
+    storeColumn(o + 4 * rowBytes, f32x4.mul(a1, sc), rowBytes);
+    storeColumn(o + 8 * rowBytes, f32x4.mul(a2, sc), rowBytes);
+    storeColumn(o + 12 * rowBytes, f32x4.mul(a3, sc), rowBytes);
+    storeColumn(o + 16 * rowBytes, f32x4.mul(a4, sc), rowBytes);
+    storeColumn(o + 20 * rowBytes, f32x4.mul(a5, sc), rowBytes);
+    storeColumn(o + 24 * rowBytes, f32x4.mul(a6, sc), rowBytes);
+    storeColumn(o + 28 * rowBytes, f32x4.mul(a7, sc), rowBytes);
+  }
+  for (; d + 4 <= hd; d += 4) {
+    let a0 = f32x4.splat(0);
+    let vr = vt + (<usize> d << 2);
+    for (let j = 0; j < limit; j++) {
+      a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(e + (<usize> j << 2))), v128.load(vr)));
+      vr += hdRow;
+    }
+    storeColumn(out + <usize> d * rowBytes, f32x4.mul(a0, sc), rowBytes);
+  }
+  for (; d < hd; d++) {
+    let a: f32 = 0;
+    let vr = vt + (<usize> d << 2);
+    for (let j = 0; j < limit; j++) {
+      a += load<f32>(e + (<usize> j << 2)) * load<f32>(vr);
+      vr += hdRow;
+    }
+    store<f32>(out + <usize> d * rowBytes, a * scale);
+  }
+}
+
+/** The four lanes of x to four rows (rowBytes apart) of one column. */
+function storeColumn(at: usize, x: v128, rowBytes: usize): void {
+  store<f32>(at, f32x4.extract_lane(x, 0));
+  store<f32>(at + rowBytes, f32x4.extract_lane(x, 1));
+  store<f32>(at + 2 * rowBytes, f32x4.extract_lane(x, 2));
+  store<f32>(at + 3 * rowBytes, f32x4.extract_lane(x, 3));
+}
+
+/** A query with no visible key: out[d] = (1/S) sum over all S keys of vt[j, d]. */
+function uniformAverage(vt: usize, S: i32, hd: i32, out: usize, rowBytes: usize): void {
+  const hdRow = <usize> hd << 2;
+  const p = <f32> 1 / <f32> S;
+  for (let d = 0; d < hd; d++) {
+    let a: f32 = 0;
+    let vr = vt + (<usize> d << 2);
+    for (let j = 0; j < S; j++) {
+      a += p * load<f32>(vr);
+      vr += hdRow;
+    }
+    store<f32>(out + <usize> d * rowBytes, a);
   }
 }
 
