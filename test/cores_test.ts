@@ -1,0 +1,100 @@
+/**
+ * The helper threads (src/cores): the perturbation pass, the fused LM head and attention give
+ * the same bits on one thread as on several (each run in its own process, since the thread
+ * count is fixed when a process starts), and DPZO_THREADS is validated.
+ */
+import { strict as assert } from "node:assert";
+import { ROOT } from "./fixtures.ts";
+
+/** Runs all three on fixed inputs and prints the SHA-256 of each result, and the backend line. */
+const PROBE = `
+import * as tf from "@tensorflow/tfjs-core";
+import { describeBackend, initBackend } from "${ROOT}/src/tensor/backend.ts";
+import { perturb } from "${ROOT}/src/dpzo/perturbation.ts";
+import { headLogProbs } from "${ROOT}/src/tensor/head.ts";
+import { fusedAttention } from "${ROOT}/src/tensor/fused.ts";
+await initBackend("wasm");
+const values = (n, seed) => {
+  let x = seed >>> 0;
+  return Float32Array.from({ length: n }, () => (x = (Math.imul(x, 1664525) + 1013904223) >>> 0) / 2 ** 31 - 1);
+};
+const digest = async (a) =>
+  Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength))), (b) => b.toString(16).padStart(2, "0")).join("");
+const tensors = [200_003, 70_001, 1000, 3 * 65536 + 5].map((n, i) => ({ name: "w" + i, data: values(n, i + 1) }));
+perturb(tensors, 123456789n, 1e-3);
+perturb(tensors, 987654321n, -2e-3, { weightDecay: { lr: 1e-2, decay: 0.1, appliesTo: (n) => n !== "w1" } });
+const all = new Float32Array(tensors.reduce((n, t) => n + t.data.length, 0));
+tensors.reduce((o, t) => (all.set(t.data, o), o + t.data.length), 0);
+console.log("perturb", await digest(all));
+const V = 5003, E = 16, P = 300;
+const lp = headLogProbs(tf.tensor2d(values(V * E, 7), [V, E]), tf.tensor2d(values(E * P, 8), [E, P]),
+  Int32Array.from({ length: P }, (_, i) => i), Int32Array.from({ length: P }, (_, i) => (i * 31) % V));
+console.log("head", lp ? await digest(lp) : "no native matMul");
+const B = 5, S = 37, H = 3, hd = 8, N = B * S, D = H * hd;
+const mask = Int32Array.from({ length: N }, (_, n) => (n % S < (n / S | 0) * 3 ? 0 : 1));
+const out = fusedAttention(tf.tensor2d(values(D * N, 9), [D, N]), tf.tensor2d(values(D * N, 10), [D, N]),
+  tf.tensor2d(values(D * N, 11), [D, N]), tf.tensor1d(mask, "int32"), B, S, H, hd);
+console.log("attention", await digest(out.dataSync()));
+console.log(describeBackend());
+`;
+
+async function probe(threads: string) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=js", PROBE],
+    cwd: ROOT,
+    env: { DPZO_THREADS: threads },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+Deno.test("perturbation, LM head and attention give the same bits on 1 and 3 threads", async () => {
+  const [one, three] = await Promise.all([probe("1"), probe("3")]);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal(three.code, 0, three.stderr);
+  assert.match(one.stdout, /perturbation and LM head: 1 thread \(DPZO_THREADS=1\)/);
+  assert.match(three.stdout, /perturbation and LM head: 3 threads/);
+  const results = (s: string) => s.split("\n").filter((l) => /^(perturb|head|attention) /.test(l));
+  assert.equal(results(one.stdout).length, 3);
+  assert.deepEqual(results(three.stdout), results(one.stdout));
+});
+
+Deno.test("DPZO_THREADS out of range: one line naming the fix", async () => {
+  for (const bad of ["0", "two", "1.5", "17"]) {
+    const out = await probe(bad);
+    assert.notEqual(out.code, 0);
+    assert.match(
+      out.stderr,
+      new RegExp(`DPZO_THREADS=${bad.replace(".", "\\.")}: must be an integer from 1 to 16`),
+    );
+  }
+});
+
+Deno.test("300000 post/wait round trips with the helpers never lose a wake-up", async () => {
+  // A helper that re-read its control word before sleeping could miss a post landing between
+  // the two reads and sleep forever (a hang seen in training runs). Small commands back to back
+  // make that window likely; the child is killed if it hangs.
+  const code = `
+import { Command, helpers } from "${ROOT}/src/cores/mod.ts";
+const pool = helpers();
+for (let i = 0; i < 300000; i++) {
+  for (const h of pool) { h.args[0] = 1; h.args[1] = 1; h.post(Command.HeadBlock); }
+  for (const h of pool) h.wait();
+}
+console.log("helpers", pool.length);`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=js", code],
+    cwd: ROOT,
+    env: { DPZO_THREADS: "3" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+  const out = await child.output();
+  clearTimeout(timer);
+  const text = new TextDecoder();
+  assert.equal(out.code, 0, `hung or failed: ${text.decode(out.stderr)}`);
+  assert.match(text.decode(out.stdout), /helpers 2/);
+});
