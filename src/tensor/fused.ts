@@ -4,9 +4,9 @@
  * axis 0 (it transposes), batched matMuls (a scalar loop, ~2 GFLOP/s), gathers.
  *
  * They run a small SIMD module (`wasm/fused_kernel.ts`) instantiated on the backend's own
- * memory: it reads tensors where tfjs wrote them and writes into tensors allocated here (with
- * `tf.fill`, which allocates in the heap; `tf.zeros` would build a JS array first), so no data
- * is copied between JS and the WASM heap. Each function returns null (or falls back, for
+ * memory: it reads tensors where tfjs wrote them and writes into tensors allocated here
+ * (`heapTensor`: on the heap, left as they are, since each kernel writes its output whole), so no
+ * data is copied between JS and the WASM heap. Each function returns null (or falls back, for
  * `columnLogSumExp`) on other backends; the model then uses tfjs ops with the same semantics.
  *
  * - `columnLogSumExp`: the LM head's log-sum-exp over the vocabulary of `[V, P]` logits, in two
@@ -78,6 +78,17 @@ function kernel(): typeof cached {
   return cached;
 }
 
+/**
+ * A float32 tensor on the WASM heap whose contents are whatever the memory held: for outputs a
+ * kernel writes whole and for scratch (zero-filling them first was ~1% of a forward).
+ */
+function heapTensor(shape: number[]): tf.Tensor {
+  const backend = tf.backend() as unknown as {
+    makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  };
+  return tf.engine().makeTensorFromTensorInfo(backend.makeOutput(shape, "float32"));
+}
+
 function offsetOf(t: tf.Tensor): number {
   const b = tf.backend() as unknown as WasmBackendInternals;
   const info = b.dataIdMap.get(t.dataId);
@@ -100,7 +111,7 @@ export function columnLogSumExp(logits: tf.Tensor2D): Float64Array {
     return out;
   }
   // Scratch on the backend heap: s (P doubles), the exp constants (208 bytes), m (P floats).
-  const scratch = tf.fill([3 * P + 54], 0, "float32");
+  const scratch = heapTensor([3 * P + 54]);
   try {
     const L = offsetOf(logits);
     let base = offsetOf(scratch);
@@ -141,8 +152,8 @@ export function fusedAttention(
   if (D !== H * hd || N !== B * S || keyMask.size !== N || keyMask.dtype !== "int32") {
     throw new Error(`fusedAttention: shapes [${q.shape}] for B=${B} S=${S} H=${H} hd=${hd}`);
   }
-  const out = tf.fill([D, N], 0, "float32") as tf.Tensor2D;
-  const scratch = tf.fill([S * S + 3 * hd * S], 0, "float32");
+  const out = heapTensor([D, N]) as tf.Tensor2D;
+  const scratch = heapTensor([S * S + 3 * hd * S]);
   // Batch rows are shared among the threads (src/cores): each (row, head) is computed alone,
   // the same way on any thread, so the bits do not depend on the thread count.
   const pool = laneFitsAttention(S, hd) ? helpers() : [];
@@ -200,7 +211,7 @@ export function embedTransposed(
       throw new RangeError(`position row ${rows[n]} not in [0, ${R})`);
     }
   }
-  const out = tf.fill([E, N], 0, "float32") as tf.Tensor2D;
+  const out = heapTensor([E, N]) as tf.Tensor2D;
   const ti = tf.tensor1d(ids, "int32"), tr = tf.tensor1d(rows, "int32");
   try {
     kern.exports.embedT(
@@ -233,8 +244,8 @@ export function layerNormTransposed(
   if (!kern) return null;
   const [D, N] = x.shape;
   if (weight.size !== D || bias.size !== D) throw new Error("layerNormTransposed: shapes");
-  const out = tf.fill([D, N], 0, "float32") as tf.Tensor2D;
-  const scratch = tf.fill([2 * N], 0, "float32");
+  const out = heapTensor([D, N]) as tf.Tensor2D;
+  const scratch = heapTensor([2 * N]);
   try {
     kern.exports.layerNormT(
       offsetOf(x),
