@@ -110,9 +110,14 @@ function startHelper(): Helper | string {
   const control = new Int32Array(new SharedArrayBuffer(64));
   const args = new Float64Array(new SharedArrayBuffer(ARG_DOUBLES * 8));
   const error = new Uint8Array(new SharedArrayBuffer(ERROR_CAPACITY));
-  const worker = new Worker(new URL("./helper.ts", import.meta.url), {
-    workerData: { control, args, error },
-  });
+  let worker: Worker;
+  try {
+    worker = new Worker(new URL("./helper.ts", import.meta.url), {
+      workerData: { control, args, error },
+    });
+  } catch (e) {
+    return `a helper thread could not start: ${e instanceof Error ? e.message : String(e)}`;
+  }
   worker.unref();
   const deadline = performance.now() + START_TIMEOUT_MS;
   while (Atomics.load(control, STATE) !== READY) {
