@@ -98,3 +98,28 @@ console.log("helpers", pool.length);`;
   assert.equal(out.code, 0, `hung or failed: ${text.decode(out.stderr)}`);
   assert.match(text.decode(out.stdout), /helpers 2/);
 });
+
+Deno.test("a helper's error reaches the caller, and the helper works again after it", async () => {
+  const code = `
+import { Command, helpers, waitAll } from "${ROOT}/src/cores/mod.ts";
+const [helper] = helpers();
+helper.post(99);
+try { waitAll([helper]); console.log("no error"); } catch (e) { console.log("error:", e.message); }
+helper.args[0] = 1; helper.args[1] = 1;
+helper.post(Command.HeadBlock);
+try { helper.post(Command.HeadBlock); console.log("posted twice"); } catch (e) { console.log("second post:", e.message); }
+helper.wait();
+console.log("idle again");`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=js", code],
+    cwd: ROOT,
+    env: { DPZO_THREADS: "2" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert.match(text, /error: helper thread: unknown command 99/);
+  assert.match(text, /second post: helper thread: posted to while busy .*DPZO_THREADS=1/);
+  assert.match(text, /idle again/);
+});

@@ -127,3 +127,24 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "headLogProbs: a vocabulary block whose logits are all -Infinity adds nothing",
+  ignore: skip,
+  fn() {
+    // Column 1's logits overflow to -Infinity in the first block (rows 0..blockRows(P) - 1)
+    // and are finite after it: exp(-inf) = 0, so the column is a softmax over the rest.
+    const P = 3, E = 2, rows = blockRows(P), V = rows + 3000;
+    const w = new Float32Array(V * E), x = Float32Array.from([0.5, -3e38, 0.25, 1, 1, 1]);
+    for (let v = 0; v < V; v++) {
+      w[v * E] = v < rows ? 10 : 0;
+      w[v * E + 1] = Math.sin(v);
+    }
+    const col = Int32Array.from([1, 1, 0]), tok = Int32Array.from([rows + 5, V - 1, 7]);
+    const got = run(w, x, V, E, P, col, tok);
+    for (let i = 0; i < col.length; i++) {
+      const want = reference(w, x, V, E, P, col[i], tok[i]);
+      assert.ok(Math.abs(got[i] - want) <= 1e-4, `pair ${i}: ${got[i]} vs ${want}`);
+    }
+  },
+});

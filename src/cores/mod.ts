@@ -79,8 +79,8 @@ export function requestedThreads(setting = Deno.env.get("DPZO_THREADS")): number
  */
 export function helpers(): readonly Helper[] {
   if (pool !== undefined) return pool;
+  const wanted = requestedThreads() - 1; // throws on a bad DPZO_THREADS, every time
   pool = [];
-  const wanted = requestedThreads() - 1;
   if (wanted === 0) {
     why = "DPZO_THREADS=1";
     return pool;
@@ -135,6 +135,14 @@ function startHelper(): Helper | string {
     args,
     lane,
     post(command) {
+      // Only the main thread posts, and only to an idle helper: one still working (a wait that
+      // threw, a timeout) would otherwise take this command's arguments mid-way.
+      if (Atomics.load(control, STATE) !== IDLE) {
+        throw new Error(
+          "helper thread: posted to while busy (an earlier command failed or timed out); " +
+            "run with DPZO_THREADS=1 to work without helper threads",
+        );
+      }
       control[COMMAND] = command;
       Atomics.store(control, STATE, WORKING);
       Atomics.notify(control, STATE);
@@ -144,6 +152,7 @@ function startHelper(): Helper | string {
       while (Atomics.load(control, STATE) === WORKING) {
         const left = deadline - performance.now();
         if (left <= 0) {
+          // STATE stays WORKING: later posts to this helper fail instead of racing it.
           throw new Error(
             `helper thread: no answer in ${ANSWER_TIMEOUT_MS / 1000} s (did it die?); ` +
               "run with DPZO_THREADS=1 to work without helper threads",
@@ -158,6 +167,22 @@ function startHelper(): Helper | string {
       }
     },
   };
+}
+
+/**
+ * Waits for every helper in `posted`, then throws the first error one of them reported: all of
+ * them must be idle again before anyone reuses their memory or posts to them.
+ */
+export function waitAll(posted: readonly Helper[]): void {
+  let failure: Error | undefined;
+  for (const helper of posted) {
+    try {
+      helper.wait();
+    } catch (e) {
+      failure ??= e instanceof Error ? e : new Error(String(e));
+    }
+  }
+  if (failure) throw failure;
 }
 
 /** The helper's side of the protocol (used by ./helper.ts). */

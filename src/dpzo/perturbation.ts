@@ -39,7 +39,15 @@
 import { fillZKeyed, nameHash, seedKey } from "../rng/z.ts";
 import { philoxRoundKeys } from "../rng/philox.ts";
 import { createZKernel, type ZKernel } from "../rng/wasm/mod.ts";
-import { addressOf, ARG_DOUBLES, Command, floatsAt, type Helper, helpers } from "../cores/mod.ts";
+import {
+  addressOf,
+  ARG_DOUBLES,
+  Command,
+  floatsAt,
+  type Helper,
+  helpers,
+  waitAll,
+} from "../cores/mod.ts";
 
 /** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
 export const CHUNK = 4096;
@@ -216,7 +224,7 @@ function perturbOnCores(
       });
       runSegments(k, keys, c, keep, parts[0].slice(from, from + MAX_SEGMENTS));
     } finally {
-      for (const helper of posted) helper.wait();
+      waitAll(posted);
     }
   }
 }

@@ -17,7 +17,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
 import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
-import { addressOf, Command, type Helper, helpers } from "../cores/mod.ts";
+import { addressOf, Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
 import { laneFitsAttention } from "./lane.ts";
 
 interface Exports {
@@ -159,6 +159,7 @@ export function fusedAttention(
   const pool = laneFitsAttention(S, hd) ? helpers() : [];
   const share = Math.ceil(B / (pool.length + 1));
   const posted: Helper[] = [];
+  let failure: unknown;
   try {
     const base = addressOf(new Uint8Array(kern.memory.buffer));
     const at = (t: tf.Tensor) => Number(base) + offsetOf(t);
@@ -183,9 +184,20 @@ export function fusedAttention(
       0,
       Math.min(B, share),
     );
-  } finally {
-    for (const helper of posted) helper.wait();
-    scratch.dispose();
+  } catch (e) {
+    failure = e;
+  }
+  // Every helper must be idle before the tensors it writes are freed; a failure anywhere frees
+  // the output too.
+  try {
+    waitAll(posted);
+  } catch (e) {
+    failure ??= e;
+  }
+  scratch.dispose();
+  if (failure !== undefined) {
+    out.dispose();
+    throw failure;
   }
   return out;
 }

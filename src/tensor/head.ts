@@ -15,7 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { heapAddress, nativeMatMul, sgemmAt } from "./blas.ts";
-import { Command, helpers } from "../cores/mod.ts";
+import { Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
 import {
   blockRows,
   createLane,
@@ -86,7 +86,7 @@ export function headLogProbs(
       const n = Math.min(rows, V - v0);
       sgemmAt(n, P, E, w + BigInt(v0 * E * 4), x, lane.address + BigInt(LANE_LOGITS));
     });
-    const posted = [];
+    const posted: Helper[] = [];
     try {
       for (let t = 1; t < round.length; t++) {
         const helper = pool[t - 1];
@@ -97,15 +97,18 @@ export function headLogProbs(
       }
       main.reduce(Math.min(rows, V - first * rows), P);
     } finally {
-      for (const helper of posted) helper.wait();
+      waitAll(posted);
     }
     round.forEach((lane, t) => {
       const b = first + t, v0 = b * rows;
       const laneMaxes = lane.maxes, laneSums = lane.sums;
       for (let p = 0; p < P; p++) {
         const m = laneMaxes[p], s = laneSums[p];
-        if (m !== m || s !== s) nan[p] = 1;
-        else if (m === -Infinity) continue; // the block adds exp(-inf) = 0
+        if (m === -Infinity) {
+          // Every logit of the block's column is -Infinity (exp: 0), unless a NaN hid behind
+          // the kernel's pmax; the kernel's sum is NaN either way (-inf - -inf), so look.
+          if (columnHasNaN(lane.logits, Math.min(rows, V - v0), P, p)) nan[p] = 1;
+        } else if (m !== m || s !== s) nan[p] = 1;
         else if (m <= maxes[p]) sums[p] += s * Math.exp(m - maxes[p]);
         else {
           sums[p] = sums[p] * Math.exp(maxes[p] - m) + s;
@@ -120,4 +123,9 @@ export function headLogProbs(
     picked[i] = nan[p] ? NaN : picked[i] - (maxes[p] + Math.log(sums[p]));
   }
   return picked;
+}
+
+function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): boolean {
+  for (let v = 0; v < rows; v++) if (Number.isNaN(block[v * P + p])) return true;
+  return false;
 }
