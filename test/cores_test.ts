@@ -35,6 +35,13 @@ const mask = Int32Array.from({ length: N }, (_, n) => (n % S < (n / S | 0) * 3 ?
 const out = fusedAttention(tf.tensor2d(values(D * N, 9), [D, N]), tf.tensor2d(values(D * N, 10), [D, N]),
   tf.tensor2d(values(D * N, 11), [D, N]), tf.tensor1d(mask, "int32"), B, S, H, hd);
 console.log("attention", await digest(out.dataSync()));
+// Rows too wide for a lane go one (row, head) at a time: the other path of a helper's share.
+{
+  const B = 2, S = 270, H = 32, hd = 64, N = B * S, D = H * hd;
+  const t = (seed) => tf.tensor2d(values(D * N, seed), [D, N]);
+  const wide = fusedAttention(t(12), t(13), t(14), tf.tensor1d(new Int32Array(N).fill(1), "int32"), B, S, H, hd);
+  console.log("attention-wide", await digest(wide.dataSync()));
+}
 console.log(describeBackend());
 `;
 
@@ -56,8 +63,9 @@ Deno.test("perturbation, LM head and attention give the same bits on 1 and 3 thr
   assert.equal(three.code, 0, three.stderr);
   assert.match(one.stdout, /perturbation and LM head: 1 thread \(DPZO_THREADS=1\)/);
   assert.match(three.stdout, /perturbation and LM head: 3 threads/);
-  const results = (s: string) => s.split("\n").filter((l) => /^(perturb|head|attention) /.test(l));
-  assert.equal(results(one.stdout).length, 3);
+  const results = (s: string) =>
+    s.split("\n").filter((l) => /^(perturb|head|attention|attention-wide) /.test(l));
+  assert.equal(results(one.stdout).length, 4);
   assert.deepEqual(results(three.stdout), results(one.stdout));
 });
 

@@ -143,24 +143,30 @@ export function createLane(): Lane {
       const N = B * S, D = H * hd;
       const q = floatsAt(at.q, D * N), k = floatsAt(at.k, D * N), v = floatsAt(at.v, D * N);
       const out = floatsAt(at.out, D * N), mask = floatsAt(at.keyMask, N);
-      // One (row, head) as a [hd, S] problem with B = H = 1: the kernel does the same
-      // arithmetic on it as on the whole batch.
-      const block = hd * S;
-      const fq = LOGITS / 4, fk = fq + block, fv = fk + block, fo = fv + block;
-      const fm = fo + block, scratch = (fm + S) * 4;
-      for (let b = bFrom; b < bTo; b++) {
-        floats.set(mask.subarray(b * S, b * S + S), fm); // int32 bits, copied as they are
-        for (let h = 0; h < H; h++) {
-          for (let d = 0; d < hd; d++) {
-            const src = (h * hd + d) * N + b * S;
-            floats.set(q.subarray(src, src + S), fq + d * S);
-            floats.set(k.subarray(src, src + S), fk + d * S);
-            floats.set(v.subarray(src, src + S), fv + d * S);
+      // The kernel packs each (row, head) before it computes it, so any sub-batch copied here
+      // gets the same arithmetic as the whole batch. As many rows as fit go at once: one copy
+      // per hidden row and tensor; else one (row, head) at a time.
+      const scratchFloats = S * S + 3 * hd * S;
+      const rowsAtOnce = Math.floor(
+        (LANE_BYTES - LOGITS - scratchFloats * 4) / ((4 * D * S + S) * 4),
+      );
+      const [rows, heads] = rowsAtOnce >= 1 ? [rowsAtOnce, H] : [1, 1];
+      const width = heads * hd;
+      for (let b0 = bFrom; b0 < bTo; b0 += rows) {
+        const nb = Math.min(rows, bTo - b0), n = nb * S; // columns of this sub-batch
+        const fq = LOGITS / 4, fk = fq + width * n, fv = fk + width * n, fo = fv + width * n;
+        const fm = fo + width * n, scratch = (fm + n) * 4;
+        floats.set(mask.subarray(b0 * S, b0 * S + n), fm); // int32 bits, copied as they are
+        for (let h0 = 0; h0 < H; h0 += heads) {
+          for (let d = 0; d < width; d++) {
+            const src = (h0 * hd + d) * N + b0 * S;
+            floats.set(q.subarray(src, src + n), fq + d * n);
+            floats.set(k.subarray(src, src + n), fk + d * n);
+            floats.set(v.subarray(src, src + n), fv + d * n);
           }
-          ex.attention(fq * 4, fk * 4, fv * 4, fm * 4, fo * 4, 1, S, 1, hd, scratch, 0, 1);
-          for (let d = 0; d < hd; d++) {
-            const dst = (h * hd + d) * N + b * S;
-            out.set(floats.subarray(fo + d * S, fo + d * S + S), dst);
+          ex.attention(fq * 4, fk * 4, fv * 4, fm * 4, fo * 4, nb, S, heads, hd, scratch, 0, nb);
+          for (let d = 0; d < width; d++) {
+            out.set(floats.subarray(fo + d * n, fo + (d + 1) * n), (h0 * hd + d) * N + b0 * S);
           }
         }
       }
