@@ -357,6 +357,10 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
   );
 
   const children: Child[] = [];
+  // The workers on this machine share its cores: each gets its share of helper threads
+  // (src/cores) unless DPZO_THREADS says otherwise. Results do not depend on it.
+  const threads = Deno.env.get("DPZO_THREADS") ??
+    String(Math.max(1, Math.floor((navigator.hardwareConcurrency || 1) / (stages * replicas))));
   const spawn = (
     name: string,
     args: string[],
@@ -368,7 +372,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1", ...securityEnv(security, true) },
+      env: { NO_COLOR: "1", DPZO_THREADS: threads, ...securityEnv(security, true) },
     }).spawn();
     const c: Child = { name, proc, status: proc.status, done: false, pumps: Promise.resolve() };
     c.status.then(() => (c.done = true));
