@@ -88,7 +88,7 @@ export function describeBackend(): string {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
     const blas = nativeMatMul()?.description ?? "off";
     return `backend: wasm (SIMD ${simd ? "on" : "off"}; matMul: ${blas}; ` +
-      `perturbation and LM head: ${describeThreads()})`;
+      `perturbation, LM head and attention: ${describeThreads()})`;
   }
   return `backend: ${name}`;
 }
