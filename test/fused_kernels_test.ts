@@ -176,3 +176,22 @@ Deno.test("addBiasInPlace equals tfjs add (and relu) bit for bit, odd widths too
     }
   }
 });
+
+Deno.test({
+  name: "the WASM heap is advised for transparent huge pages (Linux)",
+  ignore: Deno.build.os !== "linux",
+  fn() {
+    const heap = (tf.backend() as unknown as { wasm: { HEAPU8: Uint8Array } }).wasm.HEAPU8;
+    const at = Deno.UnsafePointer.value(Deno.UnsafePointer.of(heap)!) as bigint;
+    // The mapping holding the heap's tensors (past its first 2 MiB page) carries "hg".
+    const probe = at + (4n << 20n);
+    const smaps = Deno.readTextFileSync("/proc/self/smaps").split("\n");
+    let inside = false, flags = "";
+    for (const line of smaps) {
+      const range = line.match(/^([0-9a-f]+)-([0-9a-f]+) /);
+      if (range) inside = BigInt("0x" + range[1]) <= probe && probe < BigInt("0x" + range[2]);
+      else if (inside && line.startsWith("VmFlags:")) flags = line;
+    }
+    assert.match(flags, /\bhg\b/, `heap mapping flags: ${flags || "(mapping not found)"}`);
+  },
+});

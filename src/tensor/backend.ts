@@ -44,6 +44,7 @@ export async function initBackend(name: BackendName = "wasm"): Promise<BackendNa
       throw new Error("backend: the WASM backend failed to start; try --backend cpu");
     }
     enableNativeMatMul();
+    adviseHugePages();
     helpers(); // start the helper threads now: their memory is runtime, not training state
   } else if (name === "cpu") {
     await import("@tensorflow/tfjs-backend-cpu");
@@ -54,6 +55,42 @@ export async function initBackend(name: BackendName = "wasm"): Promise<BackendNa
   await tf.ready();
   active = name;
   return name;
+}
+
+/** Bytes of the WASM heap's address range given huge-page advice (V8 reserves more). */
+const HEAP_RANGE = 4n << 30n;
+
+/**
+ * Asks Linux for transparent huge pages on the WASM heap: `madvise(MADV_HUGEPAGE)` over the
+ * heap's 4 GiB address range (V8 reserves it whole when the memory is made). The weights and
+ * activations then sit in 2 MiB pages, and the perturbation pass and the matMuls miss the TLB
+ * less (dpzo bench, alternating runs: 4 of 5 pairs faster, ~3% of a step). It changes nothing
+ * where THP is "never" or already "always", and nothing about the results; without FFI
+ * permission, or off Linux, it is skipped.
+ */
+function adviseHugePages(): void {
+  if (Deno.build.os !== "linux") return;
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return;
+  try {
+    const libc = Deno.dlopen("libc.so.6", {
+      madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+    });
+    try {
+      const MADV_HUGEPAGE = 14, HUGE = 2n << 20n;
+      const heap = (tf.backend() as unknown as WasmBackendInternals).wasm.HEAPF32;
+      const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(heap)!) as bigint;
+      const start = (base + HUGE - 1n) & ~(HUGE - 1n);
+      libc.symbols.madvise(
+        Deno.UnsafePointer.create(start),
+        HEAP_RANGE - (start - base),
+        MADV_HUGEPAGE,
+      );
+    } finally {
+      libc.close();
+    }
+  } catch {
+    // no glibc: the heap keeps small pages
+  }
 }
 
 /** The `tensorflow` backend needs a native package that this project does not install. */
