@@ -22,7 +22,8 @@
  *
  * dpzo runs with the same runtime flags as `deno task dpzo` (V8's young generation capped).
  *
- * Each figure is the best (minimum) over rounds; peak RSS is the process high-water mark
+ * Each figure is the best (minimum) over rounds, and the ratios are also printed round by round
+ * (their spread is the machine's noise); peak RSS is the process high-water mark
  * (VmHWM for dpzo, ru_maxrss for PyTorch), also shown relative to the float32 weight bytes.
  * PyTorch comes from Debian's python3-torch and runs with /usr/bin/python3. Debian's torch does
  * its matMuls through the system `libblas.so.3`: with only the reference BLAS (libblas3)
@@ -261,6 +262,14 @@ console.log(
     `${ratios.step_target_tokens.toFixed(2)} (target tokens); forward ` +
     `${ratios.forward_all_positions.toFixed(2)} / ${ratios.forward_target_tokens.toFixed(2)}; ` +
     `perturbation pass ${ratios.perturb_pass.toFixed(2)}`,
+);
+// The same ratios round by round: each round runs the three back to back, so they saw about the
+// same machine; the spread says how much of a ratio is noise.
+const perRound = (f: (i: number) => number) => torch.map((_, i) => f(i).toFixed(2)).join(" ");
+console.log(
+  `per round, step: ${perRound((i) => all[i].step_s / torch[i].step_s)} (all positions); ` +
+    `${perRound((i) => task[i].step_s / torch[i].step_s)} (target tokens); perturbation pass ` +
+    `${perRound((i) => all[i].perturb_pass_s / torch[i].perturb_pass_s)}`,
 );
 // Memory: what dpzo holds beyond the runtime it starts with, against 1.5 x the float32 weights
 // plus the activations (everything in the WASM heap beyond the weights: hidden states, the LM
