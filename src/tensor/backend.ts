@@ -11,7 +11,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { enableNativeMatMul, nativeMatMul } from "./blas.ts";
-import { describeThreads, helpers } from "../cores/mod.ts";
+import { addressOf, describeThreads, helpers } from "../cores/mod.ts";
 
 export type BackendName = "wasm" | "cpu" | "tensorflow";
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "tensorflow"];
@@ -78,7 +78,7 @@ function adviseHugePages(): void {
     try {
       const MADV_HUGEPAGE = 14, HUGE = 2n << 20n;
       const heap = (tf.backend() as unknown as WasmBackendInternals).wasm.HEAPF32;
-      const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(heap)!) as bigint;
+      const base = addressOf(heap);
       const start = (base + HUGE - 1n) & ~(HUGE - 1n);
       libc.symbols.madvise(
         Deno.UnsafePointer.create(start),

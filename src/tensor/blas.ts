@@ -25,6 +25,7 @@
  * whose processes differ says it will not be bit-reproducible.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { addressOf } from "../cores/mod.ts";
 
 const CBLAS_ROW_MAJOR = 101;
 const CBLAS_NO_TRANS = 111;
@@ -214,7 +215,7 @@ export function heapAddress(t: tf.Tensor): bigint {
   const wasm = tf.backend() as unknown as WasmBackend;
   const info = wasm.dataIdMap.get(t.dataId);
   if (!info) throw new Error("heapAddress: tensor is not on the wasm backend");
-  const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(wasm.wasm.HEAPU8)!) as bigint;
+  const base = addressOf(wasm.wasm.HEAPU8);
   return base + BigInt(info.memoryOffset);
 }
 
@@ -253,7 +254,7 @@ function sgemmBatchMatMul(
   if (M === 0 || N === 0 || batch === 0) return out;
   // The heap may have grown while allocating the output: read it afresh.
   const heap = wasm.wasm.HEAPU8;
-  const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(heap)!);
+  const base = addressOf(heap);
   const at = (t: tf.TensorInfo) => {
     const info = wasm.dataIdMap.get(t.dataId);
     if (!info) throw new Error("native matMul: tensor is not on the wasm backend");
@@ -267,7 +268,7 @@ function sgemmBatchMatMul(
   const lda = transposeA ? M : K, ldb = transposeB ? K : N;
   const ta = transposeA ? CBLAS_TRANS : CBLAS_NO_TRANS;
   const tb = transposeB ? CBLAS_TRANS : CBLAS_NO_TRANS;
-  const ptr = (offset: bigint) => Deno.UnsafePointer.create(BigInt(base) + offset);
+  const ptr = (offset: bigint) => Deno.UnsafePointer.create(base + offset);
   // Rows of A in blocks of ROW_BLOCK (from row 0, so a given weight always splits the same
   // way): OpenBLAS packs the rows of a call into its own buffers, and a block bounds that
   // memory (an LM head's [vocab, E] weight would otherwise be packed whole).

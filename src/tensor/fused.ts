@@ -16,55 +16,18 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
-import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
+import { type FusedKernels, instantiateFusedKernels } from "./wasm/fused_kernels.ts";
 import { addressOf, Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
 import { laneFitsAttention } from "./lane.ts";
-
-interface Exports {
-  colMax(L: number, V: number, P: number, m: number): void;
-  colSumExp(L: number, V: number, P: number, m: number, k: number, s: number): void;
-  embedT(
-    tok: number,
-    pos: number,
-    ids: number,
-    rows: number,
-    N: number,
-    E: number,
-    out: number,
-  ): void;
-  layerNormT(
-    x: number,
-    D: number,
-    N: number,
-    w: number,
-    b: number,
-    eps: number,
-    out: number,
-    scratch: number,
-  ): void;
-  biasActT(y: number, D: number, N: number, b: number, relu: number): void;
-  attention(
-    q: number,
-    k: number,
-    v: number,
-    keyMask: number,
-    out: number,
-    B: number,
-    S: number,
-    H: number,
-    hd: number,
-    scratch: number,
-    bFrom: number,
-    bTo: number,
-  ): void;
-}
 
 interface WasmBackendInternals {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
   wasm: { asm?: { memory?: WebAssembly.Memory } };
 }
 
-let cached: { backend: tf.KernelBackend; exports: Exports; memory: WebAssembly.Memory } | null;
+let cached:
+  | { backend: tf.KernelBackend; exports: FusedKernels; memory: WebAssembly.Memory }
+  | null;
 
 function kernel(): typeof cached {
   if (activeBackend() !== "wasm") return null;
@@ -72,9 +35,7 @@ function kernel(): typeof cached {
   if (cached?.backend === backend) return cached;
   const memory = (backend as unknown as WasmBackendInternals).wasm.asm?.memory;
   if (!(memory instanceof WebAssembly.Memory)) return null;
-  const bytes = Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0));
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
-  cached = { backend, exports: instance.exports as unknown as Exports, memory };
+  cached = { backend, exports: instantiateFusedKernels(memory), memory };
   return cached;
 }
 

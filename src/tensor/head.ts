@@ -15,7 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { heapAddress, nativeMatMul, sgemmAt } from "./blas.ts";
-import { Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
+import { Command, floatsAt, type Helper, helpers, waitAll } from "../cores/mod.ts";
 import {
   blockRows,
   createLane,
@@ -35,10 +35,7 @@ let helperLanes: LaneViews[] | undefined;
 /** The main thread's lane and views of every helper's lane, in thread order. */
 function lanes(): { main: Lane; others: LaneViews[] } {
   own ??= createLane();
-  helperLanes ??= helpers().map((h) => {
-    const pointer = Deno.UnsafePointer.create(h.lane)!;
-    return laneViews(Deno.UnsafePointerView.getArrayBuffer(pointer, LANE_BYTES), h.lane);
-  });
+  helperLanes ??= helpers().map((h) => laneViews(floatsAt(h.lane, LANE_BYTES / 4).buffer, h.lane));
   return { main: own, others: helperLanes };
 }
 

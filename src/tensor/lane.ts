@@ -12,8 +12,8 @@
  * Attention (`attendRows`): a helper's share of src/tensor/fused.ts `fusedAttention`, one (row,
  * head) at a time, copied into the lane from LOGITS on.
  */
-import { FUSED_KERNEL_WASM_BASE64 } from "./wasm/fused_kernel_wasm.ts";
-import { floatsAt } from "../cores/mod.ts";
+import { instantiateFusedKernels } from "./wasm/fused_kernels.ts";
+import { addressOf, floatsAt } from "../cores/mod.ts";
 
 /** Positions per block at most (the head's width). */
 export const HEAD_WIDTH = 1024;
@@ -63,25 +63,6 @@ export function laneViews(buffer: ArrayBufferLike, address: bigint): LaneViews {
   };
 }
 
-interface Exports {
-  colMax(L: number, V: number, P: number, m: number): void;
-  colSumExp(L: number, V: number, P: number, m: number, k: number, s: number): void;
-  attention(
-    q: number,
-    k: number,
-    v: number,
-    keyMask: number,
-    out: number,
-    B: number,
-    S: number,
-    H: number,
-    hd: number,
-    scratch: number,
-    bFrom: number,
-    bTo: number,
-  ): void;
-}
-
 /** Addresses of fusedAttention's operands, in memory another thread owns. */
 export interface AttentionOperands {
   q: bigint;
@@ -117,18 +98,12 @@ export function laneFitsAttention(S: number, hd: number): boolean {
   return LOGITS + attentionBytes(S, hd) <= LANE_BYTES;
 }
 
-let module: WebAssembly.Module | undefined;
-
 /** A new lane on a memory of its own (each thread makes one). */
 export function createLane(): Lane {
-  module ??= new WebAssembly.Module(
-    Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0)),
-  );
   const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-  const ex = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Exports;
-  const bytes = new Uint8Array(memory.buffer);
+  const ex = instantiateFusedKernels(memory);
   const floats = new Float32Array(memory.buffer);
-  const address = Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)!) as bigint;
+  const address = addressOf(floats);
   return {
     ...laneViews(memory.buffer, address),
     reduce(rows, P) {

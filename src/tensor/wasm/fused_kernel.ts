@@ -17,50 +17,61 @@
 // machine max and lets a NaN x through (pmax(a, b) = a < b ? b : a), so NaN propagates.
 
 const MAGIC: f32 = 12582912.0; // 1.5 * 2^23
+const EXP_LO: f32 = -87.33654; // exp(EXP_LO) is the smallest normal float's neighbourhood
+const LOG2E: f32 = 1.44269504088896341;
+const LN2_HI: f32 = 0.693359375;
+const LN2_LO: f32 = -2.12194440e-4;
+const P0: f32 = 1.9875691500e-4;
+const P1: f32 = 1.3981999507e-3;
+const P2: f32 = 8.3334519073e-3;
+const P3: f32 = 4.1665795894e-2;
+const P4: f32 = 1.6666665459e-1;
+const P5: f32 = 5.0000001201e-1;
+const ONE_BITS: i32 = 0x3f800000;
 
 function exp4(x: v128): v128 {
-  x = f32x4.pmax(x, f32x4.splat(-87.33654));
-  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(MAGIC));
-  const n = f32x4.sub(t, f32x4.splat(MAGIC));
-  let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
-  r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
-  const z = f32x4.mul(r, r);
-  let y = f32x4.splat(1.9875691500e-4);
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
-  y = f32x4.add(f32x4.add(f32x4.mul(y, z), r), f32x4.splat(1.0));
-  // t's bits are MAGIC's plus n in the low mantissa bits; << 23 leaves n << 23 (mod 2^32).
-  const e = i32x4.add(i32x4.shl(t, 23), i32x4.splat(0x3f800000));
-  return f32x4.mul(y, e);
+  return exp4k(
+    x,
+    f32x4.splat(EXP_LO),
+    f32x4.splat(LOG2E),
+    f32x4.splat(MAGIC),
+    f32x4.splat(LN2_HI),
+    f32x4.splat(LN2_LO),
+    f32x4.splat(P0),
+    f32x4.splat(P1),
+    f32x4.splat(P2),
+    f32x4.splat(P3),
+    f32x4.splat(P4),
+    f32x4.splat(P5),
+    f32x4.splat(1.0),
+    i32x4.splat(ONE_BITS),
+  );
 }
 
 function exp1(x: f32): f32 {
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
 }
 
-// The same exp4 with its constants as arguments. V8 rematerialises every v128.const at each use
-// inside a loop (several instructions each); constants loaded from memory into locals before
-// the loop stay in registers or one load away, which made colSumExp 1.9x faster. The loop
-// kernels write them to 208 bytes of scratch memory (`storeExpConstants`) and load them back:
-// binaryen cannot fold a load, so they stay loads.
+// exp4 with its constants as arguments. V8 rematerialises every v128.const at each use inside a
+// loop (several instructions each); constants loaded from memory into locals before the loop
+// stay in registers or one load away, which made colSumExp 1.9x faster. The loop kernels write
+// them to 208 bytes of scratch memory (`storeExpConstants`) and load them back: binaryen cannot
+// fold a load, so they stay loads. exp4 passes them as v128.const (short loops).
 
 function storeExpConstants(k: usize): void {
-  v128.store(k, f32x4.splat(-87.33654));
-  v128.store(k, f32x4.splat(1.44269504088896341), 16);
+  v128.store(k, f32x4.splat(EXP_LO));
+  v128.store(k, f32x4.splat(LOG2E), 16);
   v128.store(k, f32x4.splat(MAGIC), 32);
-  v128.store(k, f32x4.splat(0.693359375), 48);
-  v128.store(k, f32x4.splat(-2.12194440e-4), 64);
-  v128.store(k, f32x4.splat(1.9875691500e-4), 80);
-  v128.store(k, f32x4.splat(1.3981999507e-3), 96);
-  v128.store(k, f32x4.splat(8.3334519073e-3), 112);
-  v128.store(k, f32x4.splat(4.1665795894e-2), 128);
-  v128.store(k, f32x4.splat(1.6666665459e-1), 144);
-  v128.store(k, f32x4.splat(5.0000001201e-1), 160);
+  v128.store(k, f32x4.splat(LN2_HI), 48);
+  v128.store(k, f32x4.splat(LN2_LO), 64);
+  v128.store(k, f32x4.splat(P0), 80);
+  v128.store(k, f32x4.splat(P1), 96);
+  v128.store(k, f32x4.splat(P2), 112);
+  v128.store(k, f32x4.splat(P3), 128);
+  v128.store(k, f32x4.splat(P4), 144);
+  v128.store(k, f32x4.splat(P5), 160);
   v128.store(k, f32x4.splat(1.0), 176);
-  v128.store(k, i32x4.splat(0x3f800000), 192);
+  v128.store(k, i32x4.splat(ONE_BITS), 192);
 }
 
 function exp4k(
@@ -92,6 +103,7 @@ function exp4k(
   y = f32x4.add(f32x4.mul(y, r), p4);
   y = f32x4.add(f32x4.mul(y, r), p5);
   y = f32x4.add(f32x4.add(f32x4.mul(y, z), r), one);
+  // t's bits are MAGIC's plus n in the low mantissa bits; << 23 leaves n << 23 (mod 2^32).
   const e = i32x4.add(i32x4.shl(t, 23), bias);
   return f32x4.mul(y, e);
 }
