@@ -4,7 +4,7 @@
  * count is fixed when a process starts), and DPZO_THREADS is validated.
  */
 import { strict as assert } from "node:assert";
-import { ROOT } from "./fixtures.ts";
+import { denoEval, ROOT } from "./fixtures.ts";
 
 /** Runs all three on fixed inputs and prints the SHA-256 of each result, and the backend line. */
 const PROBE = `
@@ -45,16 +45,8 @@ console.log("attention", await digest(out.dataSync()));
 console.log(describeBackend());
 `;
 
-async function probe(threads: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--ext=js", PROBE],
-    cwd: ROOT,
-    env: { DPZO_THREADS: threads },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+function probe(threads: string) {
+  return denoEval(PROBE, { DPZO_THREADS: threads });
 }
 
 Deno.test("perturbation, LM head and attention give the same bits on 1 and 3 threads", async () => {
@@ -92,19 +84,9 @@ for (let i = 0; i < 300000; i++) {
   for (const h of pool) h.wait();
 }
 console.log("helpers", pool.length);`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--ext=js", code],
-    cwd: ROOT,
-    env: { DPZO_THREADS: "3" },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const text = new TextDecoder();
-  assert.equal(out.code, 0, `hung or failed: ${text.decode(out.stderr)}`);
-  assert.match(text.decode(out.stdout), /helpers 2/);
+  const out = await denoEval(code, { DPZO_THREADS: "3" }, 90_000);
+  assert.equal(out.code, 0, `hung or failed: ${out.stderr}`);
+  assert.match(out.stdout, /helpers 2/);
 });
 
 Deno.test("a helper's error reaches the caller, and the helper works again after it", async () => {
@@ -118,15 +100,9 @@ helper.post(Command.HeadBlock);
 try { helper.post(Command.HeadBlock); console.log("posted twice"); } catch (e) { console.log("second post:", e.message); }
 helper.wait();
 console.log("idle again");`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--ext=js", code],
-    cwd: ROOT,
-    env: { DPZO_THREADS: "2" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const out = await denoEval(code, { DPZO_THREADS: "2" });
+  const text = out.stdout;
+  assert.equal(out.code, 0, out.stderr);
   assert.match(text, /error: helper thread: unknown command 99/);
   assert.match(text, /second post: helper thread: posted to while busy .*DPZO_THREADS=1/);
   assert.match(text, /idle again/);

@@ -78,16 +78,36 @@ export const ROOT = new URL("..", import.meta.url).pathname;
  * Runs `deno task dpzo ARGS...` from the repository root, as the README shows it, and returns its
  * exit code and output. A hung run must not hang the suite: it is stopped after `timeoutMs`.
  */
-export async function dpzo(
-  ...args: string[]
+export function dpzo(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runDeno(["task", "--quiet", "dpzo", ...args], {}, 300_000, "SIGTERM");
+}
+
+/**
+ * Runs `code` (JavaScript that may import the project's modules by absolute path) in a fresh
+ * `deno eval` process from the repository root, with `env` added, killed after `timeoutMs`.
+ */
+export function denoEval(
+  code: string,
+  env: Record<string, string> = {},
+  timeoutMs = 120_000,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runDeno(["eval", "--ext=js", code], env, timeoutMs, "SIGKILL");
+}
+
+async function runDeno(
+  args: string[],
+  env: Record<string, string>,
+  timeoutMs: number,
+  signal: Deno.Signal,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
+    args,
     cwd: ROOT,
+    env,
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGTERM"), 300_000);
+  const timer = setTimeout(() => child.kill(signal), timeoutMs);
   const out = await child.output();
   clearTimeout(timer);
   const dec = new TextDecoder();

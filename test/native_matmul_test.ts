@@ -8,7 +8,7 @@ import { strict as assert } from "node:assert";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../src/tensor/backend.ts";
 import { nativeMatMul } from "../src/tensor/blas.ts";
-import { ROOT } from "./fixtures.ts";
+import { denoEval, ROOT } from "./fixtures.ts";
 
 await initBackend("wasm");
 const native = nativeMatMul();
@@ -114,19 +114,11 @@ Deno.test({
 });
 
 /** Starts the WASM backend in a fresh process with `DPZO_BLAS` set; prints its backend line. */
-async function startWith(dpzoBlas: string) {
+function startWith(dpzoBlas: string) {
   const code = `import { describeBackend, initBackend } from "${ROOT}/src/tensor/backend.ts";
 await initBackend("wasm");
 console.log(describeBackend());`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", code],
-    cwd: ROOT,
-    env: { DPZO_BLAS: dpzoBlas },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+  return denoEval(code, { DPZO_BLAS: dpzoBlas });
 }
 
 Deno.test("DPZO_BLAS names a library that does not load: one line naming the fix", async () => {
