@@ -3,7 +3,7 @@
  * (position p, token t) pairs, with W the `[V, E]` (tied) embedding and x_p the final features.
  *
  * The vocabulary is cut into blocks of `blockRows(P)` rows. OpenBLAS writes each block of logits
- * `[rows, P]` (1 MiB) straight into a thread's lane (src/tensor/lane.ts); that thread
+ * `[rows, P]` (up to 4 MiB) straight into a thread's lane (src/tensor/lane.ts); that thread
  * reduces it to column maxima and sums of exp while it is still in cache, and the main thread
  * folds the blocks in vocabulary order: `M = max_b m_b`, `S = sum_b s_b exp(m_b - M)`,
  * `lse = M + log S`. With T threads, T blocks are in flight per round (src/cores): the blocks
