@@ -10,6 +10,7 @@ import {
   columnLogSumExp,
   embedTransposed,
   fusedAttention,
+  gatherColumns,
   layerNormTransposed,
 } from "../src/tensor/fused.ts";
 
@@ -102,7 +103,11 @@ function attentionReference(
 }
 
 Deno.test("fusedAttention matches float64 attention: padding, fully masked rows, odd lengths", () => {
-  for (const [B, S, H, hd] of [[3, 7, 2, 5], [2, 37, 4, 16], [1, 64, 1, 64], [2, 1, 2, 3]]) {
+  // Through OpenBLAS (when it is on) and through the WASM kernel; q · k scaled by 1 and by 1/3.
+  const cases = [[3, 7, 2, 5], [2, 37, 4, 16], [1, 64, 1, 64], [2, 1, 2, 3]].flatMap((shape) =>
+    [true, false].flatMap((native) => [1, 1 / 3].map((scale) => ({ shape, native, scale })))
+  );
+  for (const { shape: [B, S, H, hd], native, scale } of cases) {
     const N = B * S, D = H * hd;
     const rnd = () => new Float32Array(D * N).map(() => (Math.random() - 0.5) * 2);
     const q = rnd(), k = rnd(), v = rnd();
@@ -114,12 +119,43 @@ Deno.test("fusedAttention matches float64 attention: padding, fully masked rows,
     }
     const [tq, tk, tv] = [q, k, v].map((a) => tf.tensor2d(a, [D, N]));
     const tm = tf.tensor1d(mask, "int32");
-    const out = fusedAttention(tq, tk, tv, tm, B, S, H, hd)!;
+    const out = fusedAttention(tq, tk, tv, tm, B, S, H, hd, { scale, native })!;
     const got = out.dataSync();
     tf.dispose([tq, tk, tv, tm, out]);
-    const want = attentionReference(q, k, v, mask, B, S, H, hd);
+    const want = attentionReference(q.map((x) => x * scale), k, v, mask, B, S, H, hd);
     for (let i = 0; i < want.length; i++) assertAlmostEquals(got[i], want[i], 1e-5);
   }
+});
+
+Deno.test("fusedAttention: a NaN key poisons the queries that see it, and only those", () => {
+  const B = 2, S = 9, H = 2, hd = 4, N = B * S, D = H * hd;
+  const rnd = () => tf.tensor2d(new Float32Array(D * N).map(() => Math.random() - 0.5), [D, N]);
+  const [q, v] = [rnd(), rnd()];
+  const kv = new Float32Array(D * N).map(() => Math.random() - 0.5);
+  kv[1 * N + 3] = NaN; // head 0 (hidden row 1), batch row 0, key 3
+  const k = tf.tensor2d(kv, [D, N]);
+  const mask = tf.tensor1d(new Int32Array(N).fill(1), "int32");
+  for (const native of [true, false]) {
+    const out = fusedAttention(q, k, v, mask, B, S, H, hd, { native })!;
+    const got = out.dataSync();
+    out.dispose();
+    for (let d = 0; d < D; d++) {
+      for (let n = 0; n < N; n++) {
+        const poisoned = d < hd && n < S && n >= 3; // head 0, row 0, queries i >= 3
+        assert.equal(Number.isNaN(got[d * N + n]), poisoned, `native ${native}: [${d}, ${n}]`);
+      }
+    }
+  }
+  tf.dispose([q, k, v, mask]);
+});
+
+Deno.test("gatherColumns picks columns in the order asked, repeats too, and rejects bad ones", () => {
+  const x = tf.tensor2d([0, 1, 2, 3, 10, 11, 12, 13], [2, 4]);
+  const out = gatherColumns(x, Int32Array.from([3, 0, 0, 2]))!;
+  assert.deepEqual(Array.from(out.dataSync()), [3, 0, 0, 2, 13, 10, 10, 12]);
+  assert.deepEqual(out.shape, [2, 4]);
+  assert.throws(() => gatherColumns(x, Int32Array.from([4])), /column 4 not in \[0, 4\)/);
+  tf.dispose([x, out]);
 });
 
 Deno.test("layerNormTransposed matches float64 LayerNorm over axis 0 (odd widths too)", () => {

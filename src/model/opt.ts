@@ -27,6 +27,7 @@ import {
   columnLogSumExp,
   embedTransposed,
   fusedAttention,
+  gatherColumns,
   layerNormTransposed,
 } from "../tensor/fused.ts";
 import { activeBackend, weightView } from "../tensor/backend.ts";
@@ -362,12 +363,14 @@ function selfAttention(
   S: number,
 ): tf.Tensor2D {
   const { hiddenSize: D, numHeads: H, headDim: hd } = stage.config;
-  const q = tf.mul(linear(stage, `${prefix}.q_proj`, x), hd ** -0.5) as tf.Tensor2D;
+  const scale = hd ** -0.5; // Hugging Face scales q_proj's output by it
+  const qRaw = linear(stage, `${prefix}.q_proj`, x);
   const k = linear(stage, `${prefix}.k_proj`, x);
   const v = linear(stage, `${prefix}.v_proj`, x);
-  // The fused kernel on the WASM backend; tfjs ops elsewhere (same semantics).
-  const fused = fusedAttention(q, k, v, masks.keys, B, S, H, hd);
+  // The fused kernels on the WASM backend; tfjs ops elsewhere (same semantics).
+  const fused = fusedAttention(qRaw, k, v, masks.keys, B, S, H, hd, { scale });
   if (fused) return linear(stage, `${prefix}.out_proj`, fused);
+  const q = tf.mul(qRaw, scale) as tf.Tensor2D;
   const mask = masks.additive();
   // [D, B*S] = [H, hd, B, S] -> per (b, h) matrices.
   const Q = tf.reshape(tf.transpose(tf.reshape(q, [H, hd, B, S]), [2, 0, 3, 1]), [B * H, S, hd]);
@@ -479,11 +482,19 @@ export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2
  */
 const WASM_HEAD_CHUNK = 64;
 
+/** Columns `cols` of `[E, N]` features (the positions the LM head reads). */
+function columns(features: tf.Tensor2D, cols: Int32Array): tf.Tensor2D {
+  return gatherColumns(features, cols) ??
+    tf.tidy(() => tf.gather(features, tf.tensor1d(cols, "int32"), 1) as tf.Tensor2D);
+}
+
 /** The LM head's logits transposed, `[vocab, P]`, at the given positions (one column each). */
 function headLogitsT(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
   return tf.tidy(() => {
-    const sel = tf.gather(features, tf.tensor1d(positions, "int32"), 1) as tf.Tensor2D;
-    return tf.matMul(param(stage, "embed_tokens.weight") as tf.Tensor2D, sel);
+    return tf.matMul(
+      param(stage, "embed_tokens.weight") as tf.Tensor2D,
+      columns(features, positions),
+    );
   });
 }
 
@@ -522,7 +533,7 @@ export function logProbsAt(
       if (u >= start && u < start + P) pairs.push(i);
     }
     if (fused) {
-      const sel = tf.tidy(() => tf.gather(features, tf.tensor1d(chunk, "int32"), 1));
+      const sel = columns(features, chunk);
       try {
         const lp = headLogProbs(
           param(stage, "embed_tokens.weight") as tf.Tensor2D,

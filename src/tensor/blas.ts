@@ -26,6 +26,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { addressOf } from "../cores/mod.ts";
+import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
 
 const CBLAS_ROW_MAJOR = 101;
 const CBLAS_NO_TRANS = 111;
@@ -179,9 +180,12 @@ export function nativeMatMul(): NativeMatMul | undefined {
   return state;
 }
 
-/** The matMul identity of this process ("wasm" unless the native matMul is on). */
+/**
+ * The matMul identity of this process: "wasm" unless the native matMul is on, then ", fma" when
+ * the fused kernels' multiply-adds are fused on this CPU (src/tensor/wasm/fused_kernel.ts).
+ */
 export function matMulIdentity(): string {
-  return state?.identity ?? "wasm";
+  return (state?.identity ?? "wasm") + (kernelsFuseMultiplyAdd() ? ", fma" : "");
 }
 
 /**
@@ -190,23 +194,51 @@ export function matMulIdentity(): string {
  * matMul is off.
  */
 export function sgemmAt(M: number, N: number, K: number, a: bigint, b: bigint, c: bigint): void {
-  if (!library) throw new Error("sgemmAt: the native matMul is off");
+  sgemmStrided({ M, N, K, a, lda: K, b, ldb: N, c, ldc: N });
+}
+
+/** One row-major sgemm on raw addresses: `C = alpha · op(A) · op(B)`, C overwritten. */
+export interface StridedProduct {
+  M: number;
+  N: number;
+  K: number;
+  /** Scale of the product (1 when absent). */
+  alpha?: number;
+  a: bigint;
+  lda: number;
+  /** A is stored `[K, M]` (read transposed). */
+  transA?: boolean;
+  b: bigint;
+  ldb: number;
+  /** B is stored `[N, K]` (read transposed). */
+  transB?: boolean;
+  c: bigint;
+  ldc: number;
+}
+
+/**
+ * `cblas_sgemm` on sub-matrices of larger ones (leading dimensions given), e.g. one head of one
+ * batch row inside a `[hidden, tokens]` activation (src/tensor/fused.ts `fusedAttention`).
+ * Throws when the native matMul is off.
+ */
+export function sgemmStrided(p: StridedProduct): void {
+  if (!library) throw new Error("sgemmStrided: the native matMul is off");
   const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
   library.symbols.cblas_sgemm(
     CBLAS_ROW_MAJOR,
-    CBLAS_NO_TRANS,
-    CBLAS_NO_TRANS,
-    M,
-    N,
-    K,
-    1,
-    ptr(a),
-    K,
-    ptr(b),
-    N,
+    p.transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
+    p.transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
+    p.M,
+    p.N,
+    p.K,
+    p.alpha ?? 1,
+    ptr(p.a),
+    p.lda,
+    ptr(p.b),
+    p.ldb,
     0,
-    ptr(c),
-    N,
+    ptr(p.c),
+    p.ldc,
   );
 }
 

@@ -8,7 +8,8 @@
  *
  * The module imports its memory (`env.memory`): it runs on the heap of the TensorFlow.js WASM
  * backend, so it must have no data segments (they would be written over that heap); the build
- * checks this.
+ * checks this. Built with relaxed SIMD (`relaxed_madd`: fused multiply-adds where the CPU has
+ * FMA; V8 has shipped it since 11.4).
  */
 import { ASC_BASE_FLAGS, buildKernel } from "../../asc_build.ts";
 
@@ -17,7 +18,7 @@ if (import.meta.main) {
     builder: "src/tensor/wasm/build.ts",
     source: "src/tensor/wasm/fused_kernel.ts",
     target: "src/tensor/wasm/fused_kernel_wasm.ts",
-    flags: [...ASC_BASE_FLAGS, "--importMemory"],
+    flags: [...ASC_BASE_FLAGS, "--enable", "relaxed-simd", "--importMemory"],
     title: "The fused kernels",
     constant: "FUSED_KERNEL_WASM_BASE64",
     noDataSegments: true,

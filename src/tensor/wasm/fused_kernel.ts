@@ -15,6 +15,12 @@
 // low mantissa bits are then n), which also gives 2^n's exponent bits by one shift: fewer and
 // cheaper instructions than f32x4.nearest + i32x4.trunc_sat, with the same n. pmax is one
 // machine max and lets a NaN x through (pmax(a, b) = a < b ? b : a), so NaN propagates.
+//
+// Multiply-adds here are relaxed SIMD's `relaxed_madd` (a * b + c): one fused instruction where
+// the CPU has FMA (every x86-64 CPU since 2013, every arm64), else a multiply then an add. So the
+// last bits depend on the CPU, as OpenBLAS' kernels do: `fusesMultiplyAdd` says which, and
+// src/tensor/blas.ts `matMulIdentity` reports it so that workers on different CPUs are told
+// apart. The z kernel (src/rng) uses none: z must be the same on every machine.
 
 const MAGIC: f32 = 12582912.0; // 1.5 * 2^23
 const EXP_LO: f32 = -87.33654; // exp(EXP_LO) is the smallest normal float's neighbourhood
@@ -50,6 +56,16 @@ function exp4(x: v128): v128 {
 
 function exp1(x: f32): f32 {
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
+}
+
+/**
+ * 1 when relaxed_madd is fused on this CPU: (1 + 2^-23)^2 - (1 + 2^-22) is 2^-46 exactly, and 0
+ * when the product is rounded first.
+ */
+export function fusesMultiplyAdd(): i32 {
+  const a = f32x4.splat(<f32> 1.00000011920928955078125);
+  const c = f32x4.splat(<f32> -1.0000002384185791015625);
+  return f32x4.extract_lane(f32x4.relaxed_madd(a, a, c), 0) != 0 ? 1 : 0;
 }
 
 // exp4 with its constants as arguments. V8 rematerialises every v128.const at each use inside a
@@ -91,18 +107,18 @@ function exp4k(
   bias: v128,
 ): v128 {
   x = f32x4.pmax(x, lo);
-  const t = f32x4.add(f32x4.mul(x, log2e), magic);
+  const t = f32x4.relaxed_madd(x, log2e, magic);
   const n = f32x4.sub(t, magic);
-  let r = f32x4.sub(x, f32x4.mul(n, ln2hi));
-  r = f32x4.sub(r, f32x4.mul(n, ln2lo));
+  let r = f32x4.relaxed_nmadd(n, ln2hi, x);
+  r = f32x4.relaxed_nmadd(n, ln2lo, r);
   const z = f32x4.mul(r, r);
   let y = p0;
-  y = f32x4.add(f32x4.mul(y, r), p1);
-  y = f32x4.add(f32x4.mul(y, r), p2);
-  y = f32x4.add(f32x4.mul(y, r), p3);
-  y = f32x4.add(f32x4.mul(y, r), p4);
-  y = f32x4.add(f32x4.mul(y, r), p5);
-  y = f32x4.add(f32x4.add(f32x4.mul(y, z), r), one);
+  y = f32x4.relaxed_madd(y, r, p1);
+  y = f32x4.relaxed_madd(y, r, p2);
+  y = f32x4.relaxed_madd(y, r, p3);
+  y = f32x4.relaxed_madd(y, r, p4);
+  y = f32x4.relaxed_madd(y, r, p5);
+  y = f32x4.add(f32x4.relaxed_madd(y, z, r), one);
   // t's bits are MAGIC's plus n in the low mantissa bits; << 23 leaves n << 23 (mod 2^32).
   const e = i32x4.add(i32x4.shl(t, 23), bias);
   return f32x4.mul(y, e);
@@ -390,6 +406,103 @@ export function attention(
   }
 }
 
+/**
+ * The probabilities of one (row, head) of `attention` above, in place on scores `[S, S]` (row i:
+ * q_i . k_j for every key j, as OpenBLAS wrote them; src/tensor/fused.ts forms the weighted sum
+ * with OpenBLAS too). mrow: the row's S int32 key mask; k: 208 bytes of scratch for the exp
+ * constants. Row i becomes softmax_j(x[i, j]) over j <= i and 0 for j > i (exp(float32 min -
+ * max) is below 1.2e-38, as `attention` leaves out), or 1 / S for every key when no key j <= i
+ * is visible (the uniform average, as Hugging Face).
+ */
+export function attentionProbs(scores: usize, S: i32, mrow: usize, k: usize): void {
+  storeExpConstants(k);
+  const lo = v128.load(k), log2e = v128.load(k, 16), magic = v128.load(k, 32);
+  const ln2hi = v128.load(k, 48), ln2lo = v128.load(k, 64);
+  const p0 = v128.load(k, 80), p1 = v128.load(k, 96), p2 = v128.load(k, 112);
+  const p3 = v128.load(k, 128), p4 = v128.load(k, 144), p5 = v128.load(k, 160);
+  const one = v128.load(k, 176), bias = v128.load(k, 192);
+  const fmin = f32x4.splat(F32_MIN), ones = i32x4.splat(1), zero = f32x4.splat(0);
+  const sRow = <usize> S << 2;
+  let seen = false; // whether some key j <= i is visible
+  for (let i = 0; i < S; i++) {
+    const srow = scores + <usize> i * sRow;
+    seen = seen || load<i32>(mrow + (<usize> i << 2)) == 1;
+    if (!seen) {
+      const u = <f32> 1 / <f32> S;
+      for (let j = 0; j < S; j++) store<f32>(srow + (<usize> j << 2), u);
+      continue;
+    }
+    const limit = i + 1, limit4 = limit & ~3;
+    // mask (float32 min added to a hidden key), clamp at float32 min, max; four at a time. pmax
+    // keeps a NaN x but may drop it from the max: its exp below is NaN either way, and so is
+    // the row's sum.
+    let mv = f32x4.splat(-Infinity);
+    let j = 0;
+    for (; j < limit4; j += 4) {
+      const o = <usize> j << 2;
+      const hidden = v128.bitselect(zero, fmin, i32x4.eq(v128.load(mrow + o), ones));
+      const x = f32x4.pmax(f32x4.add(v128.load(srow + o), hidden), fmin);
+      v128.store(srow + o, x);
+      mv = f32x4.pmax(mv, x);
+    }
+    let m: f32 = max(
+      max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
+      max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
+    );
+    for (; j < limit; j++) {
+      const o = <usize> j << 2;
+      let x = load<f32>(srow + o) + (load<i32>(mrow + o) == 1 ? <f32> 0 : F32_MIN);
+      x = x != x ? x : max(x, F32_MIN);
+      store<f32>(srow + o, x);
+      m = x != x || m != m ? NaN : max(m, x);
+    }
+    // exp and sum, four at a time
+    const mm = f32x4.splat(m);
+    let sv = f32x4.splat(0);
+    for (j = 0; j < limit4; j += 4) {
+      const o = <usize> j << 2;
+      const e = exp4k(
+        f32x4.sub(v128.load(srow + o), mm),
+        lo,
+        log2e,
+        magic,
+        ln2hi,
+        ln2lo,
+        p0,
+        p1,
+        p2,
+        p3,
+        p4,
+        p5,
+        one,
+        bias,
+      );
+      v128.store(srow + o, e);
+      sv = f32x4.add(sv, e);
+    }
+    let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) +
+      (f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3));
+    for (; j < limit; j++) {
+      const o = <usize> j << 2;
+      const e = exp1(load<f32>(srow + o) - m);
+      store<f32>(srow + o, e);
+      sum += e;
+    }
+    // scale; zeros after the limit
+    const scale = <f32> 1 / sum;
+    const sc = f32x4.splat(scale);
+    for (j = 0; j < limit4; j += 4) {
+      const o = <usize> j << 2;
+      v128.store(srow + o, f32x4.mul(v128.load(srow + o), sc));
+    }
+    for (; j < limit; j++) {
+      const o = <usize> j << 2;
+      store<f32>(srow + o, load<f32>(srow + o) * scale);
+    }
+    memory.fill(srow + (<usize> limit << 2), 0, <usize> (S - limit) << 2);
+  }
+}
+
 /** srow[j] = q_i . k_j for j < limit (a few more up to the next group may be written too). */
 function scoreRow(qi: usize, kh: usize, S: i32, hd: i32, limit: i32, srow: usize): void {
   const sRow = <usize> S << 2;
@@ -401,10 +514,10 @@ function scoreRow(qi: usize, kh: usize, S: i32, hd: i32, limit: i32, srow: usize
       const r = <usize> d * sRow;
       const x = f32x4.splat(load<f32>(qi + r));
       const kr = kh + r + o;
-      a0 = f32x4.add(a0, f32x4.mul(x, v128.load(kr)));
-      a1 = f32x4.add(a1, f32x4.mul(x, v128.load(kr, 16)));
-      a2 = f32x4.add(a2, f32x4.mul(x, v128.load(kr, 32)));
-      a3 = f32x4.add(a3, f32x4.mul(x, v128.load(kr, 48)));
+      a0 = f32x4.relaxed_madd(x, v128.load(kr), a0);
+      a1 = f32x4.relaxed_madd(x, v128.load(kr, 16), a1);
+      a2 = f32x4.relaxed_madd(x, v128.load(kr, 32), a2);
+      a3 = f32x4.relaxed_madd(x, v128.load(kr, 48), a3);
     }
     v128.store(srow + o, a0);
     v128.store(srow + o, a1, 16);
@@ -416,7 +529,7 @@ function scoreRow(qi: usize, kh: usize, S: i32, hd: i32, limit: i32, srow: usize
     let a0 = f32x4.splat(0);
     for (let d = 0; d < hd; d++) {
       const r = <usize> d * sRow;
-      a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(qi + r)), v128.load(kh + r + o)));
+      a0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(qi + r)), v128.load(kh + r + o), a0);
     }
     v128.store(srow + o, a0);
   }
@@ -453,14 +566,14 @@ function weightedSum(
     let vr = vt + (<usize> d << 2);
     for (let j = 0; j < limit; j++) {
       const p = f32x4.splat(load<f32>(e + (<usize> j << 2)));
-      a0 = f32x4.add(a0, f32x4.mul(p, v128.load(vr)));
-      a1 = f32x4.add(a1, f32x4.mul(p, v128.load(vr, 16)));
-      a2 = f32x4.add(a2, f32x4.mul(p, v128.load(vr, 32)));
-      a3 = f32x4.add(a3, f32x4.mul(p, v128.load(vr, 48)));
-      a4 = f32x4.add(a4, f32x4.mul(p, v128.load(vr, 64)));
-      a5 = f32x4.add(a5, f32x4.mul(p, v128.load(vr, 80)));
-      a6 = f32x4.add(a6, f32x4.mul(p, v128.load(vr, 96)));
-      a7 = f32x4.add(a7, f32x4.mul(p, v128.load(vr, 112)));
+      a0 = f32x4.relaxed_madd(p, v128.load(vr), a0);
+      a1 = f32x4.relaxed_madd(p, v128.load(vr, 16), a1);
+      a2 = f32x4.relaxed_madd(p, v128.load(vr, 32), a2);
+      a3 = f32x4.relaxed_madd(p, v128.load(vr, 48), a3);
+      a4 = f32x4.relaxed_madd(p, v128.load(vr, 64), a4);
+      a5 = f32x4.relaxed_madd(p, v128.load(vr, 80), a5);
+      a6 = f32x4.relaxed_madd(p, v128.load(vr, 96), a6);
+      a7 = f32x4.relaxed_madd(p, v128.load(vr, 112), a7);
       vr += hdRow;
     }
     const o = out + <usize> d * rowBytes;
@@ -477,7 +590,7 @@ function weightedSum(
     let a0 = f32x4.splat(0);
     let vr = vt + (<usize> d << 2);
     for (let j = 0; j < limit; j++) {
-      a0 = f32x4.add(a0, f32x4.mul(f32x4.splat(load<f32>(e + (<usize> j << 2))), v128.load(vr)));
+      a0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(e + (<usize> j << 2))), v128.load(vr), a0);
       vr += hdRow;
     }
     storeColumn(out + <usize> d * rowBytes, f32x4.mul(a0, sc), rowBytes);
@@ -531,13 +644,34 @@ export function embedT(
   out: usize,
 ): void {
   const rowBytes = <usize> N << 2;
-  for (let n = 0; n < N; n++) {
-    const t = tok + <usize> load<i32>(ids + (<usize> n << 2)) * (<usize> E << 2);
-    const p = pos + <usize> load<i32>(rows + (<usize> n << 2)) * (<usize> E << 2);
-    let o = out + (<usize> n << 2);
+  const eBytes = <usize> E << 2;
+  // Sixteen tokens at a time: each output row then gets a whole cache line per store run
+  // (one column at a time wrote 4 bytes per row, rows 4 KiB apart).
+  for (let n0 = 0; n0 < N; n0 += EMBED_TILE) {
+    const n1 = min(N, n0 + EMBED_TILE);
     for (let e = 0; e < E; e++) {
-      store<f32>(o, load<f32>(t + (<usize> e << 2)) + load<f32>(p + (<usize> e << 2)));
-      o += rowBytes;
+      const o = out + <usize> e * rowBytes;
+      const eo = <usize> e << 2;
+      for (let n = n0; n < n1; n++) {
+        const t = tok + <usize> load<i32>(ids + (<usize> n << 2)) * eBytes;
+        const p = pos + <usize> load<i32>(rows + (<usize> n << 2)) * eBytes;
+        store<f32>(o + (<usize> n << 2), load<f32>(t + eo) + load<f32>(p + eo));
+      }
+    }
+  }
+}
+
+const EMBED_TILE = 16;
+
+/** out `[D, P]` = columns cols[0..P) (P int32) of x `[D, N]`; each is checked by the caller. */
+export function gatherColumns(x: usize, D: i32, N: i32, cols: usize, P: i32, out: usize): void {
+  for (let d = 0; d < D; d++) {
+    const r = x + (<usize> d * <usize> N << 2), o = out + (<usize> d * <usize> P << 2);
+    for (let p = 0; p < P; p++) {
+      store<f32>(
+        o + (<usize> p << 2),
+        load<f32>(r + (<usize> load<i32>(cols + (<usize> p << 2)) << 2)),
+      );
     }
   }
 }

@@ -30,6 +30,7 @@ export interface FusedKernels {
     scratch: number,
   ): void;
   biasActT(y: number, D: number, N: number, b: number, relu: number): void;
+  gatherColumns(x: number, D: number, N: number, cols: number, P: number, out: number): void;
   attention(
     q: number,
     k: number,
@@ -44,6 +45,9 @@ export interface FusedKernels {
     bFrom: number,
     bTo: number,
   ): void;
+  attentionProbs(scores: number, S: number, mrow: number, k: number): void;
+  /** 1 when the kernels' multiply-adds are fused on this CPU (see fused_kernel.ts). */
+  fusesMultiplyAdd(): number;
 }
 
 let compiled: WebAssembly.Module | undefined;
@@ -54,4 +58,16 @@ export function instantiateFusedKernels(memory: WebAssembly.Memory): FusedKernel
     Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0)),
   );
   return new WebAssembly.Instance(compiled, { env: { memory } }).exports as unknown as FusedKernels;
+}
+
+let fuses: boolean | undefined;
+
+/**
+ * Whether the kernels' multiply-adds (relaxed SIMD) are fused on this CPU: it decides their last
+ * bits, so it is part of a process' matMul identity (src/tensor/blas.ts).
+ */
+export function kernelsFuseMultiplyAdd(): boolean {
+  fuses ??= instantiateFusedKernels(new WebAssembly.Memory({ initial: 1, maximum: 1 }))
+    .fusesMultiplyAdd() === 1;
+  return fuses;
 }
