@@ -361,6 +361,7 @@ function selfAttention(
   masks: BatchMasks,
   B: number,
   S: number,
+  release = false,
 ): tf.Tensor2D {
   const { hiddenSize: D, numHeads: H, headDim: hd } = stage.config;
   const scale = hd ** -0.5; // Hugging Face scales q_proj's output by it
@@ -369,7 +370,13 @@ function selfAttention(
   const v = linear(stage, `${prefix}.v_proj`, x);
   // The fused kernels on the WASM backend; tfjs ops elsewhere (same semantics).
   const fused = fusedAttention(qRaw, k, v, masks.keys, B, S, H, hd, { scale });
-  if (fused) return linear(stage, `${prefix}.out_proj`, fused);
+  if (fused) {
+    // Free what is no longer read before out_proj allocates (see decoderLayer).
+    tf.dispose(release ? [x, qRaw, k, v] : [qRaw, k, v]);
+    const out = linear(stage, `${prefix}.out_proj`, fused);
+    fused.dispose();
+    return out;
+  }
   const q = tf.mul(qRaw, scale) as tf.Tensor2D;
   const mask = masks.additive();
   // [D, B*S] = [H, hd, B, S] -> per (b, h) matrices.
@@ -393,21 +400,31 @@ function decoderLayer(
   S: number,
 ): tf.Tensor2D {
   // Each block runs in its own tidy: only its output outlives it, so the backend heap holds
-  // one block's intermediates at a time (the heap never shrinks: this bounds its peak).
+  // one block's intermediates at a time (the heap never shrinks: this bounds its peak). Within
+  // a block, each `[*, N]` intermediate is freed as soon as its consumer has run (`release`:
+  // the block made x and may free it), which keeps the peak lower still.
   const p = `layers.${l}`;
-  const mlp = (x: tf.Tensor2D) =>
-    linear(stage, `${p}.fc2`, linear(stage, `${p}.fc1`, x, true, true));
-  const attn = (x: tf.Tensor2D) => selfAttention(stage, `${p}.self_attn`, x, masks, B, S);
+  const mlp = (x: tf.Tensor2D, release: boolean) => {
+    const a = linear(stage, `${p}.fc1`, x, true, true);
+    if (release) x.dispose();
+    const y = linear(stage, `${p}.fc2`, a);
+    a.dispose();
+    return y;
+  };
+  const attn = (x: tf.Tensor2D, release: boolean) =>
+    selfAttention(stage, `${p}.self_attn`, x, masks, B, S, release);
   if (stage.config.preLayerNorm) {
     const h1 = tf.tidy(() =>
-      tf.add(h, attn(layerNorm(stage, `${p}.self_attn_layer_norm`, h)))
+      tf.add(h, attn(layerNorm(stage, `${p}.self_attn_layer_norm`, h), true))
     ) as tf.Tensor2D;
-    const h2 = tf.tidy(() => tf.add(h1, mlp(layerNorm(stage, `${p}.final_layer_norm`, h1))));
+    const h2 = tf.tidy(() => tf.add(h1, mlp(layerNorm(stage, `${p}.final_layer_norm`, h1), true)));
     h1.dispose();
     return h2 as tf.Tensor2D;
   }
-  const h1 = tf.tidy(() => layerNorm(stage, `${p}.self_attn_layer_norm`, tf.add(h, attn(h))));
-  const h2 = tf.tidy(() => layerNorm(stage, `${p}.final_layer_norm`, tf.add(h1, mlp(h1))));
+  const h1 = tf.tidy(() =>
+    layerNorm(stage, `${p}.self_attn_layer_norm`, tf.add(h, attn(h, false)))
+  );
+  const h2 = tf.tidy(() => layerNorm(stage, `${p}.final_layer_norm`, tf.add(h1, mlp(h1, false))));
   h1.dispose();
   return h2;
 }
