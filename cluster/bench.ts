@@ -35,8 +35,13 @@ export interface BenchResult {
   peak_rss_bytes: number;
   /** RSS of the process before the weights were loaded (runtime, code, backend). */
   rss_before_load_bytes: number;
-  /** Size of the WASM backend's heap at the end (weights + the largest live activations). */
+  /** Size of the WASM backend's heap at the end (weights, activations, allocator slack). */
   wasm_heap_bytes?: number;
+  /**
+   * The most tensor bytes live at once in a forward beyond those live before it (hidden states,
+   * q/k/v, the LM head's input): the activations, without allocator slack.
+   */
+  activation_peak_bytes: number;
   /** How matMuls are computed (src/tensor/blas.ts `matMulIdentity`). */
   matmul: string;
 }
@@ -118,6 +123,10 @@ export async function benchStep(
     pert += r.pert;
     log(`step ${i + 1}/${opts.steps}: ${((performance.now() - t0) / 1000).toFixed(3)} s`);
   }
+  const before = tf.memory().numBytes;
+  const profile = await tf.profile(() => {
+    forwardStage(worker, req);
+  });
   return {
     model: opts.model,
     batch: opts.batch,
@@ -132,6 +141,7 @@ export async function benchStep(
     peak_rss_bytes: peakRssBytes(),
     rss_before_load_bytes: rssBeforeLoad,
     wasm_heap_bytes: wasmHeapBytes(),
+    activation_peak_bytes: Math.max(0, profile.peakBytes - before),
     matmul: matMulIdentity(),
   };
 }

@@ -47,9 +47,12 @@ export function benchCommand() {
         }M parameters/s)`,
       );
       console.log(`ZO step: ${r.step_s.toFixed(3)} s`);
+      const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+      const above = r.peak_rss_bytes - r.rss_before_load_bytes;
       console.log(
-        `peak RSS: ${(r.peak_rss_bytes / 2 ** 20).toFixed(0)} MiB = ` +
-          `${(r.peak_rss_bytes / r.weight_bytes_f32).toFixed(2)} x float32 weights`,
+        `peak RSS: ${mib(r.peak_rss_bytes)} = runtime ${mib(r.rss_before_load_bytes)} + ` +
+          `${mib(above)} (${(above / r.weight_bytes_f32).toFixed(2)} x float32 weights); ` +
+          `activations at most ${mib(r.activation_peak_bytes)} live`,
       );
     });
 }
