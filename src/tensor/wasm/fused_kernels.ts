@@ -54,9 +54,16 @@ let compiled: WebAssembly.Module | undefined;
 
 /** The kernels instantiated on `memory` (the module is compiled once per thread). */
 export function instantiateFusedKernels(memory: WebAssembly.Memory): FusedKernels {
-  compiled ??= new WebAssembly.Module(
-    Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0)),
-  );
+  try {
+    compiled ??= new WebAssembly.Module(
+      Uint8Array.from(atob(FUSED_KERNEL_WASM_BASE64), (ch) => ch.charCodeAt(0)),
+    );
+  } catch (e) {
+    throw new Error(
+      `the fused kernels do not compile here (${e instanceof Error ? e.message : e}): they ` +
+        "need WebAssembly SIMD and relaxed SIMD (V8 11.4+, i.e. Deno 1.35+); upgrade Deno",
+    );
+  }
   return new WebAssembly.Instance(compiled, { env: { memory } }).exports as unknown as FusedKernels;
 }
 
