@@ -11,6 +11,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { enableNativeMatMul, nativeMatMul } from "./blas.ts";
+import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
 import { addressOf, describeThreads, helpers } from "../cores/mod.ts";
 
 export type BackendName = "wasm" | "cpu" | "tensorflow";
@@ -123,9 +124,15 @@ export function describeBackend(): string {
   const name = activeBackend();
   if (name === "wasm") {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
-    const blas = nativeMatMul()?.description ?? "off";
-    return `backend: wasm (SIMD ${simd ? "on" : "off"}; matMul: ${blas}; ` +
-      `perturbation, LM head and attention: ${describeThreads()})`;
+    const blas = nativeMatMul();
+    // With OpenBLAS, attention's products are its (on the main thread) and the LM head is
+    // fused on the helpers; without it, the WASM attention kernel is shared among them.
+    const shared = blas?.enabled ? "perturbation and LM head" : "perturbation and attention";
+    const fma = simd && kernelsFuseMultiplyAdd() ? ", fused multiply-add" : "";
+    return `backend: wasm (SIMD ${simd ? "on" : "off"}${fma}; matMul: ${
+      blas?.description ?? "off"
+    }; ` +
+      `${shared}: ${describeThreads()})`;
   }
   return `backend: ${name}`;
 }
