@@ -8,10 +8,11 @@ import { createZKernel } from "../rng/wasm/mod.ts";
 import { runPerturbCommand } from "../dpzo/perturbation.ts";
 import { createLane } from "../tensor/lane.ts";
 
-const { control, args, error } = workerData as {
+const { control, args, error, counter } = workerData as {
   control: Int32Array;
   args: Float64Array;
   error: Uint8Array;
+  counter: Int32Array;
 };
 
 function fail(e: unknown): void {
@@ -42,7 +43,7 @@ try {
     }
     try {
       const command = control[p.COMMAND];
-      if (command === Command.Perturb) runPerturbCommand(kernel, args);
+      if (command === Command.Perturb) runPerturbCommand(kernel, args, counter);
       else if (command === Command.HeadBlock) lane.reduce(args[0], args[1]);
       else if (command === Command.Attention) {
         const [q, k, v, keyMask, out] = [0, 1, 2, 3, 4].map((i) => BigInt(args[i]));

@@ -60,6 +60,18 @@ export interface Helper {
 let pool: Helper[] | undefined;
 let why = "";
 
+/**
+ * A counter every thread can take work from (`Atomics.add`): a command whose parts cost the
+ * same on any thread lets each thread take the next part until none is left, so that a slower
+ * thread (or core) gets fewer. The main thread resets it before it posts such a command.
+ */
+const shared = new Int32Array(new SharedArrayBuffer(64));
+
+/** The process-wide work counter (see `shared`); helpers get it as `workerData.counter`. */
+export function workCounter(): Int32Array {
+  return shared;
+}
+
 /** The thread count `DPZO_THREADS` asks for (validated), before any permission check. */
 export function requestedThreads(setting = Deno.env.get("DPZO_THREADS")): number {
   if (setting === undefined || setting === "") {
@@ -115,7 +127,7 @@ function startHelper(): Helper | string {
   let worker: Worker;
   try {
     worker = new Worker(new URL("./helper.ts", import.meta.url), {
-      workerData: { control, args, error },
+      workerData: { control, args, error, counter: shared },
     });
   } catch (e) {
     return `a helper thread could not start: ${e instanceof Error ? e.message : String(e)}`;

@@ -22,9 +22,9 @@
  * weights is `lr * decay * phi * z`, below float32 resolution for usual settings.
  *
  * Implementations: by default the WebAssembly SIMD kernel (`src/rng/wasm`) runs the pass on every
- * thread of `src/cores` (tensors of at least SPLIT_MIN elements are cut into one part per
- * thread on WASM_CHUNK bounds; z is counter-based, so the bits do not depend on the cut), chunk by
- * chunk of WASM_CHUNK elements: the chunk of theta is copied into the kernel's memory, z is
+ * thread of `src/cores` (the tensors are cut into chunks of WASM_CHUNK elements, which the threads
+ * take in turn; z is counter-based, so the bits do not depend on who takes which), chunk by
+ * chunk: the chunk of theta is copied into the kernel's memory, z is
  * generated there and the update is done with f32x4 IEEE multiply and add (no FMA; the same
  * two or three float32 roundings as above), and the chunk is copied back. Where WebAssembly SIMD
  * is unavailable (or with `impl: "js"`) the JS path generates z with the reference `fillZKeyed`
@@ -47,6 +47,7 @@ import {
   type Helper,
   helpers,
   waitAll,
+  workCounter,
 } from "../cores/mod.ts";
 
 /** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
@@ -155,10 +156,7 @@ export function perturb(
   }
 }
 
-/** Tensors shorter than this are not split between threads. */
-export const SPLIT_MIN = 1 << 16;
-
-/** A part of a tensor for one thread: elements start .. start + data.length. */
+/** A chunk of a tensor: elements start .. start + data.length. */
 interface Segment {
   data: Float32Array;
   start: number;
@@ -171,24 +169,32 @@ interface Segment {
 const HEADER = 23, SEGMENT_DOUBLES = 6;
 const MAX_SEGMENTS = Math.floor((ARG_DOUBLES - HEADER) / SEGMENT_DOUBLES);
 
-/** The WASM pass over `segments` on one thread's kernel. */
+/**
+ * The WASM pass over `segments` on one thread's kernel, taking them in turn from the shared
+ * work counter (src/cores `workCounter`) with the other threads: each segment is one chunk of
+ * at most WASM_CHUNK elements, computed the same way on any thread.
+ */
 function runSegments(
   k: ZKernel,
   keys: Int32Array,
   c: number,
   keep: number,
-  segments: Iterable<Segment>,
+  count: number,
+  segmentAt: (i: number) => Segment,
+  counter: Int32Array,
 ): void {
-  for (const { data, start, h0, h1, decayed } of segments) {
+  for (let i = Atomics.add(counter, 0, 1); i < count; i = Atomics.add(counter, 0, 1)) {
+    const { data, start, h0, h1, decayed } = segmentAt(i);
     k.setKey(keys, h0, h1);
-    const kc = decayed ? keep : undefined;
-    for (let j = 0; j < data.length; j += WASM_CHUNK) {
-      k.perturb(data.subarray(j, Math.min(data.length, j + WASM_CHUNK)), start + j, c, kc);
-    }
+    k.perturb(data, start, c, decayed ? keep : undefined);
   }
 }
 
-/** The pass on every thread: big tensors cut in one part per thread, small ones on main. */
+/**
+ * The pass on every thread: every tensor cut in chunks of WASM_CHUNK elements, which the
+ * threads take in turn (a thread that runs slower takes fewer; the bits do not depend on who
+ * takes what).
+ */
 function perturbOnCores(
   k: ZKernel,
   tensors: readonly NamedTensor[],
@@ -198,31 +204,30 @@ function perturbOnCores(
   decayedOf: (name: string) => boolean,
 ): void {
   const pool = helpers();
-  const T = pool.length + 1;
-  const parts: Segment[][] = Array.from({ length: T }, () => []);
+  const chunks: Segment[] = [];
   for (const { name, data } of tensors) {
     const [h0, h1] = nameHash(name);
     const decayed = decayedOf(name);
-    const n = data.length;
-    const ways = n < SPLIT_MIN ? 1 : T;
-    const cut = (i: number) => Math.min(n, Math.round((n * i) / ways / WASM_CHUNK) * WASM_CHUNK);
-    for (let i = 0; i < ways; i++) {
-      const lo = cut(i), hi = i === ways - 1 ? n : cut(i + 1);
-      if (hi > lo) parts[i].push({ data: data.subarray(lo, hi), start: lo, h0, h1, decayed });
+    for (let lo = 0; lo < data.length; lo += WASM_CHUNK) {
+      const hi = Math.min(data.length, lo + WASM_CHUNK);
+      chunks.push({ data: data.subarray(lo, hi), start: lo, h0, h1, decayed });
     }
   }
-  const longest = Math.max(...parts.map((p) => p.length));
-  for (let from = 0; from < longest; from += MAX_SEGMENTS) {
+  const counter = workCounter();
+  for (let from = 0; from < chunks.length; from += MAX_SEGMENTS) {
+    const batch = chunks.slice(from, from + MAX_SEGMENTS);
+    Atomics.store(counter, 0, 0);
     const posted: Helper[] = [];
     try {
-      pool.forEach((helper, i) => {
-        const segments = parts[i + 1].slice(from, from + MAX_SEGMENTS);
-        if (segments.length === 0) return;
-        encodeSegments(helper.args, keys, c, keep, segments);
-        helper.post(Command.Perturb);
-        posted.push(helper);
-      });
-      runSegments(k, keys, c, keep, parts[0].slice(from, from + MAX_SEGMENTS));
+      // Small batches are not worth a helper's wake-up.
+      if (batch.length > 1) {
+        for (const helper of pool) {
+          encodeSegments(helper.args, keys, c, keep, batch);
+          helper.post(Command.Perturb);
+          posted.push(helper);
+        }
+      }
+      runSegments(k, keys, c, keep, batch.length, (i) => batch[i], counter);
     } finally {
       waitAll(posted);
     }
@@ -252,19 +257,18 @@ function encodeSegments(
 }
 
 /** A helper thread's side of Command.Perturb (src/cores/helper.ts). */
-export function runPerturbCommand(k: ZKernel, args: Float64Array): void {
+export function runPerturbCommand(k: ZKernel, args: Float64Array, counter: Int32Array): void {
   const keys = Int32Array.from(args.subarray(2, 22));
-  const count = args[22];
-  const segments: Segment[] = [];
-  for (let i = 0; i < count; i++) {
+  // Segments are read when taken: most are the other threads'.
+  const segmentAt = (i: number): Segment => {
     const o = HEADER + i * SEGMENT_DOUBLES;
-    segments.push({
+    return {
       data: floatsAt(BigInt(args[o]), args[o + 1]),
       start: args[o + 2],
       h0: args[o + 3],
       h1: args[o + 4],
       decayed: args[o + 5] === 1,
-    });
-  }
-  runSegments(k, keys, args[0], args[1], segments);
+    };
+  };
+  runSegments(k, keys, args[0], args[1], args[22], segmentAt, counter);
 }
