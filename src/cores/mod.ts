@@ -27,7 +27,7 @@ export const MAX_THREADS = 16;
 export const ARG_DOUBLES = 1 << 14;
 
 /** Commands a helper runs (see ./helper.ts). */
-export const Command = { Perturb: 1, HeadBlock: 2, Attention: 3 } as const;
+export const Command = { Perturb: 1, HeadBlock: 2, Attention: 3, HeadBlocks: 4 } as const;
 
 // Control words (int32) of a helper.
 const STATE = 0, COMMAND = 1, ERROR_BYTES = 2, LANE_LO = 3, LANE_HI = 4;
@@ -220,6 +220,14 @@ export const protocol = {
   READY,
   ERROR_CAPACITY,
 } as const;
+
+/** The `bytes` bytes at a raw address (memory another thread owns) as an ArrayBuffer. */
+export function bufferAt(address: bigint, bytes: number): ArrayBuffer {
+  if (bytes === 0) return new ArrayBuffer(0);
+  const pointer = Deno.UnsafePointer.create(address);
+  if (pointer === null) throw new Error("cores: null address");
+  return Deno.UnsafePointerView.getArrayBuffer(pointer, bytes);
+}
 
 /** A Float32Array over `length` floats at a raw address (memory another thread owns). */
 export function floatsAt(address: bigint, length: number): Float32Array {

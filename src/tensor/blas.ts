@@ -27,37 +27,15 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { addressOf } from "../cores/mod.ts";
 import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
+import { CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_SGEMM, CBLAS_TRANS } from "./sgemm.ts";
 
-const CBLAS_ROW_MAJOR = 101;
-const CBLAS_NO_TRANS = 111;
-const CBLAS_TRANS = 112;
-/** Rows of the left operand per `cblas_sgemm` call (see `sgemmBatchMatMul`). */
 const ROW_BLOCK = 2048;
 
-const SYMBOLS = {
-  cblas_sgemm: {
-    parameters: [
-      "i32", // order
-      "i32", // transA
-      "i32", // transB
-      "i32", // M
-      "i32", // N
-      "i32", // K
-      "f32", // alpha
-      "pointer", // A
-      "i32", // lda
-      "pointer", // B
-      "i32", // ldb
-      "f32", // beta
-      "pointer", // C
-      "i32", // ldc
-    ],
-    result: "void",
-  },
-} as const;
+const SYMBOLS = { cblas_sgemm: CBLAS_SGEMM } as const;
 
 const OPTIONAL_SYMBOLS = {
   openblas_get_num_threads: { parameters: [], result: "i32", optional: true },
+  openblas_set_num_threads: { parameters: ["i32"], result: "void", optional: true },
   openblas_get_config: { parameters: [], result: "pointer", optional: true },
   openblas_get_corename: { parameters: [], result: "pointer", optional: true },
 } as const;
@@ -79,6 +57,7 @@ export interface NativeMatMul {
 
 let state: NativeMatMul | undefined;
 let library: Library | undefined;
+let libraryName: string | undefined;
 
 interface WasmBackend {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -163,6 +142,7 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
     });
   }
   library = lib;
+  libraryName = name;
   const original = tf.getKernel(tf.BatchMatMul, "wasm");
   if (!original) throw new Error("native matMul: the WASM backend is not registered");
   tf.unregisterKernel(tf.BatchMatMul, "wasm");
@@ -173,6 +153,35 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
       sgemmBatchMatMul(lib, args) ?? (original.kernelFunc(args) as tf.TensorInfo),
   });
   return (state = { enabled: true, ...describeLibrary(lib, name) });
+}
+
+/**
+ * The loaded library's name, for helper threads to open it too (src/tensor/sgemm.ts), when it
+ * can be told to run a call on the calling thread alone (OpenBLAS' `openblas_set_num_threads`);
+ * undefined otherwise.
+ */
+export function threadableLibrary(): string | undefined {
+  return library?.symbols.openblas_set_num_threads && library.symbols.openblas_get_num_threads
+    ? libraryName
+    : undefined;
+}
+
+/**
+ * Runs `f` with the library's own threads set to one, so that several threads of this process
+ * may each make calls of their own at once (OpenBLAS keeps a pool of buffers for that), then
+ * restores the count.
+ */
+export function withOneBlasThread<T>(f: () => T): T {
+  const get = library?.symbols.openblas_get_num_threads;
+  const set = library?.symbols.openblas_set_num_threads;
+  if (!get || !set) return f();
+  const before = get();
+  set(1);
+  try {
+    return f();
+  } finally {
+    set(before);
+  }
 }
 
 /** The state of the native matMul (undefined before `enableNativeMatMul`). */

@@ -6,20 +6,42 @@
  * `[rows, P]` (up to 4 MiB) straight into a thread's lane (src/tensor/lane.ts); that thread
  * reduces it to column maxima and sums of exp while it is still in cache, and the main thread
  * folds the blocks in vocabulary order: `M = max_b m_b`, `S = sum_b s_b exp(m_b - M)`,
- * `lse = M + log S`. With T threads, T blocks are in flight per round (src/cores): the blocks
- * and the fold order do not depend on T, so neither do the bits. No `[V, P]` tensor is made
- * (OPT's vocabulary at 1024 positions would be 206 MB).
+ * `lse = M + log S`. With helper threads (src/cores) and OpenBLAS, every thread takes the next
+ * block in turn and makes its own OpenBLAS call (`stolenBlocks`): no thread waits for another
+ * until the last block. Otherwise the main thread has OpenBLAS (on all its threads) write T
+ * blocks per round, one per lane. Either way the blocks and the fold order do not depend on T,
+ * so neither do the bits. No `[V, P]` tensor is made (OPT's vocabulary at 1024 positions would
+ * be 206 MB).
  *
  * Needs the native matMul (src/tensor/blas.ts); `headLogProbs` returns null without it and the
  * model uses the tfjs matMul and `columnLogSumExp` instead.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { heapAddress, nativeMatMul, sgemmAt } from "./blas.ts";
-import { Command, floatsAt, type Helper, helpers, waitAll } from "../cores/mod.ts";
+import {
+  heapAddress,
+  nativeMatMul,
+  sgemmAt,
+  threadableLibrary,
+  withOneBlasThread,
+} from "./blas.ts";
+import { openSgemm } from "./sgemm.ts";
+import {
+  addressOf,
+  Command,
+  floatsAt,
+  type Helper,
+  helpers,
+  waitAll,
+  workCounter,
+} from "../cores/mod.ts";
 import {
   blockRows,
+  columnHasNaN,
   createLane,
+  encodeHeadJob,
+  HEAD_JOB_FIELDS,
   HEAD_WIDTH,
+  type HeadJob,
   type Lane,
   LANE_BYTES,
   LANE_LOGITS,
@@ -72,6 +94,10 @@ export function headLogProbs(
   const byBlock: number[][] = Array.from({ length: blocks }, () => []);
   for (let i = 0; i < token.length; i++) byBlock[Math.floor(token[i] / rows)].push(i);
 
+  const library = threadableLibrary();
+  if (library !== undefined && helpers().length > 0) {
+    return stolenBlocks(library, weight, features, col, token, { V, E, P, rows, blocks });
+  }
   const { main, others } = lanes();
   const pool = helpers();
   const all: LaneViews[] = [main, ...others];
@@ -122,7 +148,88 @@ export function headLogProbs(
   return picked;
 }
 
-function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): boolean {
-  for (let v = 0; v < rows; v++) if (Number.isNaN(block[v * P + p])) return true;
-  return false;
+/**
+ * headLogProbs on every thread without rounds: each thread takes the next block of the
+ * vocabulary from the shared counter, has OpenBLAS (one thread per call) write its logits into
+ * its own lane, reduces them there and writes the block's maxima, sums and picked logits to
+ * arrays all threads can reach; the main thread then folds the blocks in vocabulary order. No
+ * thread waits for another until the last block, so a core that runs slower (a noisy
+ * neighbour) takes fewer blocks. Each block is computed the same way on any thread (OpenBLAS'
+ * result does not depend on its thread count: it does not split the sum over E), so the bits
+ * do not depend on the thread count.
+ */
+function stolenBlocks(
+  library: string,
+  weight: tf.Tensor2D,
+  features: tf.Tensor2D,
+  col: Int32Array,
+  token: Int32Array,
+  { V, E, P, rows, blocks }: { V: number; E: number; P: number; rows: number; blocks: number },
+): Float32Array {
+  // Other threads write these through raw addresses: each gets an ArrayBuffer of its own,
+  // whose memory V8 never moves (a small typed array made directly may live in V8's heap).
+  const fixed = <T>(make: (b: ArrayBuffer) => T, bytes: number) => make(new ArrayBuffer(bytes));
+  const maxes = fixed((b) => new Float32Array(b), blocks * P * 4);
+  const sums = fixed((b) => new Float64Array(b), blocks * P * 8);
+  const nanAt = fixed((b) => new Uint8Array(b), blocks * P);
+  const picked = fixed((b) => new Float32Array(b), col.length * 4);
+  const cols = fixed((b) => new Int32Array(b), col.length * 4);
+  const tokens = fixed((b) => new Int32Array(b), col.length * 4);
+  cols.set(col);
+  tokens.set(token);
+  const job: HeadJob = {
+    V,
+    E,
+    P,
+    rows,
+    blocks,
+    weight: heapAddress(weight),
+    features: heapAddress(features),
+    maxes: addressOf(maxes),
+    sums: addressOf(sums),
+    nan: addressOf(nanAt),
+    pairs: col.length,
+    col: addressOf(cols),
+    token: addressOf(tokens),
+    picked: addressOf(picked),
+  };
+  const counter = workCounter();
+  Atomics.store(counter, 0, 0);
+  const { main } = lanes();
+  withOneBlasThread(() => {
+    const posted: Helper[] = [];
+    try {
+      for (const helper of helpers()) {
+        encodeHeadJob(job, helper.args);
+        const at = HEAD_JOB_FIELDS.length;
+        helper.args[at] = library.length;
+        for (let i = 0; i < library.length; i++) helper.args[at + 1 + i] = library.charCodeAt(i);
+        helper.post(Command.HeadBlocks);
+        posted.push(helper);
+      }
+      main.headBlocks(job, counter, openSgemm(library));
+    } finally {
+      waitAll(posted);
+    }
+  });
+  const M = new Float64Array(P).fill(-Infinity), S = new Float64Array(P);
+  const nan = new Uint8Array(P);
+  for (let b = 0; b < blocks; b++) {
+    for (let p = 0; p < P; p++) {
+      const m = maxes[b * P + p], s = sums[b * P + p];
+      if (m === -Infinity) {
+        if (nanAt[b * P + p]) nan[p] = 1;
+      } else if (m !== m || s !== s) nan[p] = 1;
+      else if (m <= M[p]) S[p] += s * Math.exp(m - M[p]);
+      else {
+        S[p] = S[p] * Math.exp(M[p] - m) + s;
+        M[p] = m;
+      }
+    }
+  }
+  for (let i = 0; i < col.length; i++) {
+    const p = col[i];
+    picked[i] = nan[p] ? NaN : picked[i] - (M[p] + Math.log(S[p]));
+  }
+  return picked;
 }

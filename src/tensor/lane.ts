@@ -13,7 +13,8 @@
  * head) at a time, copied into the lane from LOGITS on.
  */
 import { instantiateFusedKernels } from "./wasm/fused_kernels.ts";
-import { addressOf, floatsAt } from "../cores/mod.ts";
+import { addressOf, bufferAt, floatsAt } from "../cores/mod.ts";
+import type { Sgemm } from "./sgemm.ts";
 
 /** Positions per block at most (the head's width). */
 export const HEAD_WIDTH = 1024;
@@ -76,8 +77,80 @@ export interface AttentionOperands {
   out: bigint;
 }
 
-/** A lane owned by this thread: its views, `reduce` and `attendRows`. */
+/**
+ * The LM head's blocks for every thread to take in turn (src/tensor/head.ts): the weight
+ * `[V, E]` and features `[E, P]` (raw addresses), `blocks` blocks of `rows` vocabulary rows, and
+ * where each block's results go: its column maxima (float32) and sums (float64) at
+ * `[block * P + p]`, a 1 where a column's maximum is -Infinity but the block holds a NaN, and
+ * the logit of each (column, token) pair whose token is in the block.
+ */
+export interface HeadJob {
+  V: number;
+  E: number;
+  P: number;
+  rows: number;
+  blocks: number;
+  weight: bigint;
+  features: bigint;
+  maxes: bigint;
+  sums: bigint;
+  nan: bigint;
+  pairs: number;
+  col: bigint;
+  token: bigint;
+  picked: bigint;
+}
+
+/** A HeadJob as doubles (a helper's arguments), and back. */
+export const HEAD_JOB_FIELDS = [
+  "V",
+  "E",
+  "P",
+  "rows",
+  "blocks",
+  "weight",
+  "features",
+  "maxes",
+  "sums",
+  "nan",
+  "pairs",
+  "col",
+  "token",
+  "picked",
+] as const;
+
+export function encodeHeadJob(job: HeadJob, args: Float64Array): void {
+  HEAD_JOB_FIELDS.forEach((f, i) => (args[i] = Number(job[f])));
+}
+
+export function decodeHeadJob(args: Float64Array): HeadJob {
+  const n = (i: number) => args[i], a = (i: number) => BigInt(args[i]);
+  return {
+    V: n(0),
+    E: n(1),
+    P: n(2),
+    rows: n(3),
+    blocks: n(4),
+    weight: a(5),
+    features: a(6),
+    maxes: a(7),
+    sums: a(8),
+    nan: a(9),
+    pairs: n(10),
+    col: a(11),
+    token: a(12),
+    picked: a(13),
+  };
+}
+
+/** A lane owned by this thread: its views, `reduce`, `headBlocks` and `attendRows`. */
 export interface Lane extends LaneViews {
+  /**
+   * Takes blocks of `job` from `counter` until none is left: for each, OpenBLAS (`sgemm`, one
+   * thread) writes its logits into this lane, `reduce` makes its maxima and sums, and they go
+   * to the job's arrays with the block's picked logits.
+   */
+  headBlocks(job: HeadJob, counter: Int32Array, sgemm: Sgemm): void;
   /** Column maxima and sums of exp(logit - max) of the `[rows, P]` block now in the lane. */
   reduce(rows: number, P: number): void;
   /**
@@ -108,14 +181,41 @@ export function createLane(): Lane {
   const ex = instantiateFusedKernels(memory);
   const floats = new Float32Array(memory.buffer);
   const address = addressOf(floats);
+  const views = laneViews(memory.buffer, address);
+  const logitsAt = address + BigInt(LOGITS);
+  const reduce = (rows: number, P: number) => {
+    if (rows * P > BLOCK_FLOATS || P > HEAD_WIDTH) {
+      throw new RangeError(`lane: block [${rows}, ${P}] does not fit`);
+    }
+    ex.colMax(LOGITS, rows, P, MAXES);
+    ex.colSumExp(LOGITS, rows, P, MAXES, CONSTANTS, SUMS);
+  };
   return {
-    ...laneViews(memory.buffer, address),
-    reduce(rows, P) {
-      if (rows * P > BLOCK_FLOATS || P > HEAD_WIDTH) {
-        throw new RangeError(`lane: block [${rows}, ${P}] does not fit`);
+    ...views,
+    reduce,
+    headBlocks(job, counter, sgemm) {
+      const { V, E, P, rows, blocks } = job;
+      const maxes = new Float32Array(bufferAt(job.maxes, blocks * P * 4));
+      const sums = new Float64Array(bufferAt(job.sums, blocks * P * 8));
+      const nan = new Uint8Array(bufferAt(job.nan, blocks * P));
+      const col = new Int32Array(bufferAt(job.col, job.pairs * 4));
+      const token = new Int32Array(bufferAt(job.token, job.pairs * 4));
+      const picked = new Float32Array(bufferAt(job.picked, job.pairs * 4));
+      for (let b = Atomics.add(counter, 0, 1); b < blocks; b = Atomics.add(counter, 0, 1)) {
+        const v0 = b * rows, n = Math.min(rows, V - v0);
+        sgemm(n, P, E, job.weight + BigInt(v0 * E * 4), E, job.features, P, logitsAt, P);
+        reduce(n, P);
+        maxes.set(views.maxes.subarray(0, P), b * P);
+        sums.set(views.sums.subarray(0, P), b * P);
+        for (let p = 0; p < P; p++) {
+          // Every logit of the column is -Infinity, or a NaN hid behind the kernel's pmax.
+          if (views.maxes[p] === -Infinity) nan[b * P + p] = columnHasNaN(views.logits, n, P, p);
+        }
+        for (let i = 0; i < job.pairs; i++) {
+          const t = token[i] - v0;
+          if (t >= 0 && t < n) picked[i] = views.logits[t * P + col[i]];
+        }
       }
-      ex.colMax(LOGITS, rows, P, MAXES);
-      ex.colSumExp(LOGITS, rows, P, MAXES, CONSTANTS, SUMS);
     },
     attendRows(at, { B, S, H, hd }, bFrom, bTo) {
       if (!laneFitsAttention(S, hd)) throw new RangeError(`lane: attention S=${S} does not fit`);
@@ -151,4 +251,10 @@ export function createLane(): Lane {
       }
     },
   };
+}
+
+/** 1 when column p of a `[rows, P]` block holds a NaN. */
+export function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): number {
+  for (let v = 0; v < rows; v++) if (Number.isNaN(block[v * P + p])) return 1;
+  return 0;
 }

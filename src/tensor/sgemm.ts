@@ -1,0 +1,74 @@
+/**
+ * `cblas_sgemm` through Deno's FFI, free of TensorFlow.js so that helper threads (src/cores)
+ * can load it: src/tensor/blas.ts opens the library for the main thread; a helper opens the
+ * same one (already loaded: the same code and state) to compute LM-head blocks of its own
+ * (src/tensor/lane.ts `headBlocks`).
+ */
+
+/** The symbol as Deno.dlopen declares it. */
+export const CBLAS_SGEMM = {
+  parameters: [
+    "i32", // order
+    "i32", // transA
+    "i32", // transB
+    "i32", // M
+    "i32", // N
+    "i32", // K
+    "f32", // alpha
+    "pointer", // A
+    "i32", // lda
+    "pointer", // B
+    "i32", // ldb
+    "f32", // beta
+    "pointer", // C
+    "i32", // ldc
+  ],
+  result: "void",
+} as const;
+
+export const CBLAS_ROW_MAJOR = 101;
+export const CBLAS_NO_TRANS = 111;
+export const CBLAS_TRANS = 112;
+
+/** Row-major `C[M, N] = A[M, K] · B[K, N]` on raw addresses, leading dimensions given. */
+export type Sgemm = (
+  M: number,
+  N: number,
+  K: number,
+  a: bigint,
+  lda: number,
+  b: bigint,
+  ldb: number,
+  c: bigint,
+  ldc: number,
+) => void;
+
+const opened = new Map<string, Sgemm>();
+
+/** `cblas_sgemm` of the library `name` (opened once per thread). */
+export function openSgemm(name: string): Sgemm {
+  let f = opened.get(name);
+  if (!f) {
+    const lib = Deno.dlopen(name, { cblas_sgemm: CBLAS_SGEMM });
+    const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
+    f = (M, N, K, a, lda, b, ldb, c, ldc) =>
+      lib.symbols.cblas_sgemm(
+        CBLAS_ROW_MAJOR,
+        CBLAS_NO_TRANS,
+        CBLAS_NO_TRANS,
+        M,
+        N,
+        K,
+        1,
+        ptr(a),
+        lda,
+        ptr(b),
+        ldb,
+        0,
+        ptr(c),
+        ldc,
+      );
+    opened.set(name, f);
+  }
+  return f;
+}
