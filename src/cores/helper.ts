@@ -6,10 +6,14 @@ import { workerData } from "node:worker_threads";
 import { Command, protocol as p } from "./mod.ts";
 import { createZKernel } from "../rng/wasm/mod.ts";
 import { runPerturbCommand } from "../dpzo/perturbation.ts";
-import { createLane, decodeHeadJob, HEAD_JOB_FIELDS } from "../tensor/lane.ts";
-
-const HEAD_JOB_DOUBLES = HEAD_JOB_FIELDS.length;
-import { openSgemm } from "../tensor/sgemm.ts";
+import {
+  ATTENTION_JOB_FIELDS,
+  createLane,
+  decodeAttentionJob,
+  decodeHeadJob,
+  HEAD_JOB_FIELDS,
+} from "../tensor/lane.ts";
+import { openSgemm, openSgemmGeneral, readLibraryName } from "../tensor/sgemm.ts";
 
 const { control, args, error, counter } = workerData as {
   control: Int32Array;
@@ -49,10 +53,11 @@ try {
       if (command === Command.Perturb) runPerturbCommand(kernel, args, counter);
       else if (command === Command.HeadBlock) lane.reduce(args[0], args[1]);
       else if (command === Command.HeadBlocks) {
-        // The library's name follows the job, as UTF-16 code units.
-        const at = HEAD_JOB_DOUBLES,
-          name = String.fromCharCode(...args.subarray(at + 1, at + 1 + args[at]));
-        lane.headBlocks(decodeHeadJob(args), counter, openSgemm(name));
+        const library = readLibraryName(args, HEAD_JOB_FIELDS.length);
+        lane.headBlocks(decodeHeadJob(args), counter, openSgemm(library));
+      } else if (command === Command.AttendHeads) {
+        const library = readLibraryName(args, ATTENTION_JOB_FIELDS.length);
+        lane.attendHeads(decodeAttentionJob(args), counter, openSgemmGeneral(library));
       } else if (command === Command.Attention) {
         const [q, k, v, keyMask, out] = [0, 1, 2, 3, 4].map((i) => BigInt(args[i]));
         const [B, S, H, hd, bFrom, bTo] = args.subarray(5, 11);

@@ -27,7 +27,13 @@ export const MAX_THREADS = 16;
 export const ARG_DOUBLES = 1 << 14;
 
 /** Commands a helper runs (see ./helper.ts). */
-export const Command = { Perturb: 1, HeadBlock: 2, Attention: 3, HeadBlocks: 4 } as const;
+export const Command = {
+  Perturb: 1,
+  HeadBlock: 2,
+  Attention: 3,
+  HeadBlocks: 4,
+  AttendHeads: 5,
+} as const;
 
 // Control words (int32) of a helper.
 const STATE = 0, COMMAND = 1, ERROR_BYTES = 2, LANE_LO = 3, LANE_HI = 4;

@@ -17,9 +17,23 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
 import { type FusedKernels, instantiateFusedKernels } from "./wasm/fused_kernels.ts";
-import { addressOf, Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
-import { laneFitsAttention } from "./lane.ts";
-import { nativeMatMul, sgemmStrided } from "./blas.ts";
+import { addressOf, Command, type Helper, helpers, waitAll, workCounter } from "../cores/mod.ts";
+import {
+  ATTENTION_JOB_FIELDS,
+  type AttentionJob,
+  encodeAttentionJob,
+  laneFitsAttention,
+  laneFitsHeads,
+  ownLane,
+} from "./lane.ts";
+import {
+  heapAddress,
+  nativeMatMul,
+  sgemmStrided,
+  threadableLibrary,
+  withOneBlasThread,
+} from "./blas.ts";
+import { openSgemmGeneral, writeLibraryName } from "./sgemm.ts";
 
 interface WasmBackendInternals {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -158,6 +172,10 @@ function nativeAttention(
   scale: number,
 ): tf.Tensor2D {
   const N = B * S;
+  const library = threadableLibrary();
+  if (library !== undefined && helpers().length > 0 && laneFitsHeads(S)) {
+    return sharedAttention(library, q, k, v, keyMask, { B, S, H, hd }, scale);
+  }
   const out = heapTensor([H * hd, N]) as tf.Tensor2D;
   // The scores [S, S] of one (row, head), then 208 bytes for the exp constants.
   const scratch = heapTensor([S * S + 52]);
@@ -203,6 +221,58 @@ function nativeAttention(
     throw e;
   } finally {
     scratch.dispose();
+  }
+  return out;
+}
+
+/**
+ * nativeAttention on every thread: each takes the next (row, head) from the shared counter and
+ * computes it in its own lane with OpenBLAS calls of its own (one OpenBLAS thread per call), as
+ * the main thread alone would: the same bits on any thread count.
+ */
+function sharedAttention(
+  library: string,
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  keyMask: tf.Tensor1D,
+  { B, S, H, hd }: AttentionShape,
+  scale: number,
+): tf.Tensor2D {
+  const out = heapTensor([H * hd, B * S]) as tf.Tensor2D;
+  // Addresses after the allocation: an allocation may grow (move) the heap.
+  const job: AttentionJob = {
+    q: heapAddress(q),
+    k: heapAddress(k),
+    v: heapAddress(v),
+    keyMask: heapAddress(keyMask),
+    out: heapAddress(out),
+    B,
+    S,
+    H,
+    hd,
+    scale,
+  };
+  const counter = workCounter();
+  Atomics.store(counter, 0, 0);
+  try {
+    withOneBlasThread(() => {
+      const posted: Helper[] = [];
+      try {
+        for (const helper of helpers()) {
+          encodeAttentionJob(job, helper.args);
+          writeLibraryName(helper.args, ATTENTION_JOB_FIELDS.length, library);
+          helper.post(Command.AttendHeads);
+          posted.push(helper);
+        }
+        ownLane().attendHeads(job, counter, openSgemmGeneral(library));
+      } finally {
+        waitAll(posted);
+      }
+    });
+  } catch (e) {
+    out.dispose();
+    throw e;
   }
   return out;
 }

@@ -24,7 +24,7 @@ import {
   threadableLibrary,
   withOneBlasThread,
 } from "./blas.ts";
-import { openSgemm } from "./sgemm.ts";
+import { openSgemm, writeLibraryName } from "./sgemm.ts";
 import {
   addressOf,
   Command,
@@ -37,7 +37,6 @@ import {
 import {
   blockRows,
   columnHasNaN,
-  createLane,
   encodeHeadJob,
   HEAD_JOB_FIELDS,
   HEAD_WIDTH,
@@ -47,18 +46,17 @@ import {
   LANE_LOGITS,
   type LaneViews,
   laneViews,
+  ownLane,
 } from "./lane.ts";
 
 export { HEAD_WIDTH } from "./lane.ts";
 
-let own: Lane | undefined;
 let helperLanes: LaneViews[] | undefined;
 
 /** The main thread's lane and views of every helper's lane, in thread order. */
 function lanes(): { main: Lane; others: LaneViews[] } {
-  own ??= createLane();
   helperLanes ??= helpers().map((h) => laneViews(floatsAt(h.lane, LANE_BYTES / 4).buffer, h.lane));
-  return { main: own, others: helperLanes };
+  return { main: ownLane(), others: helperLanes };
 }
 
 /**
@@ -201,9 +199,7 @@ function stolenBlocks(
     try {
       for (const helper of helpers()) {
         encodeHeadJob(job, helper.args);
-        const at = HEAD_JOB_FIELDS.length;
-        helper.args[at] = library.length;
-        for (let i = 0; i < library.length; i++) helper.args[at + 1 + i] = library.charCodeAt(i);
+        writeLibraryName(helper.args, HEAD_JOB_FIELDS.length, library);
         helper.post(Command.HeadBlocks);
         posted.push(helper);
       }

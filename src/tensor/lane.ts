@@ -14,7 +14,7 @@
  */
 import { instantiateFusedKernels } from "./wasm/fused_kernels.ts";
 import { addressOf, bufferAt, floatsAt } from "../cores/mod.ts";
-import type { Sgemm } from "./sgemm.ts";
+import type { Sgemm, SgemmGeneral } from "./sgemm.ts";
 
 /** Positions per block at most (the head's width). */
 export const HEAD_WIDTH = 1024;
@@ -143,8 +143,71 @@ export function decodeHeadJob(args: Float64Array): HeadJob {
   };
 }
 
-/** A lane owned by this thread: its views, `reduce`, `headBlocks` and `attendRows`. */
+/**
+ * fusedAttention's (row, head) pairs for every thread to take in turn (src/tensor/fused.ts):
+ * q, k, v, out `[H * hd, B * S]` float32 and the key mask `[B * S]` int32 (raw addresses), and
+ * the scale of q · k.
+ */
+export interface AttentionJob {
+  q: bigint;
+  k: bigint;
+  v: bigint;
+  keyMask: bigint;
+  out: bigint;
+  B: number;
+  S: number;
+  H: number;
+  hd: number;
+  scale: number;
+}
+
+export const ATTENTION_JOB_FIELDS = [
+  "q",
+  "k",
+  "v",
+  "keyMask",
+  "out",
+  "B",
+  "S",
+  "H",
+  "hd",
+  "scale",
+] as const;
+
+export function encodeAttentionJob(job: AttentionJob, args: Float64Array): void {
+  ATTENTION_JOB_FIELDS.forEach((f, i) => (args[i] = Number(job[f])));
+}
+
+export function decodeAttentionJob(args: Float64Array): AttentionJob {
+  const a = (i: number) => BigInt(args[i]);
+  return {
+    q: a(0),
+    k: a(1),
+    v: a(2),
+    keyMask: a(3),
+    out: a(4),
+    B: args[5],
+    S: args[6],
+    H: args[7],
+    hd: args[8],
+    scale: args[9],
+  };
+}
+
+/** Whether `attendHeads` fits a (row, head) of S tokens in a lane. */
+export function laneFitsHeads(S: number): boolean {
+  return LOGITS + (S * S + S + 64) * 4 <= LANE_BYTES;
+}
+
+/** A lane owned by this thread: its views, `reduce`, `headBlocks`, the attention work. */
 export interface Lane extends LaneViews {
+  /**
+   * Takes (row, head) pairs of `job` from `counter` until none is left: for each, OpenBLAS
+   * (`gemm`) writes scale · q^T k into this lane, the `attentionProbs` kernel turns it into
+   * probabilities there, and OpenBLAS writes v p^T into `out` (as src/tensor/fused.ts does on
+   * the main thread alone).
+   */
+  attendHeads(job: AttentionJob, counter: Int32Array, gemm: SgemmGeneral): void;
   /**
    * Takes blocks of `job` from `counter` until none is left: for each, OpenBLAS (`sgemm`, one
    * thread) writes its logits into this lane, `reduce` makes its maxima and sums, and they go
@@ -193,6 +256,22 @@ export function createLane(): Lane {
   return {
     ...views,
     reduce,
+    attendHeads(job, counter, gemm) {
+      const { B, S, H, hd, scale } = job, N = B * S;
+      if (!laneFitsHeads(S)) throw new RangeError(`lane: attention S=${S} does not fit`);
+      const scores = LOGITS, maskAt = scores + S * S * 4, constants = maskAt + S * 4;
+      const scoresAt = address + BigInt(scores);
+      const mask = new Int32Array(bufferAt(job.keyMask, N * 4));
+      const laneInts = new Int32Array(memory.buffer);
+      for (let i = Atomics.add(counter, 0, 1); i < B * H; i = Atomics.add(counter, 0, 1)) {
+        const b = Math.floor(i / H), h = i % H;
+        const first = BigInt((h * hd * N + b * S) * 4); // element (h * hd, b * S)
+        gemm(true, false, S, S, hd, scale, job.q + first, N, job.k + first, N, scoresAt, S);
+        laneInts.set(mask.subarray(b * S, b * S + S), maskAt / 4);
+        ex.attentionProbs(scores, S, maskAt, constants);
+        gemm(false, true, hd, S, S, 1, job.v + first, N, scoresAt, S, job.out + first, N);
+      }
+    },
     headBlocks(job, counter, sgemm) {
       const { V, E, P, rows, blocks } = job;
       const maxes = new Float32Array(bufferAt(job.maxes, blocks * P * 4));
@@ -257,4 +336,12 @@ export function createLane(): Lane {
 export function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): number {
   for (let v = 0; v < rows; v++) if (Number.isNaN(block[v * P + p])) return 1;
   return 0;
+}
+
+let own: Lane | undefined;
+
+/** The main thread's lane (made on first use); a helper makes its own with `createLane`. */
+export function ownLane(): Lane {
+  own ??= createLane();
+  return own;
 }

@@ -43,23 +43,39 @@ export type Sgemm = (
   ldc: number,
 ) => void;
 
-const opened = new Map<string, Sgemm>();
+/** Row-major `C[M, N] = alpha · op(A) · op(B)` on raw addresses (op: transposed when asked). */
+export type SgemmGeneral = (
+  transA: boolean,
+  transB: boolean,
+  M: number,
+  N: number,
+  K: number,
+  alpha: number,
+  a: bigint,
+  lda: number,
+  b: bigint,
+  ldb: number,
+  c: bigint,
+  ldc: number,
+) => void;
 
-/** `cblas_sgemm` of the library `name` (opened once per thread). */
-export function openSgemm(name: string): Sgemm {
+const opened = new Map<string, SgemmGeneral>();
+
+/** `cblas_sgemm` of the library `name`, with transposes and a scale (opened once per thread). */
+export function openSgemmGeneral(name: string): SgemmGeneral {
   let f = opened.get(name);
   if (!f) {
     const lib = Deno.dlopen(name, { cblas_sgemm: CBLAS_SGEMM });
     const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
-    f = (M, N, K, a, lda, b, ldb, c, ldc) =>
+    f = (transA, transB, M, N, K, alpha, a, lda, b, ldb, c, ldc) =>
       lib.symbols.cblas_sgemm(
         CBLAS_ROW_MAJOR,
-        CBLAS_NO_TRANS,
-        CBLAS_NO_TRANS,
+        transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
+        transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
         M,
         N,
         K,
-        1,
+        alpha,
         ptr(a),
         lda,
         ptr(b),
@@ -71,4 +87,21 @@ export function openSgemm(name: string): Sgemm {
     opened.set(name, f);
   }
   return f;
+}
+
+/** `cblas_sgemm` of the library `name`, untransposed and unscaled. */
+export function openSgemm(name: string): Sgemm {
+  const f = openSgemmGeneral(name);
+  return (M, N, K, a, lda, b, ldb, c, ldc) => f(false, false, M, N, K, 1, a, lda, b, ldb, c, ldc);
+}
+
+/** Writes a library name into a helper's arguments at `at` (its length, then its code units). */
+export function writeLibraryName(args: Float64Array, at: number, name: string): void {
+  args[at] = name.length;
+  for (let i = 0; i < name.length; i++) args[at + 1 + i] = name.charCodeAt(i);
+}
+
+/** The library name `writeLibraryName` wrote at `at`. */
+export function readLibraryName(args: Float64Array, at: number): string {
+  return String.fromCharCode(...args.subarray(at + 1, at + 1 + args[at]));
 }
