@@ -3,7 +3,7 @@
  * (position p, token t) pairs, with W the `[V, E]` (tied) embedding and x_p the final features.
  *
  * The vocabulary is cut into blocks of `blockRows(P)` rows. OpenBLAS writes each block of logits
- * `[rows, P]` (up to 4 MiB) straight into a thread's lane (src/tensor/lane.ts); that thread
+ * `[rows, P]` (up to 2 MiB) straight into a thread's lane (src/tensor/lane.ts); that thread
  * reduces it to column maxima and sums of exp while it is still in cache, and the main thread
  * folds the blocks in vocabulary order: `M = max_b m_b`, `S = sum_b s_b exp(m_b - M)`,
  * `lse = M + log S`. With helper threads (src/cores) and OpenBLAS, every thread takes the next
@@ -164,15 +164,8 @@ function stolenBlocks(
   token: Int32Array,
   { V, E, P, rows, blocks }: { V: number; E: number; P: number; rows: number; blocks: number },
 ): Float32Array {
-  // Other threads write these through raw addresses: each gets an ArrayBuffer of its own,
-  // whose memory V8 never moves (a small typed array made directly may live in V8's heap).
-  const fixed = <T>(make: (b: ArrayBuffer) => T, bytes: number) => make(new ArrayBuffer(bytes));
-  const maxes = fixed((b) => new Float32Array(b), blocks * P * 4);
-  const sums = fixed((b) => new Float64Array(b), blocks * P * 8);
-  const nanAt = fixed((b) => new Uint8Array(b), blocks * P);
-  const picked = fixed((b) => new Float32Array(b), col.length * 4);
-  const cols = fixed((b) => new Int32Array(b), col.length * 4);
-  const tokens = fixed((b) => new Int32Array(b), col.length * 4);
+  const { maxes, sums, nanAt, picked, cols, tokens } = jobArrays(blocks * P, col.length);
+  nanAt.fill(0);
   cols.set(col);
   tokens.set(token);
   const job: HeadJob = {
@@ -223,9 +216,33 @@ function stolenBlocks(
       }
     }
   }
+  const out = new Float32Array(col.length);
   for (let i = 0; i < col.length; i++) {
     const p = col[i];
-    picked[i] = nan[p] ? NaN : picked[i] - (M[p] + Math.log(S[p]));
+    out[i] = nan[p] ? NaN : picked[i] - (M[p] + Math.log(S[p]));
   }
-  return picked;
+  return out;
+}
+
+let arrays: { buffer: ArrayBuffer; cells: number; pairs: number } | undefined;
+
+/**
+ * stolenBlocks' arrays, which the other threads write through raw addresses: views of one
+ * ArrayBuffer, whose memory V8 never moves (a small typed array made directly may live in V8's
+ * heap), kept from call to call (made anew each time, they piled up as garbage: 7 MiB of RSS).
+ */
+function jobArrays(cells: number, pairs: number) {
+  if (!arrays || arrays.cells < cells || arrays.pairs < pairs) {
+    const c = Math.max(cells, arrays?.cells ?? 0), n = Math.max(pairs, arrays?.pairs ?? 0);
+    arrays = { buffer: new ArrayBuffer(c * 13 + n * 12 + 16), cells: c, pairs: n };
+  }
+  const { buffer, cells: c, pairs: n } = arrays;
+  return {
+    sums: new Float64Array(buffer, 0, cells),
+    maxes: new Float32Array(buffer, c * 8, cells),
+    picked: new Float32Array(buffer, c * 12, pairs),
+    cols: new Int32Array(buffer, c * 12 + n * 4, pairs),
+    tokens: new Int32Array(buffer, c * 12 + n * 8, pairs),
+    nanAt: new Uint8Array(buffer, c * 12 + n * 12, cells),
+  };
 }

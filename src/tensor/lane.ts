@@ -19,17 +19,19 @@ import type { Sgemm, SgemmGeneral } from "./sgemm.ts";
 /** Positions per block at most (the head's width). */
 export const HEAD_WIDTH = 1024;
 /**
- * Floats of a block of logits at most (4 MiB: in the L2/L3 cache while it is reduced). Larger
+ * Floats of a block of logits at most (2 MiB: in the L2/L3 cache while it is reduced). Larger
  * blocks mean fewer, larger OpenBLAS calls (each packs the head's input anew) and fewer folds:
- * the LM head of small-opt at 1008 positions took 167 ms with 4 MiB blocks, 184-204 with 1 MiB.
+ * the LM head of small-opt at 1008 positions took 167 ms with 4 MiB blocks, 184-204 with 1 MiB,
+ * in rounds (src/tensor/head.ts). Since the threads take blocks in turn, 2 MiB are as fast as 4
+ * and keep each thread's lane 2 MiB smaller.
  */
-export const BLOCK_FLOATS = 1 << 20;
+export const BLOCK_FLOATS = 1 << 19;
 
 const LOGITS = 1 << 16; // the kernels keep nothing in memory; the first page stays unused
 const MAXES = LOGITS + BLOCK_FLOATS * 4;
 const CONSTANTS = MAXES + HEAD_WIDTH * 4; // 208 bytes for colSumExp's exp constants
 const SUMS = CONSTANTS + 256;
-const PAGES = 128; // 8 MiB, of which the head uses 4.1 MiB
+const PAGES = 128; // 8 MiB, of which the head uses 2.1 MiB
 
 /** Bytes of a lane. */
 export const LANE_BYTES = PAGES * 65536;
