@@ -1,8 +1,7 @@
 /**
- * The machine's other cores, for the loops that TensorFlow.js' WASM backend runs on one thread:
- * the perturbation pass (src/dpzo/perturbation.ts), the LM head's log-sum-exp
- * (src/tensor/head.ts) and attention (src/tensor/fused.ts). OpenBLAS already runs the matMuls on every core; without this the rest
- * of a step left all but one idle.
+ * The machine's other cores, for the work that TensorFlow.js' WASM backend would run on one
+ * thread: the perturbation pass (src/dpzo/perturbation.ts), the LM head (src/tensor/head.ts)
+ * and attention (src/tensor/fused.ts). OpenBLAS runs the other matMuls on every core itself.
  *
  * Each helper is a `node:worker_threads` Worker (unref'd, so it never keeps a process alive)
  * that sleeps on a shared control word (`Atomics.wait`). The main thread writes a command and
@@ -10,9 +9,11 @@
  * work, and then waits for it: the calls stay synchronous, no event loop turn is needed.
  *
  * Helpers work on memory the main thread owns (the weights in the WASM heap) through raw
- * pointers (`Deno.UnsafePointerView`), so this needs the FFI permission (`--allow-ffi`, which
- * the native matMul needs too). Work is only ever split on boundaries that do not change the
- * result: a step computes the same bits on 1 thread or 16 (tested).
+ * pointers (`Deno.UnsafePointerView`), and make OpenBLAS calls of their own (src/tensor/sgemm.ts),
+ * so this needs the FFI permission (`--allow-ffi`, which the native matMul needs too). A command's
+ * parts are taken in turn by every thread from a shared counter (`workCounter`), so a slower core
+ * takes fewer. Work is only ever cut on boundaries that do not change the result: a step
+ * computes the same bits on 1 thread or 16 (tested).
  *
  * `DPZO_THREADS` sets the number of threads, the main one included: unset, every core
  * (`navigator.hardwareConcurrency`, at most MAX_THREADS); `1` runs everything on the main
