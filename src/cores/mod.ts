@@ -88,7 +88,8 @@ export function requestedThreads(setting = Deno.env.get("DPZO_THREADS")): number
   if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
     throw new Error(
       `DPZO_THREADS=${setting}: must be an integer from 1 to ${MAX_THREADS} (threads for the ` +
-        "perturbation pass and the LM head, the main one included); unset it for every core",
+        "perturbation pass, attention and the LM head, the main one included); unset it for " +
+        "every core",
     );
   }
   return n;

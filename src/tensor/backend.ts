@@ -125,9 +125,11 @@ export function describeBackend(): string {
   if (name === "wasm") {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
     const blas = nativeMatMul();
-    // With OpenBLAS, attention's products are its (on the main thread) and the LM head is
-    // fused on the helpers; without it, the WASM attention kernel is shared among them.
-    const shared = blas?.enabled ? "perturbation and LM head" : "perturbation and attention";
+    // With OpenBLAS the helpers also take LM-head blocks (the fused head needs it); without it
+    // they share the perturbation pass and the WASM attention kernel.
+    const shared = blas?.enabled
+      ? "perturbation, attention and LM head"
+      : "perturbation and attention";
     const fma = simd && kernelsFuseMultiplyAdd() ? ", fused multiply-add" : "";
     return `backend: wasm (SIMD ${simd ? "on" : "off"}${fma}; matMul: ${
       blas?.description ?? "off"
