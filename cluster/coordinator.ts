@@ -318,6 +318,16 @@ export async function trainStep(
   const est = privatize(g, s.privatization, rng);
   if (!Number.isFinite(est.ghat)) {
     await transport.broadcast({ type: "step.abort", step });
+    const [lossPlus, lossMinus] = [mean(plus), mean(minus)];
+    if (!Number.isFinite(lossPlus) || !Number.isFinite(lossMinus)) {
+      // The weights overflowed before the run monitor saw the loss rise (src/report/warnings.ts
+      // says the same when it does): the learning rate, not phi.
+      throw new Error(
+        `step ${step}: the training loss is ${lossPlus} / ${lossMinus} (L+ / L-): the weights ` +
+          `overflowed, the learning rate train.lr = ${s.lr} is too large; lower train.lr ` +
+          `(e.g. --set train.lr=${Number((s.lr / 10).toPrecision(3))}) and start a new run`,
+      );
+    }
     throw new Error(
       `step ${step}: the projected gradient is ${est.ghat} (losses ${mean(plus)} / ${
         mean(minus)
