@@ -88,7 +88,7 @@ Deno.test("300000 post/wait round trips with the helpers never lose a wake-up", 
 import { Command, helpers } from "${ROOT}/src/cores/mod.ts";
 const pool = helpers();
 for (let i = 0; i < 300000; i++) {
-  for (const h of pool) { h.args[0] = 1; h.args[1] = 1; h.post(Command.HeadBlock); }
+  for (const h of pool) { h.args[22] = 0; h.post(Command.Perturb); } // a pass over no chunks
   for (const h of pool) h.wait();
 }
 console.log("helpers", pool.length);`;
@@ -103,9 +103,9 @@ import { Command, helpers, waitAll } from "${ROOT}/src/cores/mod.ts";
 const [helper] = helpers();
 helper.post(99);
 try { waitAll([helper]); console.log("no error"); } catch (e) { console.log("error:", e.message); }
-helper.args[0] = 1; helper.args[1] = 1;
-helper.post(Command.HeadBlock);
-try { helper.post(Command.HeadBlock); console.log("posted twice"); } catch (e) { console.log("second post:", e.message); }
+helper.args[22] = 0; // a perturbation pass over no chunks
+helper.post(Command.Perturb);
+try { helper.post(Command.Perturb); console.log("posted twice"); } catch (e) { console.log("second post:", e.message); }
 helper.wait();
 console.log("idle again");`;
   const out = await denoEval(code, { DPZO_THREADS: "2" });

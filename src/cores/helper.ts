@@ -13,7 +13,7 @@ import {
   decodeHeadJob,
   HEAD_JOB_FIELDS,
 } from "../tensor/lane.ts";
-import { openSgemm, openSgemmGeneral, readLibraryName } from "../tensor/sgemm.ts";
+import { openSgemm, readLibraryName } from "../tensor/sgemm.ts";
 
 const { control, args, error, counter } = workerData as {
   control: Int32Array;
@@ -36,8 +36,6 @@ try {
   const kernel = createZKernel();
   if (kernel === null) throw new Error("no WebAssembly SIMD");
   const lane = createLane();
-  control[p.LANE_LO] = Number(lane.address & 0xffffffffn) | 0;
-  control[p.LANE_HI] = Number(lane.address >> 32n) | 0;
   Atomics.store(control, p.STATE, p.READY);
   Atomics.notify(control, p.STATE);
   started = true;
@@ -51,13 +49,12 @@ try {
     try {
       const command = control[p.COMMAND];
       if (command === Command.Perturb) runPerturbCommand(kernel, args, counter);
-      else if (command === Command.HeadBlock) lane.reduce(args[0], args[1]);
       else if (command === Command.HeadBlocks) {
         const library = readLibraryName(args, HEAD_JOB_FIELDS.length);
         lane.headBlocks(decodeHeadJob(args), counter, openSgemm(library));
       } else if (command === Command.AttendHeads) {
         const library = readLibraryName(args, ATTENTION_JOB_FIELDS.length);
-        lane.attendHeads(decodeAttentionJob(args), counter, openSgemmGeneral(library));
+        lane.attendHeads(decodeAttentionJob(args), counter, openSgemm(library));
       } else if (command === Command.Attention) {
         const [q, k, v, keyMask, out] = [0, 1, 2, 3, 4].map((i) => BigInt(args[i]));
         const [B, S, H, hd, bFrom, bTo] = args.subarray(5, 11);

@@ -30,14 +30,13 @@ export const ARG_DOUBLES = 1 << 14;
 /** Commands a helper runs (see ./helper.ts). */
 export const Command = {
   Perturb: 1,
-  HeadBlock: 2,
   Attention: 3,
   HeadBlocks: 4,
   AttendHeads: 5,
 } as const;
 
 // Control words (int32) of a helper.
-const STATE = 0, COMMAND = 1, ERROR_BYTES = 2, LANE_LO = 3, LANE_HI = 4;
+const STATE = 0, COMMAND = 1, ERROR_BYTES = 2;
 const IDLE = 0, WORKING = 1, DONE = 2, FAILED = 3, READY = 4;
 /** Bytes for a helper's error message. */
 const ERROR_CAPACITY = 4096;
@@ -56,8 +55,6 @@ const SPIN_MS = 0.2;
 export interface Helper {
   /** The command's arguments: write them, then `post`. */
   readonly args: Float64Array;
-  /** Address of the helper's lane (src/tensor/lane.ts), a memory it owns. */
-  readonly lane: bigint;
   /** Wakes the helper on `command` (the arguments are already in `args`). */
   post(command: number): void;
   /** Waits until the posted command is done; throws the helper's error. */
@@ -152,10 +149,8 @@ function startHelper(): Helper | string {
     Atomics.wait(control, STATE, IDLE, Math.min(left, 50));
   }
   Atomics.store(control, STATE, IDLE);
-  const lane = BigInt(control[LANE_LO] >>> 0) | (BigInt(control[LANE_HI] >>> 0) << 32n);
   return {
     args,
-    lane,
     post(command) {
       // Only the main thread posts, and only to an idle helper: one still working (a wait that
       // threw, a timeout) would otherwise take this command's arguments mid-way.
@@ -219,8 +214,6 @@ export const protocol = {
   STATE,
   COMMAND,
   ERROR_BYTES,
-  LANE_LO,
-  LANE_HI,
   IDLE,
   WORKING,
   DONE,
@@ -239,10 +232,7 @@ export function bufferAt(address: bigint, bytes: number): ArrayBuffer {
 
 /** A Float32Array over `length` floats at a raw address (memory another thread owns). */
 export function floatsAt(address: bigint, length: number): Float32Array {
-  if (length === 0) return new Float32Array(0);
-  const pointer = Deno.UnsafePointer.create(address);
-  if (pointer === null) throw new Error("cores: null address");
-  return new Float32Array(Deno.UnsafePointerView.getArrayBuffer(pointer, length * 4));
+  return new Float32Array(bufferAt(address, length * 4));
 }
 
 /** The raw address of a typed array's first element. */

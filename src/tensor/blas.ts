@@ -27,7 +27,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { addressOf } from "../cores/mod.ts";
 import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
-import { CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_SGEMM, CBLAS_TRANS } from "./sgemm.ts";
+import { CBLAS_SGEMM, type Sgemm, sgemmOf } from "./sgemm.ts";
 
 const ROW_BLOCK = 2048;
 
@@ -58,6 +58,7 @@ export interface NativeMatMul {
 let state: NativeMatMul | undefined;
 let library: Library | undefined;
 let libraryName: string | undefined;
+let sgemm: Sgemm | undefined;
 
 interface WasmBackend {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -149,8 +150,7 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
   tf.registerKernel({
     kernelName: tf.BatchMatMul,
     backendName: "wasm",
-    kernelFunc: (args) =>
-      sgemmBatchMatMul(lib, args) ?? (original.kernelFunc(args) as tf.TensorInfo),
+    kernelFunc: (args) => sgemmBatchMatMul(args) ?? (original.kernelFunc(args) as tf.TensorInfo),
   });
   return (state = { enabled: true, ...describeLibrary(lib, name) });
 }
@@ -198,57 +198,14 @@ export function matMulIdentity(): string {
 }
 
 /**
- * Row-major `C[M, N] = A[M, K] · B[K, N]` on raw addresses (lda = K, ldb = N, ldc = N), for
- * callers that write the product outside the heap (src/tensor/head.ts). Throws when the native
- * matMul is off.
+ * `cblas_sgemm` of the loaded library on raw addresses (src/tensor/sgemm.ts), for the kernels
+ * that call it on sub-matrices or outside the heap (the LM head, attention). Throws when the
+ * native matMul is off.
  */
-export function sgemmAt(M: number, N: number, K: number, a: bigint, b: bigint, c: bigint): void {
-  sgemmStrided({ M, N, K, a, lda: K, b, ldb: N, c, ldc: N });
-}
-
-/** One row-major sgemm on raw addresses: `C = alpha · op(A) · op(B)`, C overwritten. */
-export interface StridedProduct {
-  M: number;
-  N: number;
-  K: number;
-  /** Scale of the product (1 when absent). */
-  alpha?: number;
-  a: bigint;
-  lda: number;
-  /** A is stored `[K, M]` (read transposed). */
-  transA?: boolean;
-  b: bigint;
-  ldb: number;
-  /** B is stored `[N, K]` (read transposed). */
-  transB?: boolean;
-  c: bigint;
-  ldc: number;
-}
-
-/**
- * `cblas_sgemm` on sub-matrices of larger ones (leading dimensions given), e.g. one head of one
- * batch row inside a `[hidden, tokens]` activation (src/tensor/fused.ts `fusedAttention`).
- * Throws when the native matMul is off.
- */
-export function sgemmStrided(p: StridedProduct): void {
-  if (!library) throw new Error("sgemmStrided: the native matMul is off");
-  const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
-  library.symbols.cblas_sgemm(
-    CBLAS_ROW_MAJOR,
-    p.transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
-    p.transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
-    p.M,
-    p.N,
-    p.K,
-    p.alpha ?? 1,
-    ptr(p.a),
-    p.lda,
-    ptr(p.b),
-    p.ldb,
-    0,
-    ptr(p.c),
-    p.ldc,
-  );
+export function nativeSgemm(): Sgemm {
+  if (!library) throw new Error("nativeSgemm: the native matMul is off");
+  sgemm ??= sgemmOf(library.symbols.cblas_sgemm);
+  return sgemm;
 }
 
 /** The address of a WASM-backend tensor's data (valid until the heap next grows). */
@@ -265,7 +222,6 @@ export function heapAddress(t: tf.Tensor): bigint {
  * batch of 1 broadcast. Returns null for what it does not handle (other broadcasts, dtypes).
  */
 function sgemmBatchMatMul(
-  lib: Library,
   { inputs, backend, attrs }: {
     inputs: tf.NamedTensorInfoMap;
     backend: unknown;
@@ -307,9 +263,7 @@ function sgemmBatchMatMul(
     return out;
   }
   const lda = transposeA ? M : K, ldb = transposeB ? K : N;
-  const ta = transposeA ? CBLAS_TRANS : CBLAS_NO_TRANS;
-  const tb = transposeB ? CBLAS_TRANS : CBLAS_NO_TRANS;
-  const ptr = (offset: bigint) => Deno.UnsafePointer.create(base + offset);
+  const gemm = nativeSgemm();
   // Rows of A in blocks of ROW_BLOCK (from row 0, so a given weight always splits the same
   // way): OpenBLAS packs the rows of a call into its own buffers, and a block bounds that
   // memory (an LM head's [vocab, E] weight would otherwise be packed whole).
@@ -319,20 +273,18 @@ function sgemmBatchMatMul(
       const aOff = aAt + BigInt((batchA === 1 ? 0 : i * M * K) + (transposeA ? m0 : m0 * K)) * 4n;
       const bOff = bAt + BigInt(batchB === 1 ? 0 : i * K * N) * 4n;
       const cOff = cAt + BigInt(i * M * N + m0 * N) * 4n;
-      lib.symbols.cblas_sgemm(
-        CBLAS_ROW_MAJOR,
-        ta,
-        tb,
+      gemm(
+        transposeA,
+        transposeB,
         rows,
         N,
         K,
         1,
-        ptr(aOff),
+        base + aOff,
         lda,
-        ptr(bOff),
+        base + bOff,
         ldb,
-        0,
-        ptr(cOff),
+        base + cOff,
         N,
       );
     }

@@ -29,11 +29,11 @@ import {
 import {
   heapAddress,
   nativeMatMul,
-  sgemmStrided,
+  nativeSgemm,
   threadableLibrary,
   withOneBlasThread,
 } from "./blas.ts";
-import { openSgemmGeneral, writeLibraryName } from "./sgemm.ts";
+import { writeLibraryName } from "./sgemm.ts";
 
 interface WasmBackendInternals {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -120,10 +120,11 @@ export interface AttentionOptions {
  * WASM (the caller then uses tfjs ops). No `[B, H, S, S]` tensors or head transposes are made;
  * TensorFlow.js runs batched matMuls on a scalar path (~2 GFLOP/s).
  *
- * With the native matMul, each (row, head) is two OpenBLAS products read and written in place
- * (`scale` · q_h^T k_h, then v_h · p^T) around the `attentionProbs` kernel: about 3x faster
- * than the WASM kernel on both cores. Otherwise the `attention` kernel does it all, its batch
- * rows shared among the threads (src/cores).
+ * With the native matMul (and S up to ~1400, what a thread's lane holds), each (row, head) is
+ * two OpenBLAS products read and written in place (`scale` · q_h^T k_h, then v_h · p^T) around
+ * the `attentionProbs` kernel, the pairs taken in turn by every thread: about 3x faster than the
+ * WASM kernel. Otherwise the `attention` kernel does it all, its batch rows shared among the
+ * threads (src/cores).
  */
 export function fusedAttention(
   q: tf.Tensor2D,
@@ -142,8 +143,8 @@ export function fusedAttention(
   if (D !== H * hd || N !== B * S || keyMask.size !== N || keyMask.dtype !== "int32") {
     throw new Error(`fusedAttention: shapes [${q.shape}] for B=${B} S=${S} H=${H} hd=${hd}`);
   }
-  if (native && nativeMatMul()?.enabled) {
-    return nativeAttention(kern, q, k, v, keyMask, { B, S, H, hd }, scale);
+  if (native && nativeMatMul()?.enabled && laneFitsHeads(S)) {
+    return nativeAttention(q, k, v, keyMask, { B, S, H, hd }, scale);
   }
   if (scale === 1) return kernelAttention(kern, q, k, v, keyMask, { B, S, H, hd });
   const scaled = tf.mul(q, scale) as tf.Tensor2D;
@@ -161,77 +162,13 @@ interface AttentionShape {
   hd: number;
 }
 
-/** fusedAttention through OpenBLAS, on the main thread: see there. */
-function nativeAttention(
-  kern: NonNullable<typeof cached>,
-  q: tf.Tensor2D,
-  k: tf.Tensor2D,
-  v: tf.Tensor2D,
-  keyMask: tf.Tensor1D,
-  { B, S, H, hd }: AttentionShape,
-  scale: number,
-): tf.Tensor2D {
-  const N = B * S;
-  const library = threadableLibrary();
-  if (library !== undefined && helpers().length > 0 && laneFitsHeads(S)) {
-    return sharedAttention(library, q, k, v, keyMask, { B, S, H, hd }, scale);
-  }
-  const out = heapTensor([H * hd, N]) as tf.Tensor2D;
-  // The scores [S, S] of one (row, head), then 208 bytes for the exp constants.
-  const scratch = heapTensor([S * S + 52]);
-  try {
-    // Addresses after every allocation: an allocation may grow (move) the heap.
-    const base = addressOf(new Uint8Array(kern.memory.buffer));
-    const at = (t: tf.Tensor) => base + BigInt(offsetOf(t));
-    const qa = at(q), ka = at(k), va = at(v), oa = at(out), sa = at(scratch);
-    const scores = offsetOf(scratch), constants = scores + S * S * 4, mask = offsetOf(keyMask);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        const first = BigInt((h * hd * N + b * S) * 4); // element (h * hd, b * S) of [D, N]
-        sgemmStrided({
-          M: S,
-          N: S,
-          K: hd,
-          alpha: scale,
-          a: qa + first,
-          lda: N,
-          transA: true,
-          b: ka + first,
-          ldb: N,
-          c: sa,
-          ldc: S,
-        });
-        kern.exports.attentionProbs(scores, S, mask + b * S * 4, constants);
-        sgemmStrided({
-          M: hd,
-          N: S,
-          K: S,
-          a: va + first,
-          lda: N,
-          b: sa,
-          ldb: S,
-          transB: true,
-          c: oa + first,
-          ldc: N,
-        });
-      }
-    }
-  } catch (e) {
-    out.dispose();
-    throw e;
-  } finally {
-    scratch.dispose();
-  }
-  return out;
-}
-
 /**
- * nativeAttention on every thread: each takes the next (row, head) from the shared counter and
- * computes it in its own lane with OpenBLAS calls of its own (one OpenBLAS thread per call), as
- * the main thread alone would: the same bits on any thread count.
+ * fusedAttention through OpenBLAS: every thread takes the next (row, head) from the shared
+ * counter and computes it in its own lane (src/tensor/lane.ts `attendHeads`). The helpers join
+ * when they can make OpenBLAS calls of their own (one OpenBLAS thread per call); a (row, head)
+ * is computed the same way on any thread, so the bits do not depend on the thread count.
  */
-function sharedAttention(
-  library: string,
+function nativeAttention(
   q: tf.Tensor2D,
   k: tf.Tensor2D,
   v: tf.Tensor2D,
@@ -253,23 +190,27 @@ function sharedAttention(
     hd,
     scale,
   };
+  const library = threadableLibrary();
+  const pool = library === undefined ? [] : helpers();
   const counter = workCounter();
   Atomics.store(counter, 0, 0);
-  try {
-    withOneBlasThread(() => {
-      const posted: Helper[] = [];
-      try {
-        for (const helper of helpers()) {
-          encodeAttentionJob(job, helper.args);
-          writeLibraryName(helper.args, ATTENTION_JOB_FIELDS.length, library);
-          helper.post(Command.AttendHeads);
-          posted.push(helper);
-        }
-        ownLane().attendHeads(job, counter, openSgemmGeneral(library));
-      } finally {
-        waitAll(posted);
+  const run = () => {
+    const posted: Helper[] = [];
+    try {
+      for (const helper of pool) {
+        encodeAttentionJob(job, helper.args);
+        writeLibraryName(helper.args, ATTENTION_JOB_FIELDS.length, library!);
+        helper.post(Command.AttendHeads);
+        posted.push(helper);
       }
-    });
+      ownLane().attendHeads(job, counter, nativeSgemm());
+    } finally {
+      waitAll(posted);
+    }
+  };
+  try {
+    if (pool.length > 0) withOneBlasThread(run);
+    else run();
   } catch (e) {
     out.dispose();
     throw e;

@@ -1,20 +1,21 @@
 /**
  * One thread's lane: the fused kernels (./wasm/fused_kernel.ts) on a WASM memory of their own,
- * LANE_BYTES long and never grown, so that its address is stable and the main thread can write
- * into it (OpenBLAS writes blocks of LM-head logits there) and read results back. Each helper
- * thread of src/cores has one, and so does the main thread. Kept free of TensorFlow.js, so that
- * helper threads load little; pages a lane never touches cost no memory.
+ * LANE_BYTES long and never grown, so that its address is stable and OpenBLAS, called by the
+ * thread that owns it, can write into it. Each helper thread of src/cores has one, and so does
+ * the main thread (`ownLane`). Kept free of TensorFlow.js, so that helper threads load little;
+ * pages a lane never touches cost no memory.
  *
- * Head layout (src/tensor/head.ts): a block of logits `[rows, P]` (row-major, rows * P <=
- * BLOCK_FLOATS) at LOGITS; after `reduce`, its column maxima m (P float32) at MAXES and its sums
- * of exp(logit - m) (P float64) at SUMS.
+ * Head (`headBlocks`, src/tensor/head.ts): a block of logits `[rows, P]` (row-major, rows * P <=
+ * BLOCK_FLOATS) at LOGITS; its column maxima m (P float32) at MAXES and its sums of
+ * exp(logit - m) (P float64) at SUMS, then copied to the job's arrays.
  *
- * Attention (`attendRows`): a helper's share of src/tensor/fused.ts `fusedAttention`, one (row,
- * head) at a time, copied into the lane from LOGITS on.
+ * Attention with OpenBLAS (`attendHeads`): one (row, head)'s scores `[S, S]` at LOGITS, its key
+ * mask and the exp constants after them. Without OpenBLAS (`attendRows`): a helper's share of
+ * the WASM attention kernel's rows, copied into the lane from LOGITS on.
  */
 import { instantiateFusedKernels } from "./wasm/fused_kernels.ts";
 import { addressOf, bufferAt, floatsAt } from "../cores/mod.ts";
-import type { Sgemm, SgemmGeneral } from "./sgemm.ts";
+import type { Sgemm } from "./sgemm.ts";
 
 /** Positions per block at most (the head's width). */
 export const HEAD_WIDTH = 1024;
@@ -48,22 +49,9 @@ export function blockRows(P: number): number {
   return Math.min(16384, Math.floor(BLOCK_FLOATS / P / 16) * 16);
 }
 
-/** A lane as any thread sees it: the block of logits and the block's results. */
-export interface LaneViews {
-  /** Address of the lane memory. */
-  address: bigint;
-  logits: Float32Array;
-  maxes: Float32Array;
-  sums: Float64Array;
-}
-
-/** Byte offset of the logits block in a lane. */
-export const LANE_LOGITS = LOGITS;
-
-/** The views of a lane memory given as an ArrayBuffer (its own thread or an alias of it). */
-export function laneViews(buffer: ArrayBufferLike, address: bigint): LaneViews {
+/** The head's views of a lane memory: the block of logits and the block's results. */
+function laneViews(buffer: ArrayBufferLike) {
   return {
-    address,
     logits: new Float32Array(buffer, LOGITS, BLOCK_FLOATS),
     maxes: new Float32Array(buffer, MAXES, HEAD_WIDTH),
     sums: new Float64Array(buffer, SUMS, HEAD_WIDTH),
@@ -201,23 +189,20 @@ export function laneFitsHeads(S: number): boolean {
   return LOGITS + (S * S + S + 64) * 4 <= LANE_BYTES;
 }
 
-/** A lane owned by this thread: its views, `reduce`, `headBlocks`, the attention work. */
-export interface Lane extends LaneViews {
+/** A lane owned by this thread: the LM head's blocks and attention's work on it. */
+export interface Lane {
   /**
    * Takes (row, head) pairs of `job` from `counter` until none is left: for each, OpenBLAS
    * (`gemm`) writes scale · q^T k into this lane, the `attentionProbs` kernel turns it into
-   * probabilities there, and OpenBLAS writes v p^T into `out` (as src/tensor/fused.ts does on
-   * the main thread alone).
+   * probabilities there, and OpenBLAS writes v p^T into `out`.
    */
-  attendHeads(job: AttentionJob, counter: Int32Array, gemm: SgemmGeneral): void;
+  attendHeads(job: AttentionJob, counter: Int32Array, gemm: Sgemm): void;
   /**
-   * Takes blocks of `job` from `counter` until none is left: for each, OpenBLAS (`sgemm`, one
-   * thread) writes its logits into this lane, `reduce` makes its maxima and sums, and they go
-   * to the job's arrays with the block's picked logits.
+   * Takes blocks of `job` from `counter` until none is left: for each, OpenBLAS (`gemm`) writes
+   * its logits into this lane, the kernels make their column maxima and sums of exp there, and
+   * they go to the job's arrays with the block's picked logits.
    */
-  headBlocks(job: HeadJob, counter: Int32Array, sgemm: Sgemm): void;
-  /** Column maxima and sums of exp(logit - max) of the `[rows, P]` block now in the lane. */
-  reduce(rows: number, P: number): void;
+  headBlocks(job: HeadJob, counter: Int32Array, gemm: Sgemm): void;
   /**
    * fusedAttention's work for rows [bFrom, bTo) of the batch (q, k, v, out `[H * hd, B * S]`
    * float32, the key mask B * S int32).
@@ -246,7 +231,7 @@ export function createLane(): Lane {
   const ex = instantiateFusedKernels(memory);
   const floats = new Float32Array(memory.buffer);
   const address = addressOf(floats);
-  const views = laneViews(memory.buffer, address);
+  const views = laneViews(memory.buffer);
   const logitsAt = address + BigInt(LOGITS);
   const reduce = (rows: number, P: number) => {
     if (rows * P > BLOCK_FLOATS || P > HEAD_WIDTH) {
@@ -256,8 +241,6 @@ export function createLane(): Lane {
     ex.colSumExp(LOGITS, rows, P, MAXES, CONSTANTS, SUMS);
   };
   return {
-    ...views,
-    reduce,
     attendHeads(job, counter, gemm) {
       const { B, S, H, hd, scale } = job, N = B * S;
       if (!laneFitsHeads(S)) throw new RangeError(`lane: attention S=${S} does not fit`);
@@ -274,7 +257,7 @@ export function createLane(): Lane {
         gemm(false, true, hd, S, S, 1, job.v + first, N, scoresAt, S, job.out + first, N);
       }
     },
-    headBlocks(job, counter, sgemm) {
+    headBlocks(job, counter, gemm) {
       const { V, E, P, rows, blocks } = job;
       const maxes = new Float32Array(bufferAt(job.maxes, blocks * P * 4));
       const sums = new Float64Array(bufferAt(job.sums, blocks * P * 8));
@@ -284,7 +267,20 @@ export function createLane(): Lane {
       const picked = new Float32Array(bufferAt(job.picked, job.pairs * 4));
       for (let b = Atomics.add(counter, 0, 1); b < blocks; b = Atomics.add(counter, 0, 1)) {
         const v0 = b * rows, n = Math.min(rows, V - v0);
-        sgemm(n, P, E, job.weight + BigInt(v0 * E * 4), E, job.features, P, logitsAt, P);
+        gemm(
+          false,
+          false,
+          n,
+          P,
+          E,
+          1,
+          job.weight + BigInt(v0 * E * 4),
+          E,
+          job.features,
+          P,
+          logitsAt,
+          P,
+        );
         reduce(n, P);
         maxes.set(views.maxes.subarray(0, P), b * P);
         sums.set(views.sums.subarray(0, P), b * P);
@@ -335,7 +331,7 @@ export function createLane(): Lane {
 }
 
 /** 1 when column p of a `[rows, P]` block holds a NaN. */
-export function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): number {
+function columnHasNaN(block: Float32Array, rows: number, P: number, p: number): number {
   for (let v = 0; v < rows; v++) if (Number.isNaN(block[v * P + p])) return 1;
   return 0;
 }

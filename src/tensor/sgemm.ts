@@ -1,8 +1,8 @@
 /**
  * `cblas_sgemm` through Deno's FFI, free of TensorFlow.js so that helper threads (src/cores)
  * can load it: src/tensor/blas.ts opens the library for the main thread; a helper opens the
- * same one (already loaded: the same code and state) to compute LM-head blocks of its own
- * (src/tensor/lane.ts `headBlocks`).
+ * same one (already loaded: the same code and state) for its share of the LM head and of
+ * attention (src/tensor/lane.ts `headBlocks`, `attendHeads`).
  */
 
 /** The symbol as Deno.dlopen declares it. */
@@ -26,25 +26,12 @@ export const CBLAS_SGEMM = {
   result: "void",
 } as const;
 
-export const CBLAS_ROW_MAJOR = 101;
-export const CBLAS_NO_TRANS = 111;
-export const CBLAS_TRANS = 112;
-
-/** Row-major `C[M, N] = A[M, K] · B[K, N]` on raw addresses, leading dimensions given. */
-export type Sgemm = (
-  M: number,
-  N: number,
-  K: number,
-  a: bigint,
-  lda: number,
-  b: bigint,
-  ldb: number,
-  c: bigint,
-  ldc: number,
-) => void;
+const CBLAS_ROW_MAJOR = 101;
+const CBLAS_NO_TRANS = 111;
+const CBLAS_TRANS = 112;
 
 /** Row-major `C[M, N] = alpha · op(A) · op(B)` on raw addresses (op: transposed when asked). */
-export type SgemmGeneral = (
+export type Sgemm = (
   transA: boolean,
   transB: boolean,
   M: number,
@@ -59,40 +46,42 @@ export type SgemmGeneral = (
   ldc: number,
 ) => void;
 
-const opened = new Map<string, SgemmGeneral>();
+type CblasSgemm = Deno.DynamicLibrary<
+  { cblas_sgemm: typeof CBLAS_SGEMM }
+>["symbols"]["cblas_sgemm"];
 
-/** `cblas_sgemm` of the library `name`, with transposes and a scale (opened once per thread). */
-export function openSgemmGeneral(name: string): SgemmGeneral {
+/** An Sgemm over a loaded `cblas_sgemm` symbol. */
+export function sgemmOf(cblasSgemm: CblasSgemm): Sgemm {
+  const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
+  return (transA, transB, M, N, K, alpha, a, lda, b, ldb, c, ldc) =>
+    cblasSgemm(
+      CBLAS_ROW_MAJOR,
+      transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
+      transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
+      M,
+      N,
+      K,
+      alpha,
+      ptr(a),
+      lda,
+      ptr(b),
+      ldb,
+      0,
+      ptr(c),
+      ldc,
+    );
+}
+
+const opened = new Map<string, Sgemm>();
+
+/** The Sgemm of the library `name` (opened once per thread; a helper's way in). */
+export function openSgemm(name: string): Sgemm {
   let f = opened.get(name);
   if (!f) {
-    const lib = Deno.dlopen(name, { cblas_sgemm: CBLAS_SGEMM });
-    const ptr = (address: bigint) => Deno.UnsafePointer.create(address);
-    f = (transA, transB, M, N, K, alpha, a, lda, b, ldb, c, ldc) =>
-      lib.symbols.cblas_sgemm(
-        CBLAS_ROW_MAJOR,
-        transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
-        transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
-        M,
-        N,
-        K,
-        alpha,
-        ptr(a),
-        lda,
-        ptr(b),
-        ldb,
-        0,
-        ptr(c),
-        ldc,
-      );
+    f = sgemmOf(Deno.dlopen(name, { cblas_sgemm: CBLAS_SGEMM }).symbols.cblas_sgemm);
     opened.set(name, f);
   }
   return f;
-}
-
-/** `cblas_sgemm` of the library `name`, untransposed and unscaled. */
-export function openSgemm(name: string): Sgemm {
-  const f = openSgemmGeneral(name);
-  return (M, N, K, a, lda, b, ldb, c, ldc) => f(false, false, M, N, K, 1, a, lda, b, ldb, c, ldc);
 }
 
 /** Writes a library name into a helper's arguments at `at` (its length, then its code units). */
