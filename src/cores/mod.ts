@@ -11,7 +11,7 @@
  * Helpers work on memory the main thread owns (the weights in the WASM heap) through raw
  * pointers (`Deno.UnsafePointerView`), and make OpenBLAS calls of their own (src/tensor/sgemm.ts),
  * so this needs the FFI permission (`--allow-ffi`, which the native matMul needs too). A command's
- * parts are taken in turn by every thread from a shared counter (`workCounter`), so a slower core
+ * parts are taken in turn by every thread from a shared counter (`shareWork`), so a slower core
  * takes fewer. Work is only ever cut on boundaries that do not change the result: a step
  * computes the same bits on 1 thread or 16 (tested).
  *
@@ -65,16 +65,10 @@ let pool: Helper[] | undefined;
 let why = "";
 
 /**
- * A counter every thread can take work from (`Atomics.add`): a command whose parts cost the
- * same on any thread lets each thread take the next part until none is left, so that a slower
- * thread (or core) gets fewer. The main thread resets it before it posts such a command.
+ * The counter every thread takes a command's parts from (`Atomics.add`), so that a slower
+ * thread (or core) takes fewer; `shareWork` resets it, helpers get it as `workerData.counter`.
  */
 const shared = new Int32Array(new SharedArrayBuffer(64));
-
-/** The process-wide work counter (see `shared`); helpers get it as `workerData.counter`. */
-export function workCounter(): Int32Array {
-  return shared;
-}
 
 /** The thread count `DPZO_THREADS` asks for (validated), before any permission check. */
 export function requestedThreads(setting = Deno.env.get("DPZO_THREADS")): number {
@@ -191,6 +185,32 @@ function startHelper(): Helper | string {
       }
     },
   };
+}
+
+/**
+ * Runs one command on `pool` and `work` on this thread, the threads taking its parts in turn
+ * from the work counter (reset here): `encode` writes the command's arguments into each
+ * helper's block, and `work` takes parts from the counter it is given. Returns when every
+ * helper is idle again; throws the first error.
+ */
+export function shareWork(
+  pool: readonly Helper[],
+  command: number,
+  encode: (args: Float64Array) => void,
+  work: (counter: Int32Array) => void,
+): void {
+  Atomics.store(shared, 0, 0);
+  const posted: Helper[] = [];
+  try {
+    for (const helper of pool) {
+      encode(helper.args);
+      helper.post(command);
+      posted.push(helper);
+    }
+    work(shared);
+  } finally {
+    waitAll(posted);
+  }
 }
 
 /**

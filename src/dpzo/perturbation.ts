@@ -39,16 +39,7 @@
 import { fillZKeyed, nameHash, seedKey } from "../rng/z.ts";
 import { philoxRoundKeys } from "../rng/philox.ts";
 import { createZKernel, type ZKernel } from "../rng/wasm/mod.ts";
-import {
-  addressOf,
-  ARG_DOUBLES,
-  Command,
-  floatsAt,
-  type Helper,
-  helpers,
-  waitAll,
-  workCounter,
-} from "../cores/mod.ts";
+import { addressOf, ARG_DOUBLES, Command, floatsAt, helpers, shareWork } from "../cores/mod.ts";
 
 /** Elements of z generated per chunk (a multiple of 4: chunks start on Philox block bounds). */
 export const CHUNK = 4096;
@@ -171,7 +162,7 @@ const MAX_SEGMENTS = Math.floor((ARG_DOUBLES - HEADER) / SEGMENT_DOUBLES);
 
 /**
  * The WASM pass over `segments` on one thread's kernel, taking them in turn from the shared
- * work counter (src/cores `workCounter`) with the other threads: each segment is one chunk of
+ * work counter (src/cores `shareWork`) with the other threads: each segment is one chunk of
  * at most WASM_CHUNK elements, computed the same way on any thread.
  */
 function runSegments(
@@ -213,24 +204,15 @@ function perturbOnCores(
       chunks.push({ data: data.subarray(lo, hi), start: lo, h0, h1, decayed });
     }
   }
-  const counter = workCounter();
   for (let from = 0; from < chunks.length; from += MAX_SEGMENTS) {
     const batch = chunks.slice(from, from + MAX_SEGMENTS);
-    Atomics.store(counter, 0, 0);
-    const posted: Helper[] = [];
-    try {
-      // Small batches are not worth a helper's wake-up.
-      if (batch.length > 1) {
-        for (const helper of pool) {
-          encodeSegments(helper.args, keys, c, keep, batch);
-          helper.post(Command.Perturb);
-          posted.push(helper);
-        }
-      }
-      runSegments(k, keys, c, keep, batch.length, (i) => batch[i], counter);
-    } finally {
-      waitAll(posted);
-    }
+    // A single chunk is not worth a helper's wake-up.
+    shareWork(
+      batch.length > 1 ? pool : [],
+      Command.Perturb,
+      (args) => encodeSegments(args, keys, c, keep, batch),
+      (counter) => runSegments(k, keys, c, keep, batch.length, (i) => batch[i], counter),
+    );
   }
 }
 

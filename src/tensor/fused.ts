@@ -17,7 +17,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
 import { type FusedKernels, instantiateFusedKernels } from "./wasm/fused_kernels.ts";
-import { addressOf, Command, type Helper, helpers, waitAll, workCounter } from "../cores/mod.ts";
+import { addressOf, Command, type Helper, helpers, shareWork, waitAll } from "../cores/mod.ts";
 import {
   ATTENTION_JOB_FIELDS,
   type AttentionJob,
@@ -192,22 +192,11 @@ function nativeAttention(
   };
   const library = threadableLibrary();
   const pool = library === undefined ? [] : helpers();
-  const counter = workCounter();
-  Atomics.store(counter, 0, 0);
-  const run = () => {
-    const posted: Helper[] = [];
-    try {
-      for (const helper of pool) {
-        encodeAttentionJob(job, helper.args);
-        writeLibraryName(helper.args, ATTENTION_JOB_FIELDS.length, library!);
-        helper.post(Command.AttendHeads);
-        posted.push(helper);
-      }
-      ownLane().attendHeads(job, counter, nativeSgemm());
-    } finally {
-      waitAll(posted);
-    }
-  };
+  const run = () =>
+    shareWork(pool, Command.AttendHeads, (args) => {
+      encodeAttentionJob(job, args);
+      writeLibraryName(args, ATTENTION_JOB_FIELDS.length, library!);
+    }, (counter) => ownLane().attendHeads(job, counter, nativeSgemm()));
   try {
     if (pool.length > 0) withOneBlasThread(run);
     else run();

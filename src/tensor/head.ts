@@ -24,7 +24,7 @@ import {
   withOneBlasThread,
 } from "./blas.ts";
 import { writeLibraryName } from "./sgemm.ts";
-import { addressOf, Command, type Helper, helpers, waitAll, workCounter } from "../cores/mod.ts";
+import { addressOf, Command, helpers, shareWork } from "../cores/mod.ts";
 import {
   blockRows,
   encodeHeadJob,
@@ -85,22 +85,11 @@ export function headLogProbs(
   // alone, the main thread lets OpenBLAS use all its threads for each block.
   const library = threadableLibrary();
   const pool = library === undefined ? [] : helpers();
-  const counter = workCounter();
-  Atomics.store(counter, 0, 0);
-  const run = () => {
-    const posted: Helper[] = [];
-    try {
-      for (const helper of pool) {
-        encodeHeadJob(job, helper.args);
-        writeLibraryName(helper.args, HEAD_JOB_FIELDS.length, library!);
-        helper.post(Command.HeadBlocks);
-        posted.push(helper);
-      }
-      ownLane().headBlocks(job, counter, nativeSgemm());
-    } finally {
-      waitAll(posted);
-    }
-  };
+  const run = () =>
+    shareWork(pool, Command.HeadBlocks, (args) => {
+      encodeHeadJob(job, args);
+      writeLibraryName(args, HEAD_JOB_FIELDS.length, library!);
+    }, (counter) => ownLane().headBlocks(job, counter, nativeSgemm()));
   if (pool.length > 0) withOneBlasThread(run);
   else run();
   // The fold, in vocabulary order.
