@@ -6,14 +6,8 @@ import { workerData } from "node:worker_threads";
 import { Command, protocol as p } from "./mod.ts";
 import { createZKernel } from "../rng/wasm/mod.ts";
 import { runPerturbCommand } from "../dpzo/perturbation.ts";
-import {
-  ATTENTION_JOB_FIELDS,
-  createLane,
-  decodeAttentionJob,
-  decodeHeadJob,
-  HEAD_JOB_FIELDS,
-} from "../tensor/lane.ts";
-import { openSgemm, readLibraryName } from "../tensor/sgemm.ts";
+import { ATTENTION_JOB, createLane, decodeJob, HEAD_JOB } from "../tensor/lane.ts";
+import { openSgemm } from "../tensor/sgemm.ts";
 
 const { control, args, error, counter } = workerData as {
   control: Int32Array;
@@ -50,11 +44,11 @@ try {
       const command = control[p.COMMAND];
       if (command === Command.Perturb) runPerturbCommand(kernel, args, counter);
       else if (command === Command.HeadBlocks) {
-        const library = readLibraryName(args, HEAD_JOB_FIELDS.length);
-        lane.headBlocks(decodeHeadJob(args), counter, openSgemm(library));
+        const { job, library } = decodeJob(HEAD_JOB, args);
+        lane.headBlocks(job, counter, openSgemm(library));
       } else if (command === Command.AttendHeads) {
-        const library = readLibraryName(args, ATTENTION_JOB_FIELDS.length);
-        lane.attendHeads(decodeAttentionJob(args), counter, openSgemm(library));
+        const { job, library } = decodeJob(ATTENTION_JOB, args);
+        lane.attendHeads(job, counter, openSgemm(library));
       } else if (command === Command.Attention) {
         const [q, k, v, keyMask, out] = [0, 1, 2, 3, 4].map((i) => BigInt(args[i]));
         const [B, S, H, hd, bFrom, bTo] = args.subarray(5, 11);

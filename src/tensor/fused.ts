@@ -19,9 +19,9 @@ import { activeBackend } from "./backend.ts";
 import { type FusedKernels, instantiateFusedKernels } from "./wasm/fused_kernels.ts";
 import { addressOf, Command, type Helper, helpers, shareWork, waitAll } from "../cores/mod.ts";
 import {
-  ATTENTION_JOB_FIELDS,
+  ATTENTION_JOB,
   type AttentionJob,
-  encodeAttentionJob,
+  encodeJob,
   laneFitsAttention,
   laneFitsHeads,
   ownLane,
@@ -33,7 +33,6 @@ import {
   threadableLibrary,
   withOneBlasThread,
 } from "./blas.ts";
-import { writeLibraryName } from "./sgemm.ts";
 
 interface WasmBackendInternals {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -193,10 +192,12 @@ function nativeAttention(
   const library = threadableLibrary();
   const pool = library === undefined ? [] : helpers();
   const run = () =>
-    shareWork(pool, Command.AttendHeads, (args) => {
-      encodeAttentionJob(job, args);
-      writeLibraryName(args, ATTENTION_JOB_FIELDS.length, library!);
-    }, (counter) => ownLane().attendHeads(job, counter, nativeSgemm()));
+    shareWork(
+      pool,
+      Command.AttendHeads,
+      (args) => encodeJob(ATTENTION_JOB, job, library!, args),
+      (counter) => ownLane().attendHeads(job, counter, nativeSgemm()),
+    );
   try {
     if (pool.length > 0) withOneBlasThread(run);
     else run();

@@ -23,16 +23,8 @@ import {
   threadableLibrary,
   withOneBlasThread,
 } from "./blas.ts";
-import { writeLibraryName } from "./sgemm.ts";
 import { addressOf, Command, helpers, shareWork } from "../cores/mod.ts";
-import {
-  blockRows,
-  encodeHeadJob,
-  HEAD_JOB_FIELDS,
-  HEAD_WIDTH,
-  type HeadJob,
-  ownLane,
-} from "./lane.ts";
+import { blockRows, encodeJob, HEAD_JOB, HEAD_WIDTH, type HeadJob, ownLane } from "./lane.ts";
 
 export { HEAD_WIDTH } from "./lane.ts";
 
@@ -86,10 +78,12 @@ export function headLogProbs(
   const library = threadableLibrary();
   const pool = library === undefined ? [] : helpers();
   const run = () =>
-    shareWork(pool, Command.HeadBlocks, (args) => {
-      encodeHeadJob(job, args);
-      writeLibraryName(args, HEAD_JOB_FIELDS.length, library!);
-    }, (counter) => ownLane().headBlocks(job, counter, nativeSgemm()));
+    shareWork(
+      pool,
+      Command.HeadBlocks,
+      (args) => encodeJob(HEAD_JOB, job, library!, args),
+      (counter) => ownLane().headBlocks(job, counter, nativeSgemm()),
+    );
   if (pool.length > 0) withOneBlasThread(run);
   else run();
   // The fold, in vocabulary order.

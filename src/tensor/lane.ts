@@ -67,121 +67,81 @@ export interface AttentionOperands {
   out: bigint;
 }
 
+/** How a job's fields travel in a helper's arguments: "n" a number, "a" a raw address. */
+type Layout = Record<string, "n" | "a">;
+type JobOf<L extends Layout> = { [K in keyof L]: L[K] extends "a" ? bigint : number };
+
 /**
  * The LM head's blocks for every thread to take in turn (src/tensor/head.ts): the weight
  * `[V, E]` and features `[E, P]` (raw addresses), `blocks` blocks of `rows` vocabulary rows, and
  * where each block's results go: its column maxima (float32) and sums (float64) at
  * `[block * P + p]`, a 1 where a column's maximum is -Infinity but the block holds a NaN, and
- * the logit of each (column, token) pair whose token is in the block.
+ * the logit of each of the `pairs` (column, token) pairs whose token is in the block.
  */
-export interface HeadJob {
-  V: number;
-  E: number;
-  P: number;
-  rows: number;
-  blocks: number;
-  weight: bigint;
-  features: bigint;
-  maxes: bigint;
-  sums: bigint;
-  nan: bigint;
-  pairs: number;
-  col: bigint;
-  token: bigint;
-  picked: bigint;
-}
-
-/** A HeadJob as doubles (a helper's arguments), and back. */
-export const HEAD_JOB_FIELDS = [
-  "V",
-  "E",
-  "P",
-  "rows",
-  "blocks",
-  "weight",
-  "features",
-  "maxes",
-  "sums",
-  "nan",
-  "pairs",
-  "col",
-  "token",
-  "picked",
-] as const;
-
-export function encodeHeadJob(job: HeadJob, args: Float64Array): void {
-  HEAD_JOB_FIELDS.forEach((f, i) => (args[i] = Number(job[f])));
-}
-
-export function decodeHeadJob(args: Float64Array): HeadJob {
-  const n = (i: number) => args[i], a = (i: number) => BigInt(args[i]);
-  return {
-    V: n(0),
-    E: n(1),
-    P: n(2),
-    rows: n(3),
-    blocks: n(4),
-    weight: a(5),
-    features: a(6),
-    maxes: a(7),
-    sums: a(8),
-    nan: a(9),
-    pairs: n(10),
-    col: a(11),
-    token: a(12),
-    picked: a(13),
-  };
-}
+export const HEAD_JOB = {
+  V: "n",
+  E: "n",
+  P: "n",
+  rows: "n",
+  blocks: "n",
+  weight: "a",
+  features: "a",
+  maxes: "a",
+  sums: "a",
+  nan: "a",
+  pairs: "n",
+  col: "a",
+  token: "a",
+  picked: "a",
+} as const;
+export type HeadJob = JobOf<typeof HEAD_JOB>;
 
 /**
  * fusedAttention's (row, head) pairs for every thread to take in turn (src/tensor/fused.ts):
  * q, k, v, out `[H * hd, B * S]` float32 and the key mask `[B * S]` int32 (raw addresses), and
  * the scale of q · k.
  */
-export interface AttentionJob {
-  q: bigint;
-  k: bigint;
-  v: bigint;
-  keyMask: bigint;
-  out: bigint;
-  B: number;
-  S: number;
-  H: number;
-  hd: number;
-  scale: number;
+export const ATTENTION_JOB = {
+  q: "a",
+  k: "a",
+  v: "a",
+  keyMask: "a",
+  out: "a",
+  B: "n",
+  S: "n",
+  H: "n",
+  hd: "n",
+  scale: "n",
+} as const;
+export type AttentionJob = JobOf<typeof ATTENTION_JOB>;
+
+/**
+ * Writes a job into a helper's arguments, field by field in `layout`'s order, then the name of
+ * the BLAS library the helper opens for it (its length, then its UTF-16 code units).
+ */
+export function encodeJob<L extends Layout>(
+  layout: L,
+  job: JobOf<L>,
+  library: string,
+  args: Float64Array,
+): void {
+  const fields = Object.keys(layout);
+  fields.forEach((f, i) => (args[i] = Number(job[f])));
+  args[fields.length] = library.length;
+  for (let i = 0; i < library.length; i++) args[fields.length + 1 + i] = library.charCodeAt(i);
 }
 
-export const ATTENTION_JOB_FIELDS = [
-  "q",
-  "k",
-  "v",
-  "keyMask",
-  "out",
-  "B",
-  "S",
-  "H",
-  "hd",
-  "scale",
-] as const;
-
-export function encodeAttentionJob(job: AttentionJob, args: Float64Array): void {
-  ATTENTION_JOB_FIELDS.forEach((f, i) => (args[i] = Number(job[f])));
-}
-
-export function decodeAttentionJob(args: Float64Array): AttentionJob {
-  const a = (i: number) => BigInt(args[i]);
-  return {
-    q: a(0),
-    k: a(1),
-    v: a(2),
-    keyMask: a(3),
-    out: a(4),
-    B: args[5],
-    S: args[6],
-    H: args[7],
-    hd: args[8],
-    scale: args[9],
-  };
+/** The job and library name `encodeJob` wrote. */
+export function decodeJob<L extends Layout>(
+  layout: L,
+  args: Float64Array,
+): { job: JobOf<L>; library: string } {
+  const fields = Object.keys(layout);
+  const job = Object.fromEntries(
+    fields.map((f, i) => [f, layout[f] === "a" ? BigInt(args[i]) : args[i]]),
+  ) as JobOf<L>;
+  const at = fields.length;
+  return { job, library: String.fromCharCode(...args.subarray(at + 1, at + 1 + args[at])) };
 }
 
 /** Whether `attendHeads` fits a (row, head) of S tokens in a lane. */

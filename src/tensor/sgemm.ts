@@ -83,14 +83,3 @@ export function openSgemm(name: string): Sgemm {
   }
   return f;
 }
-
-/** Writes a library name into a helper's arguments at `at` (its length, then its code units). */
-export function writeLibraryName(args: Float64Array, at: number, name: string): void {
-  args[at] = name.length;
-  for (let i = 0; i < name.length; i++) args[at + 1 + i] = name.charCodeAt(i);
-}
-
-/** The library name `writeLibraryName` wrote at `at`. */
-export function readLibraryName(args: Float64Array, at: number): string {
-  return String.fromCharCode(...args.subarray(at + 1, at + 1 + args[at]));
-}
