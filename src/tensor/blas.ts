@@ -25,7 +25,8 @@
  * whose processes differ says it will not be bit-reproducible.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { addressOf } from "../cores/mod.ts";
+import { addressOf, helpers, shareWork } from "../cores/mod.ts";
+import { encodeJob, type JobOf, type Layout } from "./lane.ts";
 import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
 import { CBLAS_SGEMM, type Sgemm, sgemmOf } from "./sgemm.ts";
 
@@ -156,31 +157,35 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
 }
 
 /**
- * The loaded library's name, for helper threads to open it too (src/tensor/sgemm.ts), when it
- * can be told to run a call on the calling thread alone (OpenBLAS' `openblas_set_num_threads`);
- * undefined otherwise.
+ * Runs a job whose parts make OpenBLAS calls (src/tensor/head.ts, src/tensor/fused.ts) on every
+ * thread: each takes the next part from the work counter (src/cores `shareWork`). The helpers
+ * join (`command`, the job written with `layout`, src/tensor/lane.ts) when the library can be
+ * told to run each call on its calling thread alone (OpenBLAS' `openblas_set_num_threads`; it
+ * keeps a pool of buffers for concurrent callers): the count is set to one for the job, then
+ * restored. Otherwise the main thread does every part, each call on all the library's threads.
  */
-export function threadableLibrary(): string | undefined {
-  return library?.symbols.openblas_set_num_threads && library.symbols.openblas_get_num_threads
-    ? libraryName
-    : undefined;
-}
-
-/**
- * Runs `f` with the library's own threads set to one, so that several threads of this process
- * may each make calls of their own at once (OpenBLAS keeps a pool of buffers for that), then
- * restores the count.
- */
-export function withOneBlasThread<T>(f: () => T): T {
+export function shareBlasWork<L extends Layout>(
+  command: number,
+  layout: L,
+  job: JobOf<L>,
+  work: (counter: Int32Array, gemm: Sgemm) => void,
+): void {
+  const gemm = nativeSgemm();
   const get = library?.symbols.openblas_get_num_threads;
   const set = library?.symbols.openblas_set_num_threads;
-  if (!get || !set) return f();
-  const before = get();
-  set(1);
+  const pool = get && set ? helpers() : [];
+  if (pool.length === 0) return shareWork([], command, () => {}, (c) => work(c, gemm));
+  const before = get!();
+  set!(1);
   try {
-    return f();
+    shareWork(
+      pool,
+      command,
+      (args) => encodeJob(layout, job, libraryName!, args),
+      (c) => work(c, gemm),
+    );
   } finally {
-    set(before);
+    set!(before);
   }
 }
 

@@ -17,22 +17,15 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBackend } from "./backend.ts";
 import { type FusedKernels, instantiateFusedKernels } from "./wasm/fused_kernels.ts";
-import { addressOf, Command, type Helper, helpers, shareWork, waitAll } from "../cores/mod.ts";
+import { addressOf, Command, type Helper, helpers, waitAll } from "../cores/mod.ts";
 import {
   ATTENTION_JOB,
   type AttentionJob,
-  encodeJob,
   laneFitsAttention,
   laneFitsHeads,
   ownLane,
 } from "./lane.ts";
-import {
-  heapAddress,
-  nativeMatMul,
-  nativeSgemm,
-  threadableLibrary,
-  withOneBlasThread,
-} from "./blas.ts";
+import { heapAddress, nativeMatMul, shareBlasWork } from "./blas.ts";
 
 interface WasmBackendInternals {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -189,18 +182,13 @@ function nativeAttention(
     hd,
     scale,
   };
-  const library = threadableLibrary();
-  const pool = library === undefined ? [] : helpers();
-  const run = () =>
-    shareWork(
-      pool,
-      Command.AttendHeads,
-      (args) => encodeJob(ATTENTION_JOB, job, library!, args),
-      (counter) => ownLane().attendHeads(job, counter, nativeSgemm()),
-    );
   try {
-    if (pool.length > 0) withOneBlasThread(run);
-    else run();
+    shareBlasWork(
+      Command.AttendHeads,
+      ATTENTION_JOB,
+      job,
+      (counter, gemm) => ownLane().attendHeads(job, counter, gemm),
+    );
   } catch (e) {
     out.dispose();
     throw e;

@@ -16,15 +16,9 @@
  * model uses the tfjs matMul and `columnLogSumExp` instead.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import {
-  heapAddress,
-  nativeMatMul,
-  nativeSgemm,
-  threadableLibrary,
-  withOneBlasThread,
-} from "./blas.ts";
-import { addressOf, Command, helpers, shareWork } from "../cores/mod.ts";
-import { blockRows, encodeJob, HEAD_JOB, HEAD_WIDTH, type HeadJob, ownLane } from "./lane.ts";
+import { heapAddress, nativeMatMul, shareBlasWork } from "./blas.ts";
+import { addressOf, Command } from "../cores/mod.ts";
+import { blockRows, HEAD_JOB, HEAD_WIDTH, type HeadJob, ownLane } from "./lane.ts";
 
 export { HEAD_WIDTH } from "./lane.ts";
 
@@ -73,19 +67,12 @@ export function headLogProbs(
     token: addressOf(tokens),
     picked: addressOf(picked),
   };
-  // The helpers join when they can make OpenBLAS calls of their own (src/tensor/blas.ts);
-  // alone, the main thread lets OpenBLAS use all its threads for each block.
-  const library = threadableLibrary();
-  const pool = library === undefined ? [] : helpers();
-  const run = () =>
-    shareWork(
-      pool,
-      Command.HeadBlocks,
-      (args) => encodeJob(HEAD_JOB, job, library!, args),
-      (counter) => ownLane().headBlocks(job, counter, nativeSgemm()),
-    );
-  if (pool.length > 0) withOneBlasThread(run);
-  else run();
+  shareBlasWork(
+    Command.HeadBlocks,
+    HEAD_JOB,
+    job,
+    (counter, gemm) => ownLane().headBlocks(job, counter, gemm),
+  );
   // The fold, in vocabulary order.
   const M = new Float64Array(P).fill(-Infinity), S = new Float64Array(P);
   const nan = new Uint8Array(P);

@@ -68,8 +68,8 @@ export interface AttentionOperands {
 }
 
 /** How a job's fields travel in a helper's arguments: "n" a number, "a" a raw address. */
-type Layout = Record<string, "n" | "a">;
-type JobOf<L extends Layout> = { [K in keyof L]: L[K] extends "a" ? bigint : number };
+export type Layout = Record<string, "n" | "a">;
+export type JobOf<L extends Layout> = { [K in keyof L]: L[K] extends "a" ? bigint : number };
 
 /**
  * The LM head's blocks for every thread to take in turn (src/tensor/head.ts): the weight
