@@ -5,12 +5,15 @@
  * server runs with a small max_payload), micro-batches of 3 are several in flight down each
  * pipeline and spread over the replica groups: a micro-batch is the same rows whatever the
  * topology, so with the same micro_batch every run computes the same losses (with the native
- * matMul too, whose last bits depend on a row's place in the call). Parameter sync per step
- * and worker is the same for tiny-opt and small-opt, and at most 200 bytes.
+ * matMul too, whose last bits depend on a row's place in the call). The shipped config as it
+ * is (LoRA, the default micro-batch) ends with one hash on one thread or two, embedded, as K = 2
+ * and as R = 2 with the launcher's shares of the cores (the thread counts change no bit).
+ * Parameter sync per step and worker is the same for tiny-opt and small-opt, and at most 200
+ * bytes.
  */
 import { strict as assert } from "node:assert";
 import { startNatsServer } from "../cluster/nats_server.ts";
-import { DATA, dpzo, FIXTURES, lacks, ledgerOf, missing, readJson } from "./fixtures.ts";
+import { DATA, dpzo, dpzoWith, FIXTURES, lacks, ledgerOf, missing, readJson } from "./fixtures.ts";
 
 const common = [
   "--quiet",
@@ -94,6 +97,56 @@ Deno.test({
       assert.ok(Deno.statSync(`${dir}/k2r2/nats`).isDirectory);
     } finally {
       await server.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "the shipped config ends with one hash on 1 or 2 threads, embedded, K=2 and R=2",
+  ignore: lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-threads-" });
+    try {
+      const cfg = [
+        "--config",
+        "configs/tiny-sst2.yaml",
+        "--quiet",
+        "--set",
+        "train.steps=6",
+        "--set",
+        "task.val_examples=8",
+        "--set",
+        "task.test_examples=8",
+        "--set",
+        "insecure_seed=7",
+      ];
+      const runs: [string, Record<string, string>, string[]][] = [
+        ["embedded", {}, ["train"]],
+        // OpenBLAS' own thread setting is overridden: every call runs on one thread.
+        ["one-thread", { DPZO_THREADS: "1", OPENBLAS_NUM_THREADS: "2" }, ["train"]],
+        ["k2", {}, ["launch", "--stages", "2"]],
+        ["r2", {}, ["launch", "--replicas", "2"]],
+      ];
+      const hashes: Record<string, string> = {};
+      for (const [name, env, command] of runs) {
+        const r = await dpzoWith(env, ...command, ...cfg, "--set", `run_dir=${dir}/${name}`);
+        assert.equal(r.code, 0, `${name}: ${r.stderr}`);
+        hashes[name] = readJson(`${dir}/${name}/summary.json`).final_weights_sha256;
+        if (name === "one-thread") assert.match(r.stderr + r.stdout, /one thread per call/);
+      }
+      assert.deepEqual(
+        new Set(Object.values(hashes)).size,
+        1,
+        `final_weights_sha256 differ: ${JSON.stringify(hashes)}`,
+      );
+      const ledger = await ledgerOf(`${dir}/embedded`);
+      for (const name of ["one-thread", "k2", "r2"]) {
+        assert.deepEqual(await ledgerOf(`${dir}/${name}`), ledger, name);
+      }
+    } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

@@ -1,7 +1,8 @@
 /**
- * The helper threads (src/cores): the perturbation pass, the fused LM head and attention give
- * the same bits on one thread as on several (each run in its own process, since the thread
- * count is fixed when a process starts), and DPZO_THREADS is validated.
+ * The helper threads (src/cores): the matMuls, the perturbation pass, the fused LM head and
+ * attention give the same bits on one thread as on several, whatever OpenBLAS' own thread
+ * setting (each run in its own process, since the thread counts are fixed when a process
+ * starts), and DPZO_THREADS is validated.
  */
 import { strict as assert } from "node:assert";
 import { denoEval, ROOT } from "./fixtures.ts";
@@ -26,6 +27,11 @@ perturb(tensors, 987654321n, -2e-3, { weightDecay: { lr: 1e-2, decay: 0.1, appli
 const all = new Float32Array(tensors.reduce((n, t) => n + t.data.length, 0));
 tensors.reduce((o, t) => (all.set(t.data, o), o + t.data.length), 0);
 console.log("perturb", await digest(all));
+// Products of several blocks of rows, plain and transposed, batched with a broadcast.
+const w = tf.tensor2d(values(1000 * 300, 14), [1000, 300]), x = tf.tensor2d(values(300 * 77, 15), [300, 77]);
+console.log("matmul", await digest(tf.matMul(w, x).dataSync()));
+const wt = tf.tensor3d(values(2 * 300 * 700, 16), [2, 300, 700]);
+console.log("matmul-batched", await digest(tf.matMul(wt, tf.reshape(x, [1, 300, 77]), true, false).dataSync()));
 const V = 5003, E = 16, P = 300;
 const lp = headLogProbs(tf.tensor2d(values(V * E, 7), [V, E]), tf.tensor2d(values(E * P, 8), [E, P]),
   Int32Array.from({ length: P }, (_, i) => i), Int32Array.from({ length: P }, (_, i) => (i * 31) % V));
@@ -50,23 +56,29 @@ console.log("attention-native", await digest(viaBlas.dataSync()));
 console.log(describeBackend());
 `;
 
-function probe(threads: string) {
-  return denoEval(PROBE, { DPZO_THREADS: threads });
+function probe(threads: string, env: Record<string, string> = {}) {
+  return denoEval(PROBE, { DPZO_THREADS: threads, ...env });
 }
 
-Deno.test("perturbation, LM head and attention give the same bits on 1 and 3 threads", async () => {
-  const [one, three] = await Promise.all([probe("1"), probe("3")]);
+Deno.test("matMul, perturbation, LM head and attention: the same bits on 1 and 3 threads", async () => {
+  const [one, three, blas] = await Promise.all([
+    probe("1"),
+    probe("3"),
+    probe("2", { OPENBLAS_NUM_THREADS: "3" }), // OpenBLAS' own setting: overridden, one per call
+  ]);
   assert.equal(one.code, 0, one.stderr);
   assert.equal(three.code, 0, three.stderr);
-  const shared = "perturbation(, attention and LM head| and attention)";
+  assert.equal(blas.code, 0, blas.stderr);
+  const shared = "(matMuls, perturbation, attention and LM head|perturbation and attention)";
   assert.match(one.stdout, new RegExp(`${shared}: 1 thread \\(DPZO_THREADS=1\\)`));
   assert.match(three.stdout, new RegExp(`${shared}: 3 threads`));
   const results = (s: string) =>
     s.split("\n").filter((l) =>
-      /^(perturb|head|attention|attention-native|attention-wide) /.test(l)
+      /^(perturb|matmul|matmul-batched|head|attention|attention-native|attention-wide) /.test(l)
     );
-  assert.equal(results(one.stdout).length, 5);
+  assert.equal(results(one.stdout).length, 7);
   assert.deepEqual(results(three.stdout), results(one.stdout));
+  assert.deepEqual(results(blas.stdout), results(one.stdout));
 });
 
 Deno.test("DPZO_THREADS out of range: one line naming the fix", async () => {

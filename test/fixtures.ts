@@ -79,7 +79,15 @@ export const ROOT = new URL("..", import.meta.url).pathname;
  * exit code and output. A hung run must not hang the suite: it is stopped after `timeoutMs`.
  */
 export function dpzo(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return runDeno(["task", "--quiet", "dpzo", ...args], {}, 300_000, "SIGTERM");
+  return dpzoWith({}, ...args);
+}
+
+/** `dpzo` with `env` added to the environment. */
+export function dpzoWith(
+  env: Record<string, string>,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runDeno(["task", "--quiet", "dpzo", ...args], env, 300_000, "SIGTERM");
 }
 
 /**

@@ -243,8 +243,8 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     log(
       `coordinator: warning: ${label(slot)} computes matMuls with ${matmul}, ${firstWorker} ` +
         `with ${firstId}; losses differ in the last bits, so this run is not bit-reproducible ` +
-        "on another topology: give every node the same DPZO_BLAS, OPENBLAS_CORETYPE and " +
-        "OPENBLAS_NUM_THREADS, or DPZO_BLAS=off",
+        "on another topology: give every node the same DPZO_BLAS and OPENBLAS_CORETYPE (and " +
+        "CPUs alike in fused multiply-add), or DPZO_BLAS=off",
     );
   };
   nc.subscribe(S.ready, {

@@ -7,7 +7,7 @@ import { Command, protocol as p } from "./mod.ts";
 import { createZKernel } from "../rng/wasm/mod.ts";
 import { runPerturbCommand } from "../dpzo/perturbation.ts";
 import { ATTENTION_JOB, createLane, decodeJob, HEAD_JOB } from "../tensor/lane.ts";
-import { openSgemm } from "../tensor/sgemm.ts";
+import { GEMM_JOB, gemmBlocks, openSgemm } from "../tensor/sgemm.ts";
 
 const { control, args, error, counter } = workerData as {
   control: Int32Array;
@@ -43,7 +43,10 @@ try {
     try {
       const command = control[p.COMMAND];
       if (command === Command.Perturb) runPerturbCommand(kernel, args, counter);
-      else if (command === Command.HeadBlocks) {
+      else if (command === Command.GemmBlocks) {
+        const { job, library } = decodeJob(GEMM_JOB, args);
+        gemmBlocks(job, counter, openSgemm(library));
+      } else if (command === Command.HeadBlocks) {
         const { job, library } = decodeJob(HEAD_JOB, args);
         lane.headBlocks(job, counter, openSgemm(library));
       } else if (command === Command.AttendHeads) {

@@ -1,7 +1,8 @@
 /**
  * The machine's other cores, for the work that TensorFlow.js' WASM backend would run on one
- * thread: the perturbation pass (src/dpzo/perturbation.ts), the LM head (src/tensor/head.ts)
- * and attention (src/tensor/fused.ts). OpenBLAS runs the other matMuls on every core itself.
+ * thread: the perturbation pass (src/dpzo/perturbation.ts), the matMuls (src/tensor/blas.ts),
+ * the LM head (src/tensor/head.ts) and attention (src/tensor/fused.ts). OpenBLAS runs each of
+ * its calls on the thread that makes it; these threads are all the parallelism there is.
  *
  * Each helper is a `node:worker_threads` Worker (unref'd, so it never keeps a process alive)
  * that sleeps on a shared control word (`Atomics.wait`). The main thread writes a command and
@@ -33,6 +34,7 @@ export const Command = {
   Attention: 3,
   HeadBlocks: 4,
   AttendHeads: 5,
+  GemmBlocks: 6,
 } as const;
 
 // Control words (int32) of a helper.
@@ -79,8 +81,8 @@ export function requestedThreads(setting = Deno.env.get("DPZO_THREADS")): number
   if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
     throw new Error(
       `DPZO_THREADS=${setting}: must be an integer from 1 to ${MAX_THREADS} (threads for the ` +
-        "perturbation pass, attention and the LM head, the main one included); unset it for " +
-        "every core",
+        "matMuls, the perturbation pass, attention and the LM head, the main one included); " +
+        "unset it for every core",
     );
   }
   return n;

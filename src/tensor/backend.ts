@@ -125,10 +125,10 @@ export function describeBackend(): string {
   if (name === "wasm") {
     const simd = tf.env().getBool("WASM_HAS_SIMD_SUPPORT");
     const blas = nativeMatMul();
-    // With OpenBLAS the helpers also take LM-head blocks (the fused head needs it); without it
-    // they share the perturbation pass and the WASM attention kernel.
+    // With OpenBLAS the helpers also take blocks of the matMuls and of the LM head (the fused
+    // head needs it); without it they share the perturbation pass and the WASM attention kernel.
     const shared = blas?.enabled
-      ? "perturbation, attention and LM head"
+      ? "matMuls, perturbation, attention and LM head"
       : "perturbation and attention";
     const fma = simd && kernelsFuseMultiplyAdd() ? ", fused multiply-add" : "";
     return `backend: wasm (SIMD ${simd ? "on" : "off"}${fma}; matMul: ${

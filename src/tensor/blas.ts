@@ -1,36 +1,48 @@
 /**
  * Native matMul for the WASM backend: the system's OpenBLAS `cblas_sgemm`, called through
- * Deno's FFI directly on the WASM heap (no copies), with all of OpenBLAS' threads.
+ * Deno's FFI directly on the WASM heap (no copies), one thread per call, the threads of
+ * src/cores taking blocks of each product in turn.
  *
  * TensorFlow.js' WASM matMul is single-threaded (XNNPACK without a thread pool; Deno has no
- * WASM threads) and reaches 15-35 GFLOP/s here; OpenBLAS on the same two cores reaches
- * 100-150 GFLOP/s, the library PyTorch itself uses on CPU. Everything else (the perturbation
- * pass, attention, LayerNorm, the log-sum-exp) stays in WASM, so the weights still live in, and
- * are perturbed in place in, the backend's heap: OpenBLAS only reads them there.
+ * WASM threads) and reaches 15-35 GFLOP/s here; OpenBLAS reaches 80-100 GFLOP/s per core, the
+ * library PyTorch itself uses on CPU. Everything else (the perturbation pass, attention's
+ * softmax, LayerNorm, the log-sum-exp) stays in WASM, so the weights still live in, and are
+ * perturbed in place in, the backend's heap: OpenBLAS only reads them there.
  *
- * `enableNativeMatMul()` replaces the WASM backend's `BatchMatMul` kernel with one that calls
- * `cblas_sgemm` per batch entry, and keeps the original for anything it does not handle.
- * Choose the library with `DPZO_BLAS`:
+ * `enableNativeMatMul()` replaces the WASM backend's `BatchMatMul` kernel with one that cuts
+ * the product into blocks of rows (src/tensor/sgemm.ts `gemmBlocks`) and keeps the original for
+ * anything it does not handle. Choose the library with `DPZO_BLAS`:
  * - unset or `auto`: `libopenblas.so.0` (Debian: `apt-get install libopenblas0`) when it loads,
  *   else the WASM matMul;
  * - a path or soname: that library (it must export `cblas_sgemm`), an error when it fails;
  * - `off`: always the WASM matMul.
- * The thread count is OpenBLAS' own: `OPENBLAS_NUM_THREADS` / `OMP_NUM_THREADS`, else all cores.
  *
  * Reproducibility. OpenBLAS' sums differ from XNNPACK's in the last bits, and its own last bits
- * depend on the call's shape, a column's place in it, the kernel set (`OPENBLAS_CORETYPE`) and
- * the thread count; for the same four they are the same on every call and every machine. The
- * coordinator therefore cuts batches into the same micro-batches whatever the topology
- * (cluster/coordinator.ts `scoreExamples`), and workers report `matMulIdentity()` so that a run
- * whose processes differ says it will not be bit-reproducible.
+ * depend on the call's shape, a column's place in it, the kernel set (`OPENBLAS_CORETYPE`) and,
+ * when it runs a call on several threads, on how it splits the call among them. So the library
+ * is loaded with one thread (`OPENBLAS_NUM_THREADS` and its kin are set to 1 while it loads, and
+ * `openblas_set_num_threads(1)`), and every product is cut into blocks whose shape depends on
+ * the product's shape alone: a block is the same call on any thread, and the thread count
+ * (`DPZO_THREADS`, the user's `OPENBLAS_NUM_THREADS`) changes the speed, never a bit. What still
+ * differs between machines, the kernel set and whether the CPU fuses multiply-adds, is the
+ * process' `matMulIdentity()`: workers report it and the coordinator warns when they differ.
+ * The coordinator cuts batches into the same micro-batches whatever the topology
+ * (cluster/coordinator.ts `scoreExamples`), so a product's shape does not depend on it either.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { addressOf, helpers, shareWork } from "../cores/mod.ts";
+import { addressOf, Command, helpers, shareWork } from "../cores/mod.ts";
 import { encodeJob, type JobOf, type Layout } from "./lane.ts";
 import { kernelsFuseMultiplyAdd } from "./wasm/fused_kernels.ts";
-import { CBLAS_SGEMM, type Sgemm, sgemmOf } from "./sgemm.ts";
-
-const ROW_BLOCK = 2048;
+import {
+  CBLAS_SGEMM,
+  GEMM_JOB,
+  gemmBlocks,
+  type GemmJob,
+  gemmParts,
+  gemmRows,
+  type Sgemm,
+  sgemmOf,
+} from "./sgemm.ts";
 
 const SYMBOLS = { cblas_sgemm: CBLAS_SGEMM } as const;
 
@@ -46,12 +58,13 @@ type Library = Deno.DynamicLibrary<typeof SYMBOLS & typeof OPTIONAL_SYMBOLS>;
 /** What `enableNativeMatMul` found: the library in use, or why the WASM matMul stays. */
 export interface NativeMatMul {
   enabled: boolean;
-  /** e.g. "OpenBLAS 0.3.21 (2 threads)", or the reason it is off. */
+  /** e.g. "OpenBLAS 0.3.21 (Haswell kernels, one thread per call)", or why it is off. */
   description: string;
   /**
-   * What decides the last bits of a matMul: "wasm", or library, kernel and thread count
-   * ("OpenBLAS 0.3.21 Haswell x2"). Processes that report the same identity compute the same
-   * losses for the same micro-batch; the workers of a run compare theirs.
+   * What decides the last bits of a matMul: "wasm", or library and kernel set ("OpenBLAS
+   * 0.3.21 Haswell"), with the library's thread count when it would not run on one ("x4": its
+   * calls may then split differently). Processes that report the same identity compute the
+   * same losses for the same micro-batch; the workers of a run compare theirs.
    */
   identity: string;
 }
@@ -60,6 +73,8 @@ let state: NativeMatMul | undefined;
 let library: Library | undefined;
 let libraryName: string | undefined;
 let sgemm: Sgemm | undefined;
+/** Whether helper threads may make calls of their own (an OpenBLAS that runs them on one). */
+let threadable = false;
 
 interface WasmBackend {
   dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
@@ -67,13 +82,40 @@ interface WasmBackend {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
 }
 
+/**
+ * Variables by which BLAS libraries (and OpenMP, which some builds run on) take their thread
+ * count when they load.
+ */
+const THREAD_VARIABLES = [
+  "OPENBLAS_NUM_THREADS",
+  "GOTO_NUM_THREADS",
+  "OMP_NUM_THREADS",
+  "MKL_NUM_THREADS",
+  "BLIS_NUM_THREADS",
+];
+
 function openLibrary(name: string): Library {
   // OpenMP's threads wait passively between calls unless the user says otherwise: by default
   // they spin for a while after every call, and the processes of a local cluster (or the test
   // suite's) share the cores with them. libgomp reads this when the library loads it.
   if (Deno.env.get("OMP_WAIT_POLICY") === undefined) Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
-  pinLibrary(name);
-  return Deno.dlopen(name, { ...SYMBOLS, ...OPTIONAL_SYMBOLS }) as Library;
+  // One thread per call, whatever the user's environment says (see the module comment): the
+  // library (and libgomp) read these once, when they load; the user's values are put back for
+  // the processes this one starts.
+  const saved = THREAD_VARIABLES.map((v) => [v, Deno.env.get(v)] as const);
+  for (const v of THREAD_VARIABLES) Deno.env.set(v, "1");
+  let lib: Library;
+  try {
+    pinLibrary(name);
+    lib = Deno.dlopen(name, { ...SYMBOLS, ...OPTIONAL_SYMBOLS }) as Library;
+  } finally {
+    for (const [v, value] of saved) {
+      if (value === undefined) Deno.env.delete(v);
+      else Deno.env.set(v, value);
+    }
+  }
+  lib.symbols.openblas_set_num_threads?.(1);
+  return lib;
 }
 
 /**
@@ -106,11 +148,16 @@ function describeLibrary(lib: Library, name: string): { description: string; ide
   const version = cString(lib.symbols.openblas_get_config?.()).match(/OpenBLAS\s+([\d.]+)/)?.[1];
   const core = cString(lib.symbols.openblas_get_corename?.());
   const what = version ? `OpenBLAS ${version}` : name;
-  const details = [threads ? `${threads} threads` : "", core ? `${core} kernels` : ""]
-    .filter(Boolean).join(", ");
+  const calls = threads === 1
+    ? "one thread per call"
+    : threads
+    ? `${threads} threads per call: results may depend on them`
+    : "";
+  const details = [core ? `${core} kernels` : "", calls].filter(Boolean).join(", ");
   return {
     description: details ? `${what} (${details})` : what,
-    identity: [what, core, threads ? `x${threads}` : ""].filter(Boolean).join(" "),
+    identity: [what, core, threads && threads !== 1 ? `x${threads}` : ""].filter(Boolean)
+      .join(" "),
   };
 }
 
@@ -145,6 +192,9 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
   }
   library = lib;
   libraryName = name;
+  // Helpers make calls of their own only on a library known to run them on the calling
+  // thread alone and to keep a pool of buffers for concurrent callers (OpenBLAS).
+  threadable = lib.symbols.openblas_get_num_threads?.() === 1;
   const original = tf.getKernel(tf.BatchMatMul, "wasm");
   if (!original) throw new Error("native matMul: the WASM backend is not registered");
   tf.unregisterKernel(tf.BatchMatMul, "wasm");
@@ -157,12 +207,11 @@ export function enableNativeMatMul(setting = Deno.env.get("DPZO_BLAS") ?? "auto"
 }
 
 /**
- * Runs a job whose parts make OpenBLAS calls (src/tensor/head.ts, src/tensor/fused.ts) on every
- * thread: each takes the next part from the work counter (src/cores `shareWork`). The helpers
- * join (`command`, the job written with `layout`, src/tensor/lane.ts) when the library can be
- * told to run each call on its calling thread alone (OpenBLAS' `openblas_set_num_threads`; it
- * keeps a pool of buffers for concurrent callers): the count is set to one for the job, then
- * restored. Otherwise the main thread does every part, each call on all the library's threads.
+ * Runs a job whose parts make OpenBLAS calls (src/tensor/head.ts, src/tensor/fused.ts, the
+ * matMul below) on every thread: each takes the next part from the work counter (src/cores
+ * `shareWork`). The helpers join (`command`, the job written with `layout`, src/tensor/lane.ts)
+ * when the library runs each call on its calling thread (see `threadable`); otherwise the main
+ * thread does every part. Either way a part is the same call, so the bits are the same.
  */
 export function shareBlasWork<L extends Layout>(
   command: number,
@@ -171,22 +220,13 @@ export function shareBlasWork<L extends Layout>(
   work: (counter: Int32Array, gemm: Sgemm) => void,
 ): void {
   const gemm = nativeSgemm();
-  const get = library?.symbols.openblas_get_num_threads;
-  const set = library?.symbols.openblas_set_num_threads;
-  const pool = get && set ? helpers() : [];
-  if (pool.length === 0) return shareWork([], command, () => {}, (c) => work(c, gemm));
-  const before = get!();
-  set!(1);
-  try {
-    shareWork(
-      pool,
-      command,
-      (args) => encodeJob(layout, job, libraryName!, args),
-      (c) => work(c, gemm),
-    );
-  } finally {
-    set!(before);
-  }
+  const pool = threadable ? helpers() : [];
+  shareWork(
+    pool,
+    command,
+    (args) => encodeJob(layout, job, libraryName!, args),
+    (c) => work(c, gemm),
+  );
 }
 
 /** The state of the native matMul (undefined before `enableNativeMatMul`). */
@@ -267,33 +307,25 @@ function sgemmBatchMatMul(
     heap.fill(0, Number(cAt), Number(cAt) + batch * M * N * 4);
     return out;
   }
-  const lda = transposeA ? M : K, ldb = transposeB ? K : N;
-  const gemm = nativeSgemm();
-  // Rows of A in blocks of ROW_BLOCK (from row 0, so a given weight always splits the same
-  // way): OpenBLAS packs the rows of a call into its own buffers, and a block bounds that
-  // memory (an LM head's [vocab, E] weight would otherwise be packed whole).
-  for (let i = 0; i < batch; i++) {
-    for (let m0 = 0; m0 < M; m0 += ROW_BLOCK) {
-      const rows = Math.min(ROW_BLOCK, M - m0);
-      const aOff = aAt + BigInt((batchA === 1 ? 0 : i * M * K) + (transposeA ? m0 : m0 * K)) * 4n;
-      const bOff = bAt + BigInt(batchB === 1 ? 0 : i * K * N) * 4n;
-      const cOff = cAt + BigInt(i * M * N + m0 * N) * 4n;
-      gemm(
-        transposeA,
-        transposeB,
-        rows,
-        N,
-        K,
-        1,
-        base + aOff,
-        lda,
-        base + bOff,
-        ldb,
-        base + cOff,
-        N,
-      );
-    }
-  }
+  const job: GemmJob = {
+    transA: transposeA ? 1 : 0,
+    transB: transposeB ? 1 : 0,
+    M,
+    N,
+    K,
+    rows: gemmRows(M),
+    batch,
+    a: base + aAt,
+    aStride: batchA === 1 ? 0 : M * K,
+    lda: transposeA ? M : K,
+    b: base + bAt,
+    bStride: batchB === 1 ? 0 : K * N,
+    ldb: transposeB ? K : N,
+    c: base + cAt,
+  };
+  // A product of one block is one call here: waking the helpers would cost more than it.
+  if (gemmParts(job) === 1) gemmBlocks(job, new Int32Array(1), nativeSgemm());
+  else shareBlasWork(Command.GemmBlocks, GEMM_JOB, job, (c, gemm) => gemmBlocks(job, c, gemm));
   return out;
 }
 

@@ -1,9 +1,15 @@
 /**
  * `cblas_sgemm` through Deno's FFI, free of TensorFlow.js so that helper threads (src/cores)
  * can load it: src/tensor/blas.ts opens the library for the main thread; a helper opens the
- * same one (already loaded: the same code and state) for its share of the LM head and of
- * attention (src/tensor/lane.ts `headBlocks`, `attendHeads`).
+ * same one (already loaded: the same code and state) for its share of the matMuls
+ * (`gemmBlocks`), the LM head and attention (src/tensor/lane.ts `headBlocks`, `attendHeads`).
+ *
+ * Every call runs on its calling thread alone (src/tensor/blas.ts loads the library with one
+ * thread), on a block whose shape depends on the matMul's shape only (`gemmRows`): the blocks,
+ * not the library's threads, are what the threads share, so the thread count never changes a
+ * bit of the result.
  */
+import type { JobOf } from "./lane.ts";
 
 /** The symbol as Deno.dlopen declares it. */
 export const CBLAS_SGEMM = {
@@ -82,4 +88,58 @@ export function openSgemm(name: string): Sgemm {
     opened.set(name, f);
   }
   return f;
+}
+
+/**
+ * A matMul `C[i] = op(A[i]) · op(B[i])` (row-major, i < batch) for every thread to take in
+ * turn, one block of `rows` rows of C at a time (`gemmBlocks`): raw addresses of A, B and C,
+ * the distance in floats between batch entries of A and of B (0 broadcasts the first), and the
+ * leading dimensions of A and B. C is dense, `[batch, M, N]`.
+ */
+export const GEMM_JOB = {
+  transA: "n",
+  transB: "n",
+  M: "n",
+  N: "n",
+  K: "n",
+  rows: "n",
+  batch: "n",
+  a: "a",
+  aStride: "n",
+  lda: "n",
+  b: "a",
+  bStride: "n",
+  ldb: "n",
+  c: "a",
+} as const;
+export type GemmJob = JobOf<typeof GEMM_JOB>;
+
+/**
+ * Rows of C per block for a matMul of M rows: about an eighth of M (so that up to eight threads
+ * share even a small matMul), a multiple of 64, from 64 to 512 (a block's call then packs B once
+ * per 64-512 rows, which costs a few percent against one call for the whole product). A function
+ * of M alone: the blocks decide the last bits of the result, never the thread count.
+ */
+export function gemmRows(M: number): number {
+  return Math.min(512, Math.max(64, Math.ceil(M / 8 / 64) * 64));
+}
+
+/** The number of blocks of a job. */
+export function gemmParts(job: GemmJob): number {
+  return job.batch * Math.ceil(job.M / job.rows);
+}
+
+/** Takes blocks of `job` from `counter` until none is left, each one `gemm` call. */
+export function gemmBlocks(job: GemmJob, counter: Int32Array, gemm: Sgemm): void {
+  const { M, N, K, rows } = job, transA = job.transA !== 0, transB = job.transB !== 0;
+  const perEntry = Math.ceil(M / rows), parts = gemmParts(job);
+  for (let p = Atomics.add(counter, 0, 1); p < parts; p = Atomics.add(counter, 0, 1)) {
+    const i = Math.floor(p / perEntry), m0 = (p % perEntry) * rows;
+    const n = Math.min(rows, M - m0);
+    // Row m0 of op(A): a row of A, or a column of A when transposed.
+    const aAt = job.a + BigInt(i * job.aStride + (transA ? m0 : m0 * job.lda)) * 4n;
+    const bAt = job.b + BigInt(i * job.bStride) * 4n;
+    const cAt = job.c + BigInt(i * M * N + m0 * N) * 4n;
+    gemm(transA, transB, n, N, K, 1, aAt, job.lda, bAt, job.ldb, cAt, N);
+  }
 }
