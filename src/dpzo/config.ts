@@ -80,6 +80,8 @@ export const RunConfigSchema = z.object({
   run_dir: z.string().min(1),
   model: z.string().min(1),
   backend: z.enum(["wasm", "cpu", "tensorflow"]).default("wasm"),
+  /** Storage precision of the weights (compute is float32), as HF's `torch_dtype`. */
+  dtype: z.enum(["float32", "bfloat16", "float16"]).default("float32"),
   /** Makes sampling, noise and seeds reproducible. The run is then NOT private. */
   insecure_seed: z.number().int().nonnegative().nullable().default(null),
   mode: z.discriminatedUnion("type", [
