@@ -1,0 +1,156 @@
+/**
+ * The memory a stage worker needs, by part, from the model's config alone (no weights read):
+ * what `dpzo plan` prints per worker and what `dpzo launch` checks against this machine.
+ *
+ * The parts, as a worker lays out its memory:
+ * - weights: every parameter of the stage (`stageParameters`: the tied `embed_tokens` on both
+ *   the first and the last stage) in ordinary process memory, not the WASM heap, at `dtype`
+ *   (float32: 4 bytes a parameter; bfloat16 / float16: 2);
+ * - lora: with LoRA, A [r, D] and B [D, r] on q_proj and v_proj of every layer, always float32;
+ * - scratch: with half storage, one float32 buffer as large as the stage's largest matrix (each
+ *   matrix is widened into it as the forward reaches it; the last stage's is `embed_tokens`);
+ * - activations: the WASM heap's tensors at the peak of a forward over one micro-batch of
+ *   N = microBatch x seqLen tokens, plus every thread's lane (src/tensor/lane.ts, LANE_BYTES);
+ * - messages: hidden states in flight between pipeline stages (received and sent, at the
+ *   wire's `activationDtype`, about two micro-batches each way, plus the float32 copy a stage
+ *   decodes into or reads back);
+ * - runtime: Deno, TensorFlow.js and its WASM backend, a V8 isolate per helper thread, and the
+ *   WASM heap's initial size (which stands for its slack: the heap grows in steps).
+ *
+ * Activations, calibrated against `dpzo bench --json` (its `activation_peak_bytes`: the most
+ * tensor bytes live at once during a forward): the peak is in the MLP of a decoder layer, where
+ * the layer's input h [D, N], the attention block's output h1 [D, N], the LayerNorm output
+ * [D, N] and fc1's output [F, N] are live together, i.e. (3D + F) x N float32. Measured on
+ * tiny-opt (D 64, F 256) at 2 x 32, 4 x 128 and 16 x 64 tokens and on small-opt (D 256, F 1024)
+ * at 2 x 32, 4 x 128, 16 x 64 and 32 x 128, the formula equals the measurement to the byte
+ * (test/plan_test.ts checks it on tiny-opt). The attention block's peak (h, its LayerNorm, q,
+ * k, v and the context: 6D x N) is below it in every OPT (F = 4D); the LM head's (the final
+ * features [E, N] and the scored columns [E, P]) is below it unless the vocabulary block of the
+ * WASM head ([V, 64] logits, used without OpenBLAS) is larger.
+ *
+ * Runtime, measured with `dpzo bench --json` on tiny-opt (`rss_before_load_bytes`: the process
+ * after the backend and its helper threads started, before any weight is read) with
+ * DPZO_THREADS = 1, 2, 4, 8: 105.9, 122.3, 149.8, 204.4 MB, i.e. about 92 MB plus 14 MB per
+ * thread; the WASM heap starts at 16 MiB. Peak RSS over the sum of the parts was within 2%
+ * (small-opt, 32 x 128 tokens: 242.8 MB measured, 247.6 MB estimated).
+ */
+import type { OptConfig } from "./config.ts";
+import { stageParameters, type StageRange } from "./opt.ts";
+import { HEAD_WIDTH, LANE_BYTES } from "../tensor/lane.ts";
+import { loraSpecs } from "../dpzo/lora.ts";
+
+/** How the weights are stored (the run config's `dtype`). */
+export type StorageDtype = "float32" | "bfloat16" | "float16";
+export const STORAGE_DTYPES: readonly StorageDtype[] = ["float32", "bfloat16", "float16"];
+
+/** Bytes per stored parameter. */
+export function bytesPerParameter(dtype: StorageDtype): number {
+  return dtype === "float32" ? 4 : 2;
+}
+
+/** Deno, TensorFlow.js and the WASM backend, before any weight (measured; module comment). */
+export const RUNTIME_BASE_BYTES = 92e6;
+/** Each thread's V8 isolate and stacks (measured; module comment). */
+export const RUNTIME_THREAD_BYTES = 14e6;
+/** The WASM heap's initial size (TensorFlow.js' WASM backend). */
+export const BASE_HEAP_BYTES = 16 * 2 ** 20;
+/** Micro-batches of hidden states a pipeline stage holds in flight, each way. */
+export const MESSAGES_IN_FLIGHT = 2;
+/** Columns of the LM head's logits block on the WASM matMul (src/model/opt.ts). */
+const WASM_HEAD_COLUMNS = 64;
+
+export interface StageMemoryOptions {
+  dtype: StorageDtype;
+  /** Full fine-tuning, or LoRA of `rank` on q_proj and v_proj. */
+  mode: { type: "full" } | { type: "lora"; rank: number };
+  /** Examples per micro-batch. */
+  microBatch: number;
+  /** Tokens per example (the padded length: at most the task's max_length). */
+  seqLen: number;
+  /** Hidden states on the wire between stages. */
+  activationDtype: "float32" | "float16";
+  /** Threads of the worker (src/cores, the main one included). */
+  threads: number;
+  /** Positions scored per micro-batch (the LM head's columns); default every token. */
+  headPositions?: number;
+  /** Whether matMuls run on OpenBLAS (the fused LM head); default true. */
+  blas?: boolean;
+}
+
+/** A worker's memory by part, in bytes. */
+export interface StageMemory {
+  weights_bytes: number;
+  lora_bytes: number;
+  scratch_bytes: number;
+  activations_bytes: number;
+  messages_bytes: number;
+  runtime_bytes: number;
+  total_bytes: number;
+}
+
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Parameters of a stage (the tied embedding counted on both ends, as it is held). */
+export function stageParameterCount(config: OptConfig, range: StageRange): number {
+  return stageParameters(config, range).reduce((n, s) => n + size(s.shape), 0);
+}
+
+/** Float32 bytes of the WASM heap's tensors at the peak of one micro-batch's forward. */
+export function activationTensorBytes(
+  config: OptConfig,
+  range: StageRange,
+  tokens: number,
+  headPositions = tokens,
+  blas = true,
+): number {
+  const { hiddenSize: D, ffnDim: F, embedDim: E, vocabSize: V } = config;
+  let floats = 0;
+  if (range.endLayer > range.firstLayer) {
+    // MLP: h, h1, LN(h1), fc1 out; attention: h, LN(h), q, k, v, context.
+    floats = Math.max((3 * D + F) * tokens, 6 * D * tokens);
+  }
+  if (range.embeddings) floats = Math.max(floats, (D + E) * tokens);
+  if (range.head) {
+    // The features and a chunk of scored columns; without OpenBLAS, a [V, 64] block of logits
+    // as well (with it the head's blocks live in the lanes).
+    const P = Math.min(tokens, headPositions, blas ? HEAD_WIDTH : WASM_HEAD_COLUMNS);
+    floats = Math.max(floats, E * tokens + E * P + (blas ? 0 : V * P));
+  }
+  return floats * 4;
+}
+
+/** The memory a stage worker needs, by part (see the module comment for each part). */
+export function stageMemory(
+  config: OptConfig,
+  range: StageRange,
+  opts: StageMemoryOptions,
+): StageMemory {
+  const specs = stageParameters(config, range);
+  const params = specs.reduce((n, s) => n + size(s.shape), 0);
+  const weights = params * bytesPerParameter(opts.dtype);
+  const lora = opts.mode.type === "lora"
+    ? loraSpecs(config, range, opts.mode.rank).reduce((n, s) => n + size(s.shape), 0) * 4
+    : 0;
+  const largest = specs.reduce(
+    (m, s) => (s.shape.length === 2 ? Math.max(m, size(s.shape)) : m),
+    0,
+  );
+  const scratch = opts.dtype === "float32" ? 0 : largest * 4;
+  const tokens = opts.microBatch * opts.seqLen;
+  const activations = activationTensorBytes(config, range, tokens, opts.headPositions, opts.blas) +
+    opts.threads * LANE_BYTES;
+  const hidden = config.hiddenSize * tokens;
+  const wire = opts.activationDtype === "float32" ? 4 : 2;
+  const ways = (range.embeddings ? 0 : 1) + (range.head ? 0 : 1);
+  const messages = ways * hidden * (MESSAGES_IN_FLIGHT * wire + 4);
+  const runtime = RUNTIME_BASE_BYTES + opts.threads * RUNTIME_THREAD_BYTES + BASE_HEAP_BYTES;
+  return {
+    weights_bytes: weights,
+    lora_bytes: lora,
+    scratch_bytes: scratch,
+    activations_bytes: activations,
+    messages_bytes: messages,
+    runtime_bytes: runtime,
+    total_bytes: weights + lora + scratch + activations + messages + runtime,
+  };
+}
