@@ -12,7 +12,7 @@
 import { planStages } from "./stage_plan.ts";
 import { encodeControl, hasRunKey, useRunKey } from "./protocol.ts";
 import { estimateStepTime, type MachineSpeed, type StepTimeEstimate } from "./step_time.ts";
-import { type OptConfig, parseOptConfig } from "../src/model/config.ts";
+import { type OptConfig, readOptConfig } from "../src/model/config.ts";
 import {
   type StageMemory,
   stageMemory,
@@ -113,33 +113,12 @@ export interface RunPlan {
   step_time: StepTimeEstimate | null;
 }
 
-/** Reads and validates a model's config.json (a file); one line on failure. */
-export async function readModelConfig(path: string): Promise<OptConfig> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new UsageError(`${path}: not found; give a model directory with its config.json`);
-    }
-    throw e;
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new UsageError(`${path}: not valid JSON (${(e as Error).message})`);
-  }
-  try {
-    return parseOptConfig(raw, path);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-}
-
 /** The config.json of a `model` value (a directory, a config file or a Hub id; no weights). */
-export async function loadModelConfig(model: string, quiet = false): Promise<OptConfig> {
-  return await readModelConfig(await resolveModelConfig(model, { quiet, field: "model" }));
+export async function loadModelConfig(
+  model: string,
+  opts: { quiet?: boolean; field?: string } = {},
+): Promise<OptConfig> {
+  return await readOptConfig(await resolveModelConfig(model, { field: "model", ...opts }));
 }
 
 /** Positions per example the LM head computes for a task (classification: the answer's). */
@@ -615,7 +594,7 @@ export async function checkFitsThisMachine(
   opts: { command?: string; configPath?: string; split?: { stages: number; replicas: number } } =
     {},
 ): Promise<void> {
-  const model = await loadModelConfig(config.model, true);
+  const model = await loadModelConfig(config.model, { quiet: true });
   const split = opts.split ?? config.cluster;
   const problem = localFitProblem(
     config,

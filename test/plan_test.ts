@@ -24,6 +24,7 @@ import {
   type RunPlan,
 } from "../cluster/plan.ts";
 import { defaultRunId } from "../cluster/launcher.ts";
+import type { ForwardRequest } from "../cluster/protocol.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MAIN = `${ROOT}cluster/main.ts`;
@@ -96,24 +97,67 @@ function assertConsistent(model: OptConfig, p: RunPlan): void {
 }
 
 Deno.test({
-  name: "memory: the activation formula is what dpzo bench measures on tiny-opt",
+  name: "memory: the activation formula is what dpzo bench measures on tiny-opt, LoRA too",
   ignore: noFixtures,
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
+    const tf = await import("@tensorflow/tfjs-core");
     const { initBackend } = await import("../src/tensor/backend.ts");
     const { benchStep } = await import("../cluster/bench.ts");
+    const { openCheckpoint } = await import("../src/model/checkpoint.ts");
+    const { loadStage } = await import("../src/model/opt.ts");
+    const { attachLora } = await import("../src/dpzo/lora.ts");
+    const { createStageWorker, forwardStage } = await import("../cluster/worker.ts");
     await initBackend("wasm");
     const model = await loadOptConfig(TINY);
+    const close = (est: number, measured: number, what: string) =>
+      assert.ok(
+        est >= measured && est <= 1.1 * measured,
+        `${what}: estimated ${est} B, measured ${measured} B`,
+      );
     for (const [B, S] of [[2, 32], [4, 16]]) {
       const r = await benchStep({ model: TINY, batch: B, seqLen: S, steps: 1, warmup: 0 });
       // The bench scores every position but the last of each row.
-      const est = activationTensorBytes(model, wholeModel(model), B * S, B * (S - 1));
-      assert.ok(
-        est >= r.activation_peak_bytes && est <= 1.1 * r.activation_peak_bytes,
-        `${B} x ${S}: estimated ${est} B, measured ${r.activation_peak_bytes} B`,
+      const tokens = B * S, headPositions = B * (S - 1);
+      close(
+        activationTensorBytes(model, wholeModel(model), { tokens, headPositions }),
+        r.activation_peak_bytes,
+        `${B} x ${S}`,
       );
     }
+    // LoRA keeps more of the attention block: measured as dpzo bench measures.
+    const stage = await loadStage(await openCheckpoint(TINY), wholeModel(model));
+    const specs = attachLora(stage, { rank: 8, alpha: 16, initSeed: 0 });
+    const worker = createStageWorker(stage, specs.map((s) => s.name));
+    const B = 16, S = 32;
+    const req: ForwardRequest = {
+      step: 0,
+      micro: 0,
+      sign: 0,
+      batchSize: B,
+      seqLen: S,
+      ids: Int32Array.from({ length: B * S }, (_, i) => 4 + (i * 7919) % 50000),
+      mask: new Int32Array(B * S).fill(1),
+      pairPos: Int32Array.from({ length: B }, (_, b) => b * S + S - 2),
+      pairTok: new Int32Array(B).fill(5),
+      pairScore: Int32Array.from({ length: B }, (_, b) => b),
+      numScores: B,
+    };
+    forwardStage(worker, req);
+    const before = tf.memory().numBytes;
+    const profile = await tf.profile(() => {
+      forwardStage(worker, req);
+    });
+    close(
+      activationTensorBytes(model, wholeModel(model), {
+        tokens: B * S,
+        headPositions: B,
+        loraRank: 8,
+      }),
+      profile.peakBytes - before,
+      `LoRA rank 8, ${B} x ${S}`,
+    );
   },
 });
 

@@ -58,7 +58,7 @@ export function planCommand() {
         ? await loadRunConfig(opts.config)
         : undefined;
       const modelName = opts.model ?? config!.model;
-      const model = await loadModelConfig(modelName);
+      const model = await loadModelConfig(modelName, { field: opts.model ? "--model" : "model" });
       const int = (name: string, v: string | undefined) =>
         v === undefined ? undefined : flag(name, positiveInt, v);
       const req = planRequest(

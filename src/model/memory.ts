@@ -22,11 +22,14 @@
  * the layer's input h [D, N], the attention block's output h1 [D, N], the LayerNorm output
  * [D, N] and fc1's output [F, N] are live together, i.e. (3D + F) x N float32. Measured on
  * tiny-opt (D 64, F 256) at 2 x 32, 4 x 128 and 16 x 64 tokens and on small-opt (D 256, F 1024)
- * at 2 x 32, 4 x 128, 16 x 64 and 32 x 128, the formula equals the measurement to the byte
- * (test/plan_test.ts checks it on tiny-opt). The attention block's peak (h, its LayerNorm, q,
- * k, v and the context: 6D x N) is below it in every OPT (F = 4D); the LM head's (the final
- * features [E, N] and the scored columns [E, P]) is below it unless the vocabulary block of the
- * WASM head ([V, 64] logits, used without OpenBLAS) is larger.
+ * at 2 x 32, 4 x 128, 16 x 64 and 32 x 128, the formula equals the measurement to the byte.
+ * With LoRA the attention block holds more: h, its LayerNorm, k, and for q and v each the base
+ * product, A x [r, N], B A x and its scaled copy, until the block ends: (11D + 2r) x N, again
+ * to the byte (tiny-opt and small-opt, rank 8, 2 x 32 and 16 x 64; test/plan_test.ts checks
+ * both on tiny-opt). Without LoRA the attention block (5D x N) is below the MLP in every OPT
+ * (F = 4D); the LM head's peak (the final features [E, N] and the scored columns [E, P]) is
+ * below it unless the vocabulary block of the WASM head ([V, 64] logits, used without OpenBLAS)
+ * is larger.
  *
  * Runtime, measured with `dpzo bench --json` on tiny-opt (`rss_before_load_bytes`: the process
  * after the backend and its helper threads started, before any weight is read) with
@@ -95,26 +98,31 @@ export function stageParameterCount(config: OptConfig, range: StageRange): numbe
   return stageParameters(config, range).reduce((n, s) => n + size(s.shape), 0);
 }
 
-/** Float32 bytes of the WASM heap's tensors at the peak of one micro-batch's forward. */
+/**
+ * Float32 bytes of the WASM heap's tensors at the peak of a forward over `tokens` tokens (see
+ * the module comment), with `headPositions` of them scored by the LM head.
+ */
 export function activationTensorBytes(
   config: OptConfig,
   range: StageRange,
-  tokens: number,
-  headPositions = tokens,
-  blas = true,
+  opts: { tokens: number; headPositions?: number; loraRank?: number; blas?: boolean },
 ): number {
   const { hiddenSize: D, ffnDim: F, embedDim: E, vocabSize: V } = config;
+  const N = opts.tokens, blas = opts.blas ?? true;
   let floats = 0;
   if (range.endLayer > range.firstLayer) {
-    // MLP: h, h1, LN(h1), fc1 out; attention: h, LN(h), q, k, v, context.
-    floats = Math.max((3 * D + F) * tokens, 6 * D * tokens);
+    // Attention: h, LN(h), q, k, v; LoRA keeps W x, A x, B A x and its scaled copy of q and v.
+    const r = opts.loraRank;
+    const attention = r === undefined ? 5 * D : 11 * D + 2 * r;
+    // MLP: h, h1, LN(h1), fc1's output.
+    floats = Math.max(3 * D + F, attention) * N;
   }
-  if (range.embeddings) floats = Math.max(floats, (D + E) * tokens);
+  if (range.embeddings) floats = Math.max(floats, (D + E) * N);
   if (range.head) {
     // The features and a chunk of scored columns; without OpenBLAS, a [V, 64] block of logits
     // as well (with it the head's blocks live in the lanes).
-    const P = Math.min(tokens, headPositions, blas ? HEAD_WIDTH : WASM_HEAD_COLUMNS);
-    floats = Math.max(floats, E * tokens + E * P + (blas ? 0 : V * P));
+    const P = Math.min(N, opts.headPositions ?? N, blas ? HEAD_WIDTH : WASM_HEAD_COLUMNS);
+    floats = Math.max(floats, E * N + E * P + (blas ? 0 : V * P));
   }
   return floats * 4;
 }
@@ -137,8 +145,12 @@ export function stageMemory(
   );
   const scratch = opts.dtype === "float32" ? 0 : largest * 4;
   const tokens = opts.microBatch * opts.seqLen;
-  const activations = activationTensorBytes(config, range, tokens, opts.headPositions, opts.blas) +
-    opts.threads * LANE_BYTES;
+  const activations = activationTensorBytes(config, range, {
+    tokens,
+    headPositions: opts.headPositions,
+    loraRank: opts.mode.type === "lora" ? opts.mode.rank : undefined,
+    blas: opts.blas,
+  }) + opts.threads * LANE_BYTES;
   const hidden = config.hiddenSize * tokens;
   const wire = opts.activationDtype === "float32" ? 4 : 2;
   const ways = (range.embeddings ? 0 : 1) + (range.head ? 0 : 1);
