@@ -8,6 +8,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { bytesPerWeight, type StorageDtype } from "../src/model/weights.ts";
 import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
 import type { ForwardRequest } from "./protocol.ts";
 import { matMulIdentity } from "../src/tensor/blas.ts";
@@ -19,6 +20,8 @@ export interface BenchOptions {
   steps: number;
   targetTokens?: number;
   warmup?: number;
+  /** How the weights are stored (default float32). */
+  dtype?: StorageDtype;
 }
 
 export interface BenchResult {
@@ -27,7 +30,10 @@ export interface BenchResult {
   seq_len: number;
   target_tokens: number;
   params: number;
+  dtype: StorageDtype;
   weight_bytes_f32: number;
+  /** Bytes of the weights as stored (2 per weight in half precision). */
+  stored_weight_bytes: number;
   forward_s: number;
   perturb_pass_s: number;
   step_s: number;
@@ -92,7 +98,8 @@ export async function benchStep(
 ): Promise<BenchResult> {
   const rssBeforeLoad = Deno.memoryUsage().rss;
   const ckpt = await openCheckpoint(opts.model);
-  const stage = await loadStage(ckpt, wholeModel(ckpt.config));
+  const dtype = opts.dtype ?? "float32";
+  const stage = await loadStage(ckpt, wholeModel(ckpt.config), dtype);
   const specs = stageParameters(ckpt.config, stage.range);
   const params = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
   const worker = createStageWorker(stage, specs.map((s) => s.name));
@@ -106,11 +113,11 @@ export async function benchStep(
   };
   const step = () => {
     let fwd = 0, pert = 0;
-    pert += time(() => applyPass(worker, seed, 1e-3));
+    pert += time(() => applyPass(worker, seed, 1e-3, false));
     fwd += time(() => forwardStage(worker, req));
-    pert += time(() => applyPass(worker, seed, -2e-3));
+    pert += time(() => applyPass(worker, seed, -2e-3, false));
     fwd += time(() => forwardStage(worker, req));
-    pert += time(() => applyPass(worker, seed, 1e-3));
+    pert += time(() => applyPass(worker, seed, 1e-3, true));
     return { fwd: fwd / 2, pert: pert / 3 };
   };
   for (let i = 0; i < (opts.warmup ?? 1); i++) step();
@@ -133,7 +140,9 @@ export async function benchStep(
     seq_len: opts.seqLen,
     target_tokens: targets,
     params,
+    dtype,
     weight_bytes_f32: params * 4,
+    stored_weight_bytes: params * bytesPerWeight(dtype),
     forward_s: fwd / opts.steps,
     perturb_pass_s: pert / opts.steps,
     step_s: total / opts.steps,

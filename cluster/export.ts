@@ -10,10 +10,16 @@ import { readLedger } from "../src/checkpoint/ledger.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { initBackend } from "../src/tensor/backend.ts";
-import { applyEntryPasses, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
+import {
+  applyEntryPasses,
+  createStageWorker,
+  floatValues,
+  setValues,
+  stageDigests,
+  type StageWorker,
+} from "./worker.ts";
 import { loadModel, modelOrder, readRunJson } from "./run.ts";
 import { readSnapshot, snapshotSteps } from "../src/checkpoint/snapshot.ts";
-import { weightView } from "../src/tensor/backend.ts";
 
 export interface ExportResult {
   steps: number;
@@ -86,12 +92,7 @@ async function fromSnapshots(
     }
     if (!w.trainable.every((n) => data.has(n))) continue; // not every stage wrote this step
     for (const name of w.trainable) {
-      const view = weightView(w.stage.params.get(name)!);
-      const d = data.get(name)!;
-      if (d.length !== view.length) {
-        throw new Error(`snapshot step ${step}: ${name} has another size`);
-      }
-      view.set(d);
+      setValues(w.stage, name, data.get(name)!, `snapshot step ${step}`);
     }
     w.appliedStep = step;
     log(`starting from the snapshot of step ${step}`);
@@ -113,7 +114,7 @@ export async function exportRun(
   const tensors = stage.specs.map((spec) => ({
     name: spec.name,
     shape: spec.shape,
-    data: stage.params.get(spec.name)!.dataSync() as Float32Array,
+    data: floatValues(stage.weights.get(spec.name)!, stage),
   }));
   const isLora = (n: string) => n.includes(".lora_");
   const files: string[] = [];
