@@ -26,9 +26,9 @@
  *   are a pure function of the step seed, the name and the index (`roundingBits`), so export,
  *   resume and other topologies replay it bit for bit.
  */
-import { perturb, type WeightDecay } from "../dpzo/perturbation.ts";
+import { perturb, perturbKernel, type WeightDecay } from "../dpzo/perturbation.ts";
 import { nameHash, seedKey } from "../rng/z.ts";
-import { philox4x32_10 } from "../rng/philox.ts";
+import { philox4x32_10, philoxRoundKeys } from "../rng/philox.ts";
 
 /** How the weights of a stage are stored (LoRA adapters are always float32). */
 export type StorageDtype = "float32" | "bfloat16" | "float16";
@@ -189,11 +189,28 @@ export function narrowStochastic(
  * The uint32 rounding bits of elements start .. start + out.length of tensor `name` for the
  * update of the step with `seed`: Philox4x32-10 words with the z specification's key (the seed)
  * and counter layout (block index, then a name hash), the hash taken of `name + "#rounding"` so
- * that they are independent of z. A pure function, like z: any process regenerates them.
+ * that they are independent of z. A pure function, like z: any process regenerates them. The
+ * WASM z kernel computes them (`words`) where it runs; `impl: "js"` is the reference.
  */
-export function roundingBits(seed: bigint, name: string, start: number, out: Uint32Array): void {
+export function roundingBits(
+  seed: bigint,
+  name: string,
+  start: number,
+  out: Uint32Array,
+  impl: "auto" | "js" = "auto",
+): void {
   const [k0, k1] = seedKey(seed);
   const [h0, h1] = nameHash(`${name}#rounding`);
+  const kernel = impl === "js" ? null : perturbKernel();
+  if (kernel) {
+    kernel.setKey(philoxRoundKeys(k0, k1), h0, h1);
+    const piece = kernel.capacity - 16; // a multiple of 4: pieces after the first stay aligned
+    for (let pos = 0; pos < out.length; pos += piece) {
+      const n = Math.min(piece, out.length - pos);
+      out.set(kernel.words(start + pos, n), pos);
+    }
+    return;
+  }
   const words = new Uint32Array(4);
   let i = 0;
   for (let block = Math.floor(start / 4); i < out.length; block++) {

@@ -615,6 +615,70 @@ export function generate(blo: i32, bhi: i32, nBlocks: i32): void {
   }
 }
 
+// Raw Philox4x32-10 words of blocks b..b+7 (b = blo + 2^32 bhi) into 32 uint32 at `dst`, in
+// element order (block j: x0 x1 x2 x3): the same rounds as `group`, without Box-Muller, for
+// uniform random bits (the stochastic rounding of half-precision updates, src/model/weights.ts).
+function wordsGroup(blo: i32, bhi: i32, dst: usize): void {
+  const base = i32x4.splat(blo);
+  const iota = v128.load(K_IOTA);
+  let a0 = i32x4.add(base, iota);
+  let b0 = i32x4.add(base, i32x4.add(iota, i32x4.splat(4)));
+  const hi = i32x4.splat(bhi);
+  let a1 = i32x4.sub(hi, i32x4.lt_u(a0, base));
+  let b1 = i32x4.sub(hi, i32x4.lt_u(b0, base));
+  let a2 = v128.load(KEYV + 320);
+  let a3 = v128.load(KEYV + 336);
+  let b2 = a2;
+  let b3 = a3;
+  const m0 = v128.load(K_M0);
+  const m1 = v128.load(K_M1);
+  for (let r: usize = 0; r < 20; r += 2) {
+    const pa0l = i64x2.extmul_low_i32x4_u(a0, m0);
+    const pb0l = i64x2.extmul_low_i32x4_u(b0, m0);
+    const pa0h = i64x2.extmul_high_i32x4_u(a0, m0);
+    const pb0h = i64x2.extmul_high_i32x4_u(b0, m0);
+    const pa1l = i64x2.extmul_low_i32x4_u(a2, m1);
+    const pb1l = i64x2.extmul_low_i32x4_u(b2, m1);
+    const pa1h = i64x2.extmul_high_i32x4_u(a2, m1);
+    const pb1h = i64x2.extmul_high_i32x4_u(b2, m1);
+    const ka = v128.load(KEYV + (r << 4));
+    const kb = v128.load(KEYV + ((r + 1) << 4));
+    a0 = v128.xor(v128.xor(i32x4.shuffle(pa1l, pa1h, 1, 3, 5, 7), a1), ka);
+    b0 = v128.xor(v128.xor(i32x4.shuffle(pb1l, pb1h, 1, 3, 5, 7), b1), ka);
+    a1 = i32x4.shuffle(pa1l, pa1h, 0, 2, 4, 6);
+    b1 = i32x4.shuffle(pb1l, pb1h, 0, 2, 4, 6);
+    a2 = v128.xor(v128.xor(i32x4.shuffle(pa0l, pa0h, 1, 3, 5, 7), a3), kb);
+    b2 = v128.xor(v128.xor(i32x4.shuffle(pb0l, pb0h, 1, 3, 5, 7), b3), kb);
+    a3 = i32x4.shuffle(pa0l, pa0h, 0, 2, 4, 6);
+    b3 = i32x4.shuffle(pb0l, pb0h, 0, 2, 4, 6);
+  }
+  // Lane j of (x0, x1, x2, x3) is block j: a 4 x 4 transpose per set.
+  v128.store(TMP, a0);
+  v128.store(TMP, a1, 16);
+  v128.store(TMP, a2, 32);
+  v128.store(TMP, a3, 48);
+  v128.store(TMP, b0, 64);
+  v128.store(TMP, b1, 80);
+  v128.store(TMP, b2, 96);
+  v128.store(TMP, b3, 112);
+  transpose4(TMP, dst);
+  transpose4(TMP + 64, dst + 64);
+}
+
+/**
+ * Writes the raw Philox words of blocks b0 .. b0 + nBlocks - 1 (b0 = blo + 2^32 bhi) to Z as
+ * uint32: word 4 (b - b0) + k is x_k of block b. Whole groups of 8 blocks (up to 28 words past
+ * the end).
+ */
+export function words(blo: i32, bhi: i32, nBlocks: i32): void {
+  let b: u64 = (<u64> (<u32> bhi) << 32) | <u64> (<u32> blo);
+  const end: usize = Z + (<usize> nBlocks << 4);
+  for (let dst: usize = Z; dst < end; dst += 128) {
+    wordsGroup(<i32> b, <i32> (b >> 32), dst);
+    b += 8;
+  }
+}
+
 /**
  * Fused pass on THETA[0 .. n): theta_i = float32(theta_i + float32(c * z_i)) with z_i the
  * element i of the stream starting at block b0 (so THETA[0] is element 4 b0). Whole vectors are
