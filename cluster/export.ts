@@ -13,7 +13,6 @@ import { initBackend } from "../src/tensor/backend.ts";
 import {
   applyEntryPasses,
   createStageWorker,
-  floatValues,
   setValues,
   stageDigests,
   type StageWorker,
@@ -114,7 +113,13 @@ export async function exportRun(
   const tensors = stage.specs.map((spec) => ({
     name: spec.name,
     shape: spec.shape,
-    data: floatValues(stage.weights.get(spec.name)!, stage),
+    // As stored: half-precision runs export their half weights (exactly what they trained).
+    data: stage.weights.get(spec.name)!,
+    dtype: stage.weights.get(spec.name) instanceof Float32Array
+      ? "F32" as const
+      : stage.dtype === "bfloat16"
+      ? "BF16" as const
+      : "F16" as const,
   }));
   const isLora = (n: string) => n.includes(".lora_");
   const files: string[] = [];
@@ -152,6 +157,14 @@ export async function exportRun(
       await Deno.copyFile(`${config.model}/${f}`, `${outDir}/${f}`);
       files.push(f);
     } catch { /* optional file */ }
+  }
+  // config.json says how the weights are stored, as Hugging Face's torch_dtype.
+  const configPath = `${outDir}/config.json`;
+  const hfConfig = JSON.parse(await Deno.readTextFile(configPath));
+  if (hfConfig.torch_dtype !== stage.dtype) {
+    hfConfig.torch_dtype = stage.dtype;
+    await Deno.writeTextFile(`${configPath}.tmp`, JSON.stringify(hfConfig, null, 2) + "\n");
+    await Deno.rename(`${configPath}.tmp`, configPath);
   }
   return { steps, final_weights_sha256: sha, files };
 }

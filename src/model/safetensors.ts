@@ -187,12 +187,14 @@ export async function readTensor(path: string, entry: TensorEntry): Promise<Floa
 export interface TensorToWrite {
   name: string;
   shape: number[];
-  data: Float32Array;
+  /** float32 values, or the raw bits of F16 / BF16 values (then `dtype` says which). */
+  data: Float32Array | Uint16Array;
+  dtype?: DType;
 }
 
 /**
- * Writes float32 tensors as a safetensors file, sorted by name, header padded with spaces to a
- * multiple of 8, through a temporary file renamed into place.
+ * Writes tensors (float32, or raw F16/BF16 bits) as a safetensors file, sorted by name, header
+ * padded with spaces to a multiple of 8, through a temporary file renamed into place.
  */
 export async function writeSafetensors(
   path: string,
@@ -203,8 +205,14 @@ export async function writeSafetensors(
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const t of sorted) {
-    const bytes = t.data.length * 4;
-    header[t.name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + bytes] };
+    const dtype = t.dtype ?? "F32";
+    if ((dtype === "F32") !== (t.data instanceof Float32Array)) {
+      throw new Error(`writeSafetensors: ${t.name}: ${dtype} data must be a ${
+        dtype === "F32" ? "Float32Array" : "Uint16Array of raw bits"
+      }`);
+    }
+    const bytes = t.data.byteLength;
+    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
   let json = JSON.stringify(header);
