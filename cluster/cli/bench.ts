@@ -42,7 +42,14 @@ export function benchCommand() {
         `model ${r.model}: ${r.params} parameters stored as ${r.dtype}, batch ${r.batch} x ` +
           `${r.seq_len} tokens`,
       );
-      console.log(`forward + losses (${r.target_tokens} targets/row): ${r.forward_s.toFixed(3)} s`);
+      const peak = r.sgemm_peak_gflops
+        ? `, ${(100 * r.forward_gflops / r.sgemm_peak_gflops).toFixed(0)}% of OpenBLAS' ` +
+          `${r.sgemm_peak_gflops.toFixed(0)} GFLOP/s here`
+        : "";
+      console.log(
+        `forward + losses (${r.target_tokens} targets/row): ${r.forward_s.toFixed(3)} s ` +
+          `(${r.forward_gflops.toFixed(0)} GFLOP/s${peak})`,
+      );
       console.log(
         `perturbation pass: ${r.perturb_pass_s.toFixed(3)} s (${
           (r.perturb_params_per_s / 1e6).toFixed(0)
