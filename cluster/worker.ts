@@ -8,7 +8,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { logProbsAt, type Stage, stageForward } from "../src/model/opt.ts";
-import { commitHalf, narrowNearest, widen } from "../src/model/weights.ts";
+import { commitHalf } from "../src/model/weights.ts";
+import { narrowNearest, widen } from "../src/model/half.ts";
 import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
 import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";

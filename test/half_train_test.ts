@@ -7,7 +7,7 @@ import { strict as assert } from "node:assert";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { readTensor } from "../src/model/safetensors.ts";
 import { stageParameters, wholeModel } from "../src/model/opt.ts";
-import { narrowNearest, widen } from "../src/model/weights.ts";
+import { narrowNearest, widen } from "../src/model/half.ts";
 import { combineDigests, tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import { DATA, dpzo, FIXTURES, lacks, missing, readJson } from "./fixtures.ts";
 

@@ -1,17 +1,11 @@
 /**
- * The weight store's half precision (src/model/weights.ts): conversions, stochastic rounding
- * that is unbiased and replayable, a perturbation that never enters a half store, and updates
- * far below half an ulp that still move the weights on average.
+ * The weight store's half precision (src/model/weights.ts, src/model/half.ts): conversions,
+ * stochastic rounding that is unbiased and replayable, a perturbation that never enters a half
+ * store, and updates far below half an ulp that still move the weights on average.
  */
 import { strict as assert } from "node:assert";
-import {
-  narrowNearest,
-  narrowStochastic,
-  readWeight,
-  roundingBits,
-  type StorageDtype,
-  widen,
-} from "../src/model/weights.ts";
+import { readWeight, roundingBits, type StorageDtype } from "../src/model/weights.ts";
+import { narrowNearest, narrowStochastic, widen } from "../src/model/half.ts";
 import { initBackend } from "../src/tensor/backend.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { ensureStageFits, loadStage, wholeModel } from "../src/model/opt.ts";

@@ -29,14 +29,13 @@ import type { OptConfig } from "./config.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import {
   bytesPerWeight,
-  narrowNearest,
   readRows,
   readWeight,
   type StorageDtype,
   type StoredWeight,
   type VirtualPerturbation,
-  widen,
 } from "./weights.ts";
+import { narrowNearest, widen } from "./half.ts";
 import {
   addBiasInPlace,
   columnLogSumExp,

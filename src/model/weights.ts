@@ -29,9 +29,10 @@
 import { perturb, perturbKernel, type WeightDecay } from "../dpzo/perturbation.ts";
 import { nameHash, seedKey } from "../rng/z.ts";
 import { philox4x32_10, philoxRoundKeys } from "../rng/philox.ts";
+import { type HalfDtype, narrowStochastic, widen } from "./half.ts";
 
 /** How the weights of a stage are stored (LoRA adapters are always float32). */
-export type StorageDtype = "float32" | "bfloat16" | "float16";
+export type StorageDtype = "float32" | HalfDtype;
 
 export const STORAGE_DTYPES: readonly StorageDtype[] = ["float32", "bfloat16", "float16"];
 
@@ -57,132 +58,6 @@ export interface WeightSource {
   weights: Map<string, StoredWeight>;
   dtype: StorageDtype;
   virtual?: VirtualPerturbation;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions
-
-let f16Table: Float32Array | undefined;
-
-/** float16 bits -> float32 value, for all 65536 patterns. */
-function float16Table(): Float32Array {
-  if (f16Table) return f16Table;
-  f16Table = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    let v: number;
-    if (exp === 0) v = frac * 2 ** -24;
-    else if (exp === 31) v = frac ? NaN : Infinity;
-    else v = (1 + frac / 1024) * 2 ** (exp - 15);
-    f16Table[h] = sign * v;
-  }
-  return f16Table;
-}
-
-/** Half bits -> float32 values (exact: every half value is a float32 value). */
-export function widen(src: Uint16Array, dtype: "bfloat16" | "float16", out: Float32Array): void {
-  if (out.length < src.length) throw new RangeError("widen: output too short");
-  if (dtype === "bfloat16") {
-    const bits = new Uint32Array(out.buffer, out.byteOffset, src.length);
-    for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16;
-  } else {
-    const table = float16Table();
-    for (let i = 0; i < src.length; i++) out[i] = table[src[i]];
-  }
-}
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** float32 -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN). */
-function bfloat16Nearest(x: number): number {
-  f32[0] = x;
-  const b = u32[0];
-  if ((b & 0x7fffffff) > 0x7f800000) return (b >>> 16) | 0x40;
-  return (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-}
-
-/** float32 -> float16 bits, round to nearest even (overflow to infinity, subnormals kept). */
-function float16Nearest(x: number): number {
-  f32[0] = x;
-  const b = u32[0];
-  const sign = (b >>> 16) & 0x8000;
-  const exp = (b >>> 23) & 0xff;
-  let mant = b & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign; // below half the smallest subnormal
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    const rest = mant & ((1 << shift) - 1);
-    let h = mant >>> shift;
-    if (rest > half || (rest === half && (h & 1))) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++; // may carry into the exponent: right
-  return sign | h;
-}
-
-/** float32 values -> half bits, round to nearest even (loading a float32 checkpoint). */
-export function narrowNearest(
-  src: Float32Array,
-  dtype: "bfloat16" | "float16",
-  out: Uint16Array,
-): void {
-  const f = dtype === "bfloat16" ? bfloat16Nearest : float16Nearest;
-  for (let i = 0; i < src.length; i++) out[i] = f(src[i]);
-}
-
-/**
- * float32 values -> half bits with stochastic rounding: `src[i]` becomes the half value just
- * below or just above it in magnitude, the one above with probability (|x| - below) / (above -
- * below), decided by the uint32 `bits[i]`. Exact half values stay as they are. Infinity and NaN
- * round to nearest; a value beyond the largest finite half becomes infinity only when it rounds
- * there.
- */
-export function narrowStochastic(
-  src: Float32Array,
-  dtype: "bfloat16" | "float16",
-  bits: Uint32Array,
-  out: Uint16Array,
-): void {
-  if (dtype === "bfloat16") {
-    const words = new Uint32Array(src.buffer, src.byteOffset, src.length);
-    for (let i = 0; i < src.length; i++) {
-      const b = words[i];
-      if ((b & 0x7f800000) === 0x7f800000) out[i] = bfloat16Nearest(src[i]);
-      // The low 16 bits are the fraction of the gap: adding 16 random bits carries into the
-      // kept bits with exactly that probability.
-      else out[i] = (b + (bits[i] >>> 16)) >>> 16;
-    }
-    return;
-  }
-  const table = float16Table();
-  for (let i = 0; i < src.length; i++) {
-    const x = src[i];
-    if (!Number.isFinite(x)) {
-      out[i] = float16Nearest(x);
-      continue;
-    }
-    // The half value toward zero, then the next one away from zero.
-    let lo = float16Nearest(x);
-    if (Math.abs(table[lo]) > Math.abs(x)) lo--;
-    const vLo = Math.abs(table[lo]);
-    if (vLo === Math.abs(x)) {
-      out[i] = lo;
-      continue;
-    }
-    const vHi = Math.abs(table[lo + 1]); // Infinity past the largest finite value
-    const p = (Math.abs(x) - vLo) / (vHi - vLo); // 0 when vHi is Infinity
-    out[i] = bits[i] / 4294967296 < p ? lo + 1 : lo;
-  }
 }
 
 /**
@@ -250,7 +125,7 @@ export function readWeight(source: WeightSource, name: string): Float32Array {
   const w = stored(source, name);
   if (w instanceof Float32Array) return w;
   const out = scratchOf(w.length);
-  widen(w, source.dtype as "bfloat16" | "float16", out);
+  widen(w, source.dtype as HalfDtype, out);
   addVirtual(source, name, out, 0);
   return out;
 }
@@ -276,7 +151,7 @@ export function readRows(
       dst.set(w.subarray(r * width, (r + 1) * width));
       continue;
     }
-    widen(w.subarray(r * width, (r + 1) * width), source.dtype as "bfloat16" | "float16", dst);
+    widen(w.subarray(r * width, (r + 1) * width), source.dtype as HalfDtype, dst);
     addVirtual(source, name, dst, r * width);
   }
 }
@@ -304,7 +179,7 @@ export function commitHalf(
   coeff: number,
   weightDecay?: WeightDecay,
 ): void {
-  const dtype = source.dtype as "bfloat16" | "float16";
+  const dtype = source.dtype as HalfDtype;
   const values = new Float32Array(COMMIT_CHUNK);
   const bits = new Uint32Array(COMMIT_CHUNK);
   for (const name of names) {
