@@ -7,10 +7,12 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
-import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import type { OptConfig } from "../src/model/config.ts";
+import { float32Array, loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { bytesPerWeight, type StorageDtype } from "../src/model/weights.ts";
 import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
 import type { ForwardRequest } from "./protocol.ts";
-import { matMulIdentity } from "../src/tensor/blas.ts";
+import { matMulIdentity, matMulRaw, nativeMatMul } from "../src/tensor/blas.ts";
 
 export interface BenchOptions {
   model: string;
@@ -19,6 +21,8 @@ export interface BenchOptions {
   steps: number;
   targetTokens?: number;
   warmup?: number;
+  /** How the weights are stored (default float32). */
+  dtype?: StorageDtype;
 }
 
 export interface BenchResult {
@@ -27,7 +31,10 @@ export interface BenchResult {
   seq_len: number;
   target_tokens: number;
   params: number;
+  dtype: StorageDtype;
   weight_bytes_f32: number;
+  /** Bytes of the weights as stored (2 per weight in half precision). */
+  stored_weight_bytes: number;
   forward_s: number;
   perturb_pass_s: number;
   step_s: number;
@@ -44,6 +51,46 @@ export interface BenchResult {
   activation_peak_bytes: number;
   /** How matMuls are computed (src/tensor/blas.ts `matMulIdentity`). */
   matmul: string;
+  /** Floating-point operations of one forward (`forwardFlops`), in 1e9. */
+  forward_gflop: number;
+  /** forward_gflop / forward_s. */
+  forward_gflops: number;
+  /**
+   * What OpenBLAS reaches on this machine in this run, through the same path as the forward's
+   * matMuls (blocks of rows taken in turn by every thread, one OpenBLAS thread per call): the
+   * best of three [2048, 2048] x [2048, 1024] products, in GFLOP/s. Absent without OpenBLAS.
+   */
+  sgemm_peak_gflops?: number;
+}
+
+/**
+ * Floating-point operations of a forward of B rows of S tokens with the LM head at P positions:
+ * 2 per multiply-add of every linear layer (N = B S tokens), of attention's two products (the
+ * whole S x S score matrix of each row and head, as computed) and of the head's P x V logits.
+ */
+export function forwardFlops(c: OptConfig, B: number, S: number, P: number): number {
+  const N = B * S, D = c.hiddenSize, F = c.ffnDim, L = c.numLayers;
+  const linears = L * (4 * D * D + 2 * D * F) + (c.hasProjections ? 2 * D * c.embedDim : 0);
+  return 2 * N * linears + L * 4 * B * S * S * D + 2 * P * c.vocabSize * c.embedDim;
+}
+
+/** The sgemm peak of `BenchResult.sgemm_peak_gflops`, or undefined without OpenBLAS. */
+export function sgemmPeakGflops(): number | undefined {
+  if (!nativeMatMul()?.enabled) return undefined;
+  const M = 2048, K = 2048, N = 1024;
+  const a = float32Array(M * K).fill(0.5);
+  const x = tf.fill([K, N], 0.25) as tf.Tensor2D;
+  try {
+    let best = Infinity;
+    for (let r = 0; r < 4; r++) {
+      const t0 = performance.now();
+      matMulRaw(a, M, K, x)!.dispose();
+      if (r > 0) best = Math.min(best, (performance.now() - t0) / 1000); // the first warms up
+    }
+    return (2 * M * N * K) / best / 1e9;
+  } finally {
+    x.dispose();
+  }
 }
 
 /** Peak resident set size of this process (VmHWM on Linux, else the current RSS). */
@@ -92,7 +139,8 @@ export async function benchStep(
 ): Promise<BenchResult> {
   const rssBeforeLoad = Deno.memoryUsage().rss;
   const ckpt = await openCheckpoint(opts.model);
-  const stage = await loadStage(ckpt, wholeModel(ckpt.config));
+  const dtype = opts.dtype ?? "float32";
+  const stage = await loadStage(ckpt, wholeModel(ckpt.config), dtype);
   const specs = stageParameters(ckpt.config, stage.range);
   const params = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
   const worker = createStageWorker(stage, specs.map((s) => s.name));
@@ -106,11 +154,11 @@ export async function benchStep(
   };
   const step = () => {
     let fwd = 0, pert = 0;
-    pert += time(() => applyPass(worker, seed, 1e-3));
+    pert += time(() => applyPass(worker, seed, 1e-3, false));
     fwd += time(() => forwardStage(worker, req));
-    pert += time(() => applyPass(worker, seed, -2e-3));
+    pert += time(() => applyPass(worker, seed, -2e-3, false));
     fwd += time(() => forwardStage(worker, req));
-    pert += time(() => applyPass(worker, seed, 1e-3));
+    pert += time(() => applyPass(worker, seed, 1e-3, true));
     return { fwd: fwd / 2, pert: pert / 3 };
   };
   for (let i = 0; i < (opts.warmup ?? 1); i++) step();
@@ -127,13 +175,17 @@ export async function benchStep(
   const profile = await tf.profile(() => {
     forwardStage(worker, req);
   });
+  const positions = new Set(req.pairPos).size;
+  const gflop = forwardFlops(ckpt.config, opts.batch, opts.seqLen, positions) / 1e9;
   return {
     model: opts.model,
     batch: opts.batch,
     seq_len: opts.seqLen,
     target_tokens: targets,
     params,
+    dtype,
     weight_bytes_f32: params * 4,
+    stored_weight_bytes: params * bytesPerWeight(dtype),
     forward_s: fwd / opts.steps,
     perturb_pass_s: pert / opts.steps,
     step_s: total / opts.steps,
@@ -143,5 +195,8 @@ export async function benchStep(
     wasm_heap_bytes: wasmHeapBytes(),
     activation_peak_bytes: Math.max(0, profile.peakBytes - before),
     matmul: matMulIdentity(),
+    forward_gflop: gflop,
+    forward_gflops: gflop / (fwd / opts.steps),
+    sgemm_peak_gflops: sgemmPeakGflops(),
   };
 }

@@ -10,10 +10,15 @@ import { readLedger } from "../src/checkpoint/ledger.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { initBackend } from "../src/tensor/backend.ts";
-import { applyEntryPasses, createStageWorker, stageDigests, type StageWorker } from "./worker.ts";
+import {
+  applyEntryPasses,
+  createStageWorker,
+  setValues,
+  stageDigests,
+  type StageWorker,
+} from "./worker.ts";
 import { loadModel, modelOrder, readRunJson } from "./run.ts";
 import { readSnapshot, snapshotSteps } from "../src/checkpoint/snapshot.ts";
-import { weightView } from "../src/tensor/backend.ts";
 
 export interface ExportResult {
   steps: number;
@@ -86,12 +91,7 @@ async function fromSnapshots(
     }
     if (!w.trainable.every((n) => data.has(n))) continue; // not every stage wrote this step
     for (const name of w.trainable) {
-      const view = weightView(w.stage.params.get(name)!);
-      const d = data.get(name)!;
-      if (d.length !== view.length) {
-        throw new Error(`snapshot step ${step}: ${name} has another size`);
-      }
-      view.set(d);
+      setValues(w.stage, name, data.get(name)!, `snapshot step ${step}`);
     }
     w.appliedStep = step;
     log(`starting from the snapshot of step ${step}`);
@@ -113,7 +113,13 @@ export async function exportRun(
   const tensors = stage.specs.map((spec) => ({
     name: spec.name,
     shape: spec.shape,
-    data: stage.params.get(spec.name)!.dataSync() as Float32Array,
+    // As stored: half-precision runs export their half weights (exactly what they trained).
+    data: stage.weights.get(spec.name)!,
+    dtype: stage.weights.get(spec.name) instanceof Float32Array
+      ? "F32" as const
+      : stage.dtype === "bfloat16"
+      ? "BF16" as const
+      : "F16" as const,
   }));
   const isLora = (n: string) => n.includes(".lora_");
   const files: string[] = [];
@@ -151,6 +157,14 @@ export async function exportRun(
       await Deno.copyFile(`${config.model}/${f}`, `${outDir}/${f}`);
       files.push(f);
     } catch { /* optional file */ }
+  }
+  // config.json says how the weights are stored, as Hugging Face's torch_dtype.
+  const configPath = `${outDir}/config.json`;
+  const hfConfig = JSON.parse(await Deno.readTextFile(configPath));
+  if (hfConfig.torch_dtype !== stage.dtype) {
+    hfConfig.torch_dtype = stage.dtype;
+    await Deno.writeTextFile(`${configPath}.tmp`, JSON.stringify(hfConfig, null, 2) + "\n");
+    await Deno.rename(`${configPath}.tmp`, configPath);
   }
   return { steps, final_weights_sha256: sha, files };
 }

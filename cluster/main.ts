@@ -40,6 +40,18 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * An error message as the user should read it. TensorFlow.js' WASM backend aborts with
+ * "Aborted(). Build with -sASSERTIONS for more info." when its heap (a 32-bit memory of at most
+ * 4 GiB, where the activations live) cannot grow: say that, and what to lower.
+ */
+export function explain(message: string): string {
+  if (!/^Aborted\(/.test(message)) return message;
+  return "the WASM heap (at most 4 GiB, where the activations of a forward live) ran out of " +
+    "memory: lower the tokens per forward (cluster.micro_batch, or --batch / --seq-len), or " +
+    `run with DPZO_DEBUG=1 for the stack (${message.split(".")[0]})`;
+}
+
 /** Runs the command line; an error becomes one line on stderr and a non-zero exit. */
 export async function main(args: string[]): Promise<number> {
   try {
@@ -51,7 +63,7 @@ export async function main(args: string[]): Promise<number> {
     if (typeof code === "string" && code.startsWith("commander.")) {
       return code === "commander.helpDisplayed" || code === "commander.version" ? 0 : 2;
     }
-    console.error(`dpzo: ${e instanceof Error ? e.message : String(e)}`);
+    console.error(`dpzo: ${explain(e instanceof Error ? e.message : String(e))}`);
     if (Deno.env.get("DPZO_DEBUG") && e instanceof Error) console.error(e.stack);
     return e instanceof UsageError ? 2 : 1;
   }

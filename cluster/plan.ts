@@ -18,8 +18,8 @@ import {
   stageMemory,
   type StageMemoryOptions,
   stageParameterCount,
-  type StorageDtype,
 } from "../src/model/memory.ts";
+import type { StorageDtype } from "../src/model/weights.ts";
 import type { StageRange } from "../src/model/opt.ts";
 import { loraSpecs } from "../src/dpzo/lora.ts";
 import { type RunConfig, RunConfigSchema } from "../src/dpzo/config.ts";

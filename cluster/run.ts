@@ -182,7 +182,7 @@ export async function loadRunStage(
   ckpt: Checkpoint,
   range: StageRange,
 ): Promise<{ stage: Stage; trainable: string[] }> {
-  const stage = await loadStage(ckpt, range);
+  const stage = await loadStage(ckpt, range, config.dtype);
   if (config.mode.type === "lora") {
     attachLora(stage, {
       rank: config.mode.rank,

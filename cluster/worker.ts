@@ -8,7 +8,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { logProbsAt, type Stage, stageForward } from "../src/model/opt.ts";
-import { weightView } from "../src/tensor/backend.ts";
+import { commitHalf } from "../src/model/weights.ts";
+import { narrowNearest, widen } from "../src/model/half.ts";
 import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
 import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
@@ -30,29 +31,60 @@ export interface StageWorker {
 
 export function createStageWorker(stage: Stage, trainable: string[], appliedStep = 0): StageWorker {
   for (const name of trainable) {
-    if (!stage.params.has(name)) throw new Error(`worker: stage does not hold ${name}`);
+    if (!stage.weights.has(name)) throw new Error(`worker: stage does not hold ${name}`);
   }
   return { stage, trainable, appliedStep, phase: "idle", perturbSeconds: 0 };
 }
 
-/** Live views of the trainable tensors (taken right before each pass). */
-function trainableViews(w: StageWorker): NamedTensor[] {
-  return w.trainable.map((name) => ({ name, data: weightView(w.stage.params.get(name)!) }));
+/** The trainable tensors stored in float32: perturbed and updated in place. */
+function inPlaceTensors(w: StageWorker): NamedTensor[] {
+  const out: NamedTensor[] = [];
+  for (const name of w.trainable) {
+    const data = w.stage.weights.get(name)!;
+    if (data instanceof Float32Array) out.push({ name, data });
+  }
+  return out;
 }
 
-/** theta += coeff z(seed) over the trainable tensors, optionally with MeZO weight decay. */
+/** The trainable tensors stored in half precision: perturbed virtually, updated when committed. */
+function halfTensors(w: StageWorker): string[] {
+  return w.trainable.filter((name) => w.stage.weights.get(name) instanceof Uint16Array);
+}
+
+/**
+ * One pass of a step over the trainable tensors: `theta += coeff z(seed)`, for a perturbation
+ * pass (`update` false: +phi, -2 phi, or their undoing) or the step's update (`update` true:
+ * restore and update in one pass, optionally with MeZO weight decay). Float32 tensors change in
+ * place. Half-stored ones (src/model/weights.ts) never take a perturbation into their store: a
+ * perturbation pass adds to the stage's virtual perturbation, which the forward applies as it
+ * reads them, and the update writes theta + (everything in force) z with stochastic rounding.
+ */
 export function applyPass(
   w: StageWorker,
   seed: bigint,
   coeff: number,
+  update: boolean,
   decay?: { lr: number; decay: number },
 ): void {
   const t0 = performance.now();
-  perturb(trainableViews(w), seed, coeff, {
-    weightDecay: decay && decay.decay > 0
-      ? { lr: decay.lr, decay: decay.decay, appliesTo: mezoDecayApplies }
-      : undefined,
-  });
+  const weightDecay = decay && decay.decay > 0
+    ? { lr: decay.lr, decay: decay.decay, appliesTo: mezoDecayApplies }
+    : undefined;
+  perturb(inPlaceTensors(w), seed, coeff, { weightDecay });
+  const half = halfTensors(w);
+  if (half.length > 0) {
+    const v = w.stage.virtual;
+    if (v && v.seed !== seed) {
+      throw new Error(`worker: a pass of seed ${seed} while the one of seed ${v.seed} is in force`);
+    }
+    const total = (v?.coeff ?? 0) + coeff;
+    if (update) {
+      commitHalf(w.stage, half, seed, total, weightDecay);
+      w.stage.virtual = undefined;
+    } else {
+      w.stage.virtual = total === 0 ? undefined : { seed, coeff: total, names: new Set(half) };
+    }
+  }
   w.perturbSeconds += (performance.now() - t0) / 1000;
 }
 
@@ -66,7 +98,7 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
         );
       }
       const seed = BigInt(msg.seed);
-      applyPass(w, seed, msg.phi);
+      applyPass(w, seed, msg.phi, false);
       w.current = { step: msg.step, seed, phi: msg.phi };
       w.phase = "plus";
       return;
@@ -75,7 +107,7 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
       if (w.phase !== "plus" || w.current?.step !== msg.step) {
         throw new Error(`worker: step.flip ${msg.step} out of order (${w.phase})`);
       }
-      applyPass(w, w.current.seed, -2 * w.current.phi);
+      applyPass(w, w.current.seed, -2 * w.current.phi, false);
       w.phase = "minus";
       return;
     }
@@ -83,7 +115,7 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
       if (w.phase !== "minus" || w.current?.step !== msg.step) {
         throw new Error(`worker: step.update ${msg.step} out of order (${w.phase})`);
       }
-      applyPass(w, w.current.seed, msg.coeff, { lr: msg.lr, decay: msg.weight_decay });
+      applyPass(w, w.current.seed, msg.coeff, true, { lr: msg.lr, decay: msg.weight_decay });
       w.appliedStep = msg.step;
       w.phase = "idle";
       w.current = undefined;
@@ -93,8 +125,8 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
       if (w.current?.step !== msg.step) return; // nothing of that step was applied here
       // Undo exactly the passes applied so far, in reverse: the weights return to theta up to
       // float32 rounding, which a later replay reproduces (it performs the same passes).
-      if (w.phase === "minus") applyPass(w, w.current.seed, 2 * w.current.phi);
-      applyPass(w, w.current.seed, -w.current.phi);
+      if (w.phase === "minus") applyPass(w, w.current.seed, 2 * w.current.phi, false);
+      applyPass(w, w.current.seed, -w.current.phi, false);
       w.phase = "idle";
       w.current = undefined;
       return;
@@ -138,9 +170,13 @@ export function forwardStage(
 /** Applies the passes of one released step (the ledger's coefficients), from `from` on. */
 export function applyEntryPasses(w: StageWorker, e: LedgerEntry, from = 0): void {
   const seed = BigInt(e.seed);
-  stepPasses(e).slice(from).forEach((pass) =>
-    applyPass(w, seed, pass.coeff, pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined)
-  );
+  const passes = stepPasses(e);
+  // The last pass is the update (restore and update in one).
+  passes.forEach((pass, i) => {
+    if (i < from) return;
+    const decay = pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined;
+    applyPass(w, seed, pass.coeff, i === passes.length - 1, decay);
+  });
 }
 
 /**
@@ -200,7 +236,7 @@ export async function saveSnapshot(w: StageWorker, runDir: string, stage: number
     runDir,
     w.appliedStep,
     stage,
-    w.trainable.map((name) => ({ name, data: weightView(w.stage.params.get(name)!) })),
+    w.trainable.map((name) => ({ name, data: floatValues(w.stage.weights.get(name)!, w.stage) })),
   );
 }
 
@@ -218,11 +254,9 @@ export async function restoreSnapshot(
   if (step === undefined) return w;
   const data = await readSnapshot(runDir, step, stage);
   for (const name of w.trainable) {
-    const d = data.get(name), view = weightView(w.stage.params.get(name)!);
-    if (!d || d.length !== view.length) {
-      throw new Error(`snapshot step ${step} stage ${stage}: ${name} missing or of another size`);
-    }
-    view.set(d);
+    const d = data.get(name);
+    if (!d) throw new Error(`snapshot step ${step} stage ${stage}: ${name} is missing`);
+    setValues(w.stage, name, d, `snapshot step ${step} stage ${stage}`);
   }
   w.appliedStep = step;
   return w;
@@ -234,9 +268,47 @@ export function sliceDigest(w: StageWorker): string {
   return combineDigests([...d.keys()].sort().map((k) => d.get(k)!));
 }
 
-/** SHA-256 of each tensor this stage holds (HF layout: the same bytes). */
+/**
+ * SHA-256 of each tensor this stage holds, of its float32 values (HF layout: the same bytes as
+ * a float32 export; half-stored weights are widened, which is exact).
+ */
 export function stageDigests(w: StageWorker): Map<string, string> {
   const out = new Map<string, string>();
-  for (const [name, t] of w.stage.params) out.set(name, tensorDigest(t.dataSync() as Float32Array));
+  for (const [name, t] of w.stage.weights) out.set(name, tensorDigest(floatValues(t, w.stage)));
   return out;
+}
+
+/** The float32 values of a stored tensor: its own memory, or a widened copy of half bits. */
+export function floatValues(t: Float32Array | Uint16Array, stage: Stage): Float32Array {
+  if (t instanceof Float32Array) return t;
+  const out = new Float32Array(t.length);
+  widen(t, stage.dtype as "bfloat16" | "float16", out);
+  return out;
+}
+
+/**
+ * Sets a stored tensor to float32 values that came from it (a snapshot): exact for float32, and
+ * for half storage, since the values are widened half values (checked: a value that is not one
+ * is an error, as it would round).
+ */
+export function setValues(stage: Stage, name: string, values: Float32Array, what: string): void {
+  const t = stage.weights.get(name);
+  if (!t || t.length !== values.length) {
+    throw new Error(`${what}: ${name} is of another size than the stage's`);
+  }
+  if (t instanceof Float32Array) {
+    t.set(values);
+    return;
+  }
+  const dtype = stage.dtype as "bfloat16" | "float16";
+  const bits = new Uint16Array(values.length);
+  narrowNearest(values, dtype, bits);
+  const back = new Float32Array(values.length);
+  widen(bits, dtype, back);
+  for (let i = 0; i < values.length; i++) {
+    if (back[i] !== values[i] && !(Number.isNaN(back[i]) && Number.isNaN(values[i]))) {
+      throw new Error(`${what}: ${name}[${i}] = ${values[i]} is not a ${dtype} value`);
+    }
+  }
+  t.set(bits);
 }

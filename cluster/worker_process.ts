@@ -249,7 +249,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         await nc.flush();
         throw e;
       }
-      const parameters = [...w!.stage.params.values()].reduce((n, t) => n + t.size, 0);
+      const parameters = [...w!.stage.weights.values()].reduce((n, t) => n + t.length, 0);
       nc.publish(
         S.ready,
         send({

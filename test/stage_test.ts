@@ -35,10 +35,10 @@ Deno.test({
       embeddings: false,
       head: true,
     });
-    assert.ok(!first.params.has("model.decoder.layers.1.fc1.weight"));
-    assert.ok(!last.params.has("model.decoder.embed_positions.weight"));
+    assert.ok(!first.weights.has("model.decoder.layers.1.fc1.weight"));
+    assert.ok(!last.weights.has("model.decoder.embed_positions.weight"));
     assert.ok(
-      last.params.has("model.decoder.embed_tokens.weight"),
+      last.weights.has("model.decoder.embed_tokens.weight"),
       "tied LM head on the last stage",
     );
     const batch = padBatch([[2, 100, 200, 300], [2, 7]], 1);

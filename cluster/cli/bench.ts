@@ -4,7 +4,7 @@
  */
 import { Command } from "@commander-js/extra-typings";
 import { benchStep } from "../bench.ts";
-import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
+import { backendOption, dtypeOption, flag, positiveInt, startBackend } from "./common.ts";
 import { resolveModelDir } from "../../src/hub/mod.ts";
 
 export function benchCommand() {
@@ -20,6 +20,7 @@ export function benchCommand() {
     .option("--target-tokens <n>", "loss on only the last N positions of each row (default: all)")
     .option("--json", "print one JSON line")
     .addOption(backendOption())
+    .addOption(dtypeOption())
     .action(async (opts) => {
       const batch = flag("--batch", positiveInt, opts.batch);
       const seqLen = flag("--seq-len", positiveInt, opts.seqLen);
@@ -30,7 +31,7 @@ export function benchCommand() {
       await startBackend(opts.backend);
       const model = await resolveModelDir(opts.model);
       const r = await benchStep(
-        { model, batch, seqLen, steps, targetTokens },
+        { model, batch, seqLen, steps, targetTokens, dtype: opts.dtype },
         (l) => console.error(l),
       );
       if (opts.json) {
@@ -38,9 +39,17 @@ export function benchCommand() {
         return;
       }
       console.log(
-        `model ${r.model}: ${r.params} parameters, batch ${r.batch} x ${r.seq_len} tokens`,
+        `model ${r.model}: ${r.params} parameters stored as ${r.dtype}, batch ${r.batch} x ` +
+          `${r.seq_len} tokens`,
       );
-      console.log(`forward + losses (${r.target_tokens} targets/row): ${r.forward_s.toFixed(3)} s`);
+      const peak = r.sgemm_peak_gflops
+        ? `, ${(100 * r.forward_gflops / r.sgemm_peak_gflops).toFixed(0)}% of OpenBLAS' ` +
+          `${r.sgemm_peak_gflops.toFixed(0)} GFLOP/s here`
+        : "";
+      console.log(
+        `forward + losses (${r.target_tokens} targets/row): ${r.forward_s.toFixed(3)} s ` +
+          `(${r.forward_gflops.toFixed(0)} GFLOP/s${peak})`,
+      );
       console.log(
         `perturbation pass: ${r.perturb_pass_s.toFixed(3)} s (${
           (r.perturb_params_per_s / 1e6).toFixed(0)
@@ -51,7 +60,8 @@ export function benchCommand() {
       const above = r.peak_rss_bytes - r.rss_before_load_bytes;
       console.log(
         `peak RSS: ${mib(r.peak_rss_bytes)} = runtime ${mib(r.rss_before_load_bytes)} + ` +
-          `${mib(above)} (${(above / r.weight_bytes_f32).toFixed(2)} x float32 weights); ` +
+          `${mib(above)} (${(above / r.weight_bytes_f32).toFixed(2)} x float32 weights, ` +
+          `${(above / r.stored_weight_bytes).toFixed(2)} x stored weights); ` +
           `activations at most ${mib(r.activation_peak_bytes)} live`,
       );
     });

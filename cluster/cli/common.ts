@@ -11,8 +11,17 @@ import {
   initBackend,
 } from "../../src/tensor/backend.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";
+import { STORAGE_DTYPES, type StorageDtype } from "../../src/model/weights.ts";
 import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 import type { RunSummary } from "../run.ts";
+
+export function dtypeOption() {
+  return new Option(
+    "--dtype <dtype>",
+    "how the weights are stored: float32, or bfloat16/float16 at 2 bytes per weight " +
+      "(computed in float32)",
+  ).choices(STORAGE_DTYPES).default("float32" as StorageDtype);
+}
 
 export function backendOption() {
   return new Option("--backend <name>", "tensor backend: wasm (CPU default), cpu, tensorflow")

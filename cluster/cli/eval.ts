@@ -22,7 +22,7 @@ import { createStageWorker } from "../worker.ts";
 import { inProcessTransport } from "../transport/in_process.ts";
 import { evaluate } from "../coordinator.ts";
 import { replayRun } from "../export.ts";
-import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
+import { backendOption, dtypeOption, flag, positiveInt, startBackend } from "./common.ts";
 
 const DEFAULT_DATA: Record<TaskName, string> = {
   sst2: "../shared/data/sst2",
@@ -91,6 +91,7 @@ export function evalCommand() {
     .option("--batch <n>", "examples per forward pass / generation batch", "8")
     .option("--json", "print one JSON object instead of a line")
     .addOption(backendOption())
+    .addOption(dtypeOption())
     .action(async (opts) => {
       const limit = opts.limit === undefined ? undefined : flag("--limit", positiveInt, opts.limit);
       const batch = flag("--batch", positiveInt, opts.batch);
@@ -127,7 +128,7 @@ export function evalCommand() {
         await startBackend(opts.backend);
         modelDir = opts.model;
         const ckpt = await openCheckpoint(modelDir);
-        stage = await loadStage(ckpt, wholeModel(ckpt.config));
+        stage = await loadStage(ckpt, wholeModel(ckpt.config), opts.dtype);
       }
       const task = taskName!;
       data ??= DEFAULT_DATA[task];

@@ -6,7 +6,7 @@
 import { Command, Option } from "@commander-js/extra-typings";
 import { z } from "zod";
 import { loadRunConfig, type RunConfig } from "../../src/dpzo/config.ts";
-import { STORAGE_DTYPES } from "../../src/model/memory.ts";
+import { STORAGE_DTYPES } from "../../src/model/weights.ts";
 import { MAX_THREADS } from "../../src/cores/mod.ts";
 import { UsageError } from "../../src/validation.ts";
 import { formatPlan, GiB, loadModelConfig, planRequest, planRun } from "../plan.ts";

@@ -11,7 +11,7 @@ import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { scoreSequences } from "../../src/eval/score.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";
 import { resolveModelDir } from "../../src/hub/mod.ts";
-import { backendOption, flag, positiveInt, startBackend } from "./common.ts";
+import { backendOption, dtypeOption, flag, positiveInt, startBackend } from "./common.ts";
 
 const InputLine = z.object({ text: z.string({ error: "expected a string" }) });
 
@@ -51,6 +51,7 @@ export function scoreCommand() {
     .option("--json", "print one JSON line per text with ids, loss and next_token")
     .option("--batch <n>", "texts per forward pass", "8")
     .addOption(backendOption())
+    .addOption(dtypeOption())
     .action(async (opts) => {
       const batch = flag("--batch", positiveInt, opts.batch);
       await startBackend(opts.backend);
@@ -58,7 +59,7 @@ export function scoreCommand() {
       const model = await resolveModelDir(opts.model);
       const tokenizer = await loadTokenizer(model);
       const ckpt = await openCheckpoint(model);
-      const stage = await loadStage(ckpt, wholeModel(ckpt.config));
+      const stage = await loadStage(ckpt, wholeModel(ckpt.config), opts.dtype);
       const scores = scoreSequences(stage, texts.map((t) => tokenizer.encode(t)), batch);
       for (const s of scores) {
         if (opts.json) {

@@ -106,6 +106,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   const maxChunk = opts.maxChunkBytes ?? Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   const opTimeout = opts.opTimeoutMs ?? 600_000;
   const hbTimeout = opts.heartbeatTimeoutMs ?? 120_000;
+  const MONITOR_MS = 1000;
 
   // The run's metadata (config + plan) in JetStream: a worker needs only the URL and run id.
   const jsm = await jetstreamManager(nc);
@@ -285,6 +286,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       if (slot) slot.lastSeen = Date.now();
     },
   });
+  let lastTick = Date.now();
   const monitor = setInterval(() => {
     // The coordinator's own heartbeat: workers of a restarted coordinator see a new epoch.
     if (connected) {
@@ -293,13 +295,19 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       } catch { /* closing */ }
     }
     const now = Date.now();
+    // A tick that comes late means this process itself was stalled (a starved CPU, a long
+    // synchronous piece of work): heartbeats that arrived meanwhile wait behind this timer in
+    // the event loop. Judge the workers at the next tick, after those have been read.
+    const stalled = now - lastTick > 2 * MONITOR_MS;
+    lastTick = now;
+    if (stalled) return;
     for (const s of slots) {
       // Silence while this process itself is cut off from the server says nothing of workers.
       if (connected && s.worker !== undefined && now - s.lastSeen > hbTimeout) {
         lose(s, `no heartbeat for ${((now - s.lastSeen) / 1000).toFixed(1)} s`);
       }
     }
-  }, 1000);
+  }, MONITOR_MS);
   (async () => {
     for await (const st of nc.status()) {
       if (st.type === "disconnect") {

@@ -80,7 +80,10 @@ export const RunConfigSchema = z.object({
   run_dir: z.string().min(1),
   model: z.string().min(1),
   backend: z.enum(["wasm", "cpu", "tensorflow"]).default("wasm"),
-  /** Storage precision of the weights (compute is float32), as HF's `torch_dtype`. */
+  /**
+   * How the base weights are stored (Hugging Face's torch_dtype): float32, or bfloat16 /
+   * float16 at 2 bytes per weight, computed in float32 (src/model/weights.ts).
+   */
   dtype: z.enum(["float32", "bfloat16", "float16"]).default("float32"),
   /** Makes sampling, noise and seeds reproducible. The run is then NOT private. */
   insecure_seed: z.number().int().nonnegative().nullable().default(null),

@@ -10,9 +10,8 @@
  * perturbation generator of `src/rng/z.ts` — a normal with the variance of PEFT's
  * kaiming_uniform(a = sqrt 5) (bound 1 / sqrt(in), variance 1 / (3 in)), reproducible anywhere.
  */
-import * as tf from "@tensorflow/tfjs-core";
 import { fillZ } from "../rng/z.ts";
-import type { ParamSpec, Stage, StageRange } from "../model/opt.ts";
+import { float32Array, type ParamSpec, type Stage, type StageRange } from "../model/opt.ts";
 import type { OptConfig } from "../model/config.ts";
 
 export interface LoraOptions {
@@ -41,19 +40,19 @@ export function loraSpecs(
   return specs;
 }
 
-/** Adds freshly initialised LoRA tensors to a stage; returns their specs. */
+/** Adds freshly initialised LoRA tensors (float32, whatever the stage's dtype) to a stage. */
 export function attachLora(stage: Stage, opts: LoraOptions): ParamSpec[] {
   const specs = loraSpecs(stage.config, stage.range, opts.rank);
   const adapted = new Set<string>();
   for (const spec of specs) {
     const n = spec.shape[0] * spec.shape[1];
-    const data = new Float32Array(n);
+    const data = float32Array(n);
     if (spec.name.includes("lora_A")) {
       fillZ(data, BigInt(opts.initSeed), spec.name, 0);
       const s = 1 / Math.sqrt(3 * spec.shape[1]);
       for (let i = 0; i < n; i++) data[i] = Math.fround(data[i] * s);
     }
-    stage.params.set(spec.name, tf.tensor2d(data, spec.shape as [number, number]));
+    stage.weights.set(spec.name, data);
     adapted.add(spec.name.replace(/\.lora_[AB]\.weight$/, ""));
   }
   stage.lora = { scale: opts.alpha / opts.rank, adapted };

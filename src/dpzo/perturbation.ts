@@ -47,10 +47,15 @@ export const CHUNK = 4096;
 /** Elements per chunk of the WASM path (a multiple of 4, at most the kernel's capacity). */
 export const WASM_CHUNK = 16384;
 
-/** A named trainable tensor; `data` is its row-major float32 storage, updated in place. */
+/**
+ * A named trainable tensor; `data` is its row-major float32 storage, updated in place, or a
+ * piece of it: elements `start` .. `start + data.length` of the tensor (`start` defaults to 0;
+ * a multiple of 4 keeps the pass on the WASM kernel).
+ */
 export interface NamedTensor {
   name: string;
   data: Float32Array;
+  start?: number;
 }
 
 /** MeZO-style decoupled weight decay applied in the update pass. */
@@ -107,7 +112,12 @@ export function perturb(
     }
     keep = Math.fround(1 - wd.lr * wd.decay);
   }
-  const impl = opts.impl ?? "auto";
+  // The kernel works on whole Philox blocks of 4 elements: a piece must start on one.
+  const aligned = tensors.every((t) => (t.start ?? 0) % 4 === 0);
+  const impl = opts.impl ?? (aligned ? "auto" : "js");
+  if (impl === "wasm" && !aligned) {
+    throw new RangeError(`perturb: impl "wasm" needs every piece to start at a multiple of 4`);
+  }
   const k = impl === "js" ? null : perturbKernel();
   if (impl === "wasm" && k === null) {
     throw new Error(`perturb: impl "wasm" requested but WebAssembly SIMD is unavailable`);
@@ -126,14 +136,14 @@ export function perturb(
     perturbOnCores(k, tensors, keys, c, keep, decayedOf);
     return;
   }
-  for (const { name, data } of tensors) {
+  for (const { name, data, start: first = 0 } of tensors) {
     const [h0, h1] = nameHash(name);
     const decayed = decayedOf(name);
     const n = data.length;
     for (let start = 0; start < n; start += CHUNK) {
       const len = Math.min(CHUNK, n - start);
       const z = len === CHUNK ? scratch : scratch.subarray(0, len);
-      fillZKeyed(z, keys, h0, h1, start);
+      fillZKeyed(z, keys, h0, h1, first + start);
       if (decayed) {
         for (let j = 0; j < len; j++) {
           data[start + j] = Math.fround(keep * data[start + j]) + Math.fround(c * z[j]);
@@ -196,12 +206,12 @@ function perturbOnCores(
 ): void {
   const pool = helpers();
   const chunks: Segment[] = [];
-  for (const { name, data } of tensors) {
+  for (const { name, data, start = 0 } of tensors) {
     const [h0, h1] = nameHash(name);
     const decayed = decayedOf(name);
     for (let lo = 0; lo < data.length; lo += WASM_CHUNK) {
       const hi = Math.min(data.length, lo + WASM_CHUNK);
-      chunks.push({ data: data.subarray(lo, hi), start: lo, h0, h1, decayed });
+      chunks.push({ data: data.subarray(lo, hi), start: start + lo, h0, h1, decayed });
     }
   }
   for (let from = 0; from < chunks.length; from += MAX_SEGMENTS) {

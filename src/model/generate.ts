@@ -7,7 +7,8 @@
  * layers), so a pipeline over a transport can run it stage by stage: stage k gets the new
  * tokens' hidden states `[hidden, B * S_new]` from stage k-1, as `stageForward` does.
  *
- * The per-layer math duplicates opt.ts (kept private there) with the same semantics:
+ * The linears, LayerNorms and embeddings are opt.ts'; attention over the cache is its own, with
+ * the same semantics:
  * positions from the attention-mask cumsum (pos = cumsum(mask) * mask - 1, row pos + 2, counted
  * over the cached tokens too), q scaled by head_dim^-0.5, masked scores = float32 min, softmax in
  * float32, pre-LN or post-LN layers, final LN and project_out on the head stage, LoRA adapters.
@@ -19,9 +20,17 @@
  * whole left-padded sequence through `stageForward`: the reference the cache is tested against.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { logitsAt, padBatch, type Stage, stageForward, type TokenBatch } from "./opt.ts";
+import {
+  embedTokens,
+  layerNorm,
+  linear,
+  logitsAt,
+  padBatch,
+  type Stage,
+  stageForward,
+  type TokenBatch,
+} from "./opt.ts";
 
-const PREFIX = "model.decoder.";
 const F32_MIN = -3.4028234663852886e38;
 
 /** One stage's cache: keys (transposed) and values of its layers for every token fed so far. */
@@ -53,29 +62,6 @@ export function disposeStageCache(cache: StageCache): void {
     l.v.dispose();
   }
   cache.layers = [];
-}
-
-function param(stage: Stage, name: string): tf.Tensor {
-  const t = stage.params.get(PREFIX + name);
-  if (!t) throw new Error(`stage does not hold ${PREFIX + name}`);
-  return t;
-}
-
-function linear(stage: Stage, name: string, x: tf.Tensor2D, bias = true): tf.Tensor2D {
-  let y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
-  if (bias) y = tf.add(y, param(stage, `${name}.bias`)) as tf.Tensor2D;
-  if (stage.lora?.adapted.has(PREFIX + name)) {
-    const a = tf.matMul(param(stage, `${name}.lora_A.weight`) as tf.Tensor2D, x);
-    const ba = tf.matMul(param(stage, `${name}.lora_B.weight`) as tf.Tensor2D, a);
-    y = tf.add(y, tf.mul(ba, stage.lora.scale)) as tf.Tensor2D;
-  }
-  return y;
-}
-
-function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, 0, true);
-  const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5)));
-  return tf.add(tf.mul(normed, param(stage, `${name}.weight`)), param(stage, `${name}.bias`));
 }
 
 /** Attention of S new queries over the T cached + S new keys; returns the new K/V caches. */
@@ -154,18 +140,8 @@ export function stageForwardCached(
   }
   const result = tf.tidy(() => {
     let h: tf.Tensor2D;
-    if (stage.range.embeddings) {
-      const ids = tf.tensor1d(batch.ids, "int32");
-      let tokens = tf.gather(param(stage, "embed_tokens.weight"), ids) as tf.Tensor2D;
-      const positions = tf.gather(
-        param(stage, "embed_positions.weight"),
-        tf.tensor1d(rows, "int32"),
-      ) as tf.Tensor2D;
-      if (stage.config.hasProjections) {
-        tokens = tf.transpose(linear(stage, "project_in", tf.transpose(tokens), false));
-      }
-      h = tf.transpose(tf.add(tokens, positions));
-    } else if (input) h = input;
+    if (stage.range.embeddings) h = embedTokens(stage, batch.ids, rows);
+    else if (input) h = input;
     else throw new Error("stageForwardCached: a stage without embeddings needs hidden states");
     const mask = tf.tensor4d(add, [B, 1, S, T]);
     const kts: tf.Tensor3D[] = [], vs: tf.Tensor3D[] = [];

@@ -8,48 +8,44 @@
  *   (float32: 4 bytes a parameter; bfloat16 / float16: 2);
  * - lora: with LoRA, A [r, D] and B [D, r] on q_proj and v_proj of every layer, always float32;
  * - scratch: with half storage, one float32 buffer as large as the stage's largest matrix (each
- *   matrix is widened into it as the forward reaches it; the last stage's is `embed_tokens`);
+ *   matrix is widened into it as the forward reaches it; the last stage's is `embed_tokens`),
+ *   and the 8 MiB the update's stochastic rounding works in (src/model/weights.ts);
  * - activations: the WASM heap's tensors at the peak of a forward over one micro-batch of
  *   N = microBatch x seqLen tokens, plus every thread's lane (src/tensor/lane.ts, LANE_BYTES);
+ *   without OpenBLAS also a heap copy of the matrix being multiplied (the largest, at most);
  * - messages: hidden states in flight between pipeline stages (received and sent, at the
  *   wire's `activationDtype`, about two micro-batches each way, plus the float32 copy a stage
  *   decodes into or reads back);
  * - runtime: Deno, TensorFlow.js and its WASM backend, a V8 isolate per helper thread, and the
  *   WASM heap's initial size (which stands for its slack: the heap grows in steps).
  *
- * Activations, calibrated against `dpzo bench --json` (its `activation_peak_bytes`: the most
- * tensor bytes live at once during a forward): the peak is in the MLP of a decoder layer, where
- * the layer's input h [D, N], the attention block's output h1 [D, N], the LayerNorm output
- * [D, N] and fc1's output [F, N] are live together, i.e. (3D + F) x N float32. Measured on
- * tiny-opt (D 64, F 256) at 2 x 32, 4 x 128 and 16 x 64 tokens and on small-opt (D 256, F 1024)
- * at 2 x 32, 4 x 128, 16 x 64 and 32 x 128, the formula equals the measurement to the byte.
- * With LoRA the attention block holds more: h, its LayerNorm, k, and for q and v each the base
- * product, A x [r, N], B A x and its scaled copy, until the block ends: (11D + 2r) x N, again
- * to the byte (tiny-opt and small-opt, rank 8, 2 x 32 and 16 x 64; test/plan_test.ts checks
- * both on tiny-opt). Without LoRA the attention block (5D x N) is below the MLP in every OPT
- * (F = 4D); the LM head's peak (the final features [E, N] and the scored columns [E, P]) is
- * below it unless the vocabulary block of the WASM head ([V, 64] logits, used without OpenBLAS)
- * is larger.
+ * Activations: the peak of the heap's live tensors during a forward, measured by hooking every
+ * tensor allocation (test/plan_test.ts; `dpzo bench`'s `activation_peak_bytes` used to be the
+ * same figure, but its tf.profile only samples at kernel runs and so misses the products that
+ * OpenBLAS writes straight from the weight store). The peak is in the MLP of a decoder layer,
+ * where the layer's input h [D, N], the attention block's output h1 [D, N], the LayerNorm output
+ * [D, N] and fc1's output [F, N] are live together: (3D + F) x N float32 (measured on tiny-opt,
+ * D 64, F 256, and small-opt, D 256, F 1024, at 2 x 32 and 16 x 64 tokens: equal to within the
+ * one bias vector copied onto the heap at a time, F floats). With LoRA the attention block holds
+ * more while v_proj's adapter is added: h, its LayerNorm, q, k, v's base product, B A x, its
+ * scaled copy and the sum, plus A x [r, N]: (8D + r) x N, measured the same way to the same
+ * bias vector. Without LoRA the attention block (5D x N) is below the MLP in every OPT (F = 4D);
+ * the LM head's peak (the final features [E, N] and the scored columns [E, P]) is below it
+ * unless the vocabulary block of the WASM head ([V, 64] logits, used without OpenBLAS) is
+ * larger.
  *
  * Runtime, measured with `dpzo bench --json` on tiny-opt (`rss_before_load_bytes`: the process
  * after the backend and its helper threads started, before any weight is read) with
  * DPZO_THREADS = 1, 2, 4, 8: 105.9, 122.3, 149.8, 204.4 MB, i.e. about 92 MB plus 14 MB per
- * thread; the WASM heap starts at 16 MiB. Peak RSS over the sum of the parts was within 2%
- * (small-opt, 32 x 128 tokens: 242.8 MB measured, 247.6 MB estimated).
+ * thread; the WASM heap starts at 16 MiB. The sum of the parts against `dpzo bench`'s peak RSS,
+ * weights outside the heap: small-opt at 32 x 128 tokens 247.3 MB estimated, 245.1 MB measured
+ * (+1%); at 16 x 64, 225.3 and 224.9 MB.
  */
 import type { OptConfig } from "./config.ts";
 import { stageParameters, type StageRange } from "./opt.ts";
 import { HEAD_WIDTH, LANE_BYTES } from "../tensor/lane.ts";
 import { loraSpecs } from "../dpzo/lora.ts";
-
-/** How the weights are stored (the run config's `dtype`). */
-export type StorageDtype = "float32" | "bfloat16" | "float16";
-export const STORAGE_DTYPES: readonly StorageDtype[] = ["float32", "bfloat16", "float16"];
-
-/** Bytes per stored parameter. */
-export function bytesPerParameter(dtype: StorageDtype): number {
-  return dtype === "float32" ? 4 : 2;
-}
+import { bytesPerWeight, type StorageDtype } from "./weights.ts";
 
 /** Deno, TensorFlow.js and the WASM backend, before any weight (measured; module comment). */
 export const RUNTIME_BASE_BYTES = 92e6;
@@ -57,6 +53,8 @@ export const RUNTIME_BASE_BYTES = 92e6;
 export const RUNTIME_THREAD_BYTES = 14e6;
 /** The WASM heap's initial size (TensorFlow.js' WASM backend). */
 export const BASE_HEAP_BYTES = 16 * 2 ** 20;
+/** commitHalf's buffers: a chunk of 2^20 float32 values and as many rounding words. */
+export const HALF_COMMIT_BYTES = 8 * 2 ** 20;
 /** Micro-batches of hidden states a pipeline stage holds in flight, each way. */
 export const MESSAGES_IN_FLIGHT = 2;
 /** Columns of the LM head's logits block on the WASM matMul (src/model/opt.ts). */
@@ -76,7 +74,10 @@ export interface StageMemoryOptions {
   threads: number;
   /** Positions scored per micro-batch (the LM head's columns); default every token. */
   headPositions?: number;
-  /** Whether matMuls run on OpenBLAS (the fused LM head); default true. */
+  /**
+   * Whether matMuls run on OpenBLAS (straight from the weight store, the fused LM head); default
+   * true. Without it each product copies its weight onto the heap.
+   */
   blas?: boolean;
 }
 
@@ -111,9 +112,10 @@ export function activationTensorBytes(
   const N = opts.tokens, blas = opts.blas ?? true;
   let floats = 0;
   if (range.endLayer > range.firstLayer) {
-    // Attention: h, LN(h), q, k, v; LoRA keeps W x, A x, B A x and its scaled copy of q and v.
+    // Attention: h, LN(h), q, k, v; with LoRA, while v's adapter is added: v's base product,
+    // A x, B A x, its scaled copy and their sum.
     const r = opts.loraRank;
-    const attention = r === undefined ? 5 * D : 11 * D + 2 * r;
+    const attention = r === undefined ? 5 * D : 8 * D + r;
     // MLP: h, h1, LN(h1), fc1's output.
     floats = Math.max(3 * D + F, attention) * N;
   }
@@ -135,7 +137,7 @@ export function stageMemory(
 ): StageMemory {
   const specs = stageParameters(config, range);
   const params = specs.reduce((n, s) => n + size(s.shape), 0);
-  const weights = params * bytesPerParameter(opts.dtype);
+  const weights = params * bytesPerWeight(opts.dtype);
   const lora = opts.mode.type === "lora"
     ? loraSpecs(config, range, opts.mode.rank).reduce((n, s) => n + size(s.shape), 0) * 4
     : 0;
@@ -143,14 +145,14 @@ export function stageMemory(
     (m, s) => (s.shape.length === 2 ? Math.max(m, size(s.shape)) : m),
     0,
   );
-  const scratch = opts.dtype === "float32" ? 0 : largest * 4;
+  const scratch = opts.dtype === "float32" ? 0 : largest * 4 + HALF_COMMIT_BYTES;
   const tokens = opts.microBatch * opts.seqLen;
   const activations = activationTensorBytes(config, range, {
     tokens,
     headPositions: opts.headPositions,
     loraRank: opts.mode.type === "lora" ? opts.mode.rank : undefined,
     blas: opts.blas,
-  }) + opts.threads * LANE_BYTES;
+  }) + opts.threads * LANE_BYTES + (opts.blas === false ? largest * 4 : 0);
   const hidden = config.hiddenSize * tokens;
   const wire = opts.activationDtype === "float32" ? 4 : 2;
   const ways = (range.embeddings ? 0 : 1) + (range.head ? 0 : 1);

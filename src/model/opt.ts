@@ -6,11 +6,16 @@
  * optionally the embeddings (first stage) and the final norm + LM head (last stage). A
  * single-process model is one stage that holds everything.
  *
+ * Weights. A stage's parameters live outside TensorFlow.js' WASM heap, in its weight store
+ * (src/model/weights.ts: process memory, float32 or half precision), so a stage is as large as
+ * its machine. The forward reads them there: OpenBLAS multiplies straight from a float32
+ * weight's memory; half weights are widened (with the step's perturbation) as they are reached;
+ * biases and LayerNorm parameters are copied onto the heap as `[n, 1]` columns when used;
+ * embedding rows are gathered. Only activations and scratch live on the heap.
+ *
  * Layout. Hidden states are kept *transposed*, `[hidden, tokens]` with token n = b * S + s, so
  * that every linear layer is `W · Hᵀ` with the weight as the left operand of an untransposed
- * matMul. This is the fast matMul path of the WASM backend, and it reads the weight's memory
- * afresh on every call, which the in-place perturbation relies on (DESIGN.md, "Packed weights
- * in the WASM backend"). Biases and LayerNorm parameters are stored as `[n, 1]` columns.
+ * matMul: the fast path of the WASM backend, which reads the left operand afresh on every call.
  *
  * Semantics pinned by ../shared/fixtures (reference.json from transformers 4.28):
  * - positions from the attention mask: pos = cumsum(mask) * mask - 1, row pos + 2;
@@ -21,7 +26,16 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { OptConfig } from "./config.ts";
-import { type Checkpoint, loadTensor } from "./checkpoint.ts";
+import type { Checkpoint } from "./checkpoint.ts";
+import {
+  bytesPerWeight,
+  readRows,
+  readWeight,
+  type StorageDtype,
+  type StoredWeight,
+  type VirtualPerturbation,
+} from "./weights.ts";
+import { narrowNearest, widen } from "./half.ts";
 import {
   addBiasInPlace,
   columnLogSumExp,
@@ -30,8 +44,7 @@ import {
   gatherColumns,
   layerNormTransposed,
 } from "../tensor/fused.ts";
-import { activeBackend, weightView } from "../tensor/backend.ts";
-import { nativeMatMul } from "../tensor/blas.ts";
+import { matMulRaw, nativeMatMul } from "../tensor/blas.ts";
 import { HEAD_WIDTH, headLogProbs } from "../tensor/head.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
@@ -94,118 +107,201 @@ export function stageParameters(config: OptConfig, range: StageRange): ParamSpec
   return specs;
 }
 
-/** A loaded stage: its parameters as backend tensors (vectors stored as `[n, 1]`). */
+/** A loaded stage: its parameters in its weight store (src/model/weights.ts). */
 export interface Stage {
   config: OptConfig;
   range: StageRange;
   specs: ParamSpec[];
-  params: Map<string, tf.Tensor>;
+  /** Every parameter by name, Hugging Face layout (row-major, HF shape), outside the heap. */
+  weights: Map<string, StoredWeight>;
+  /** How the base weights are stored; LoRA adapters are always float32. */
+  dtype: StorageDtype;
+  /**
+   * The perturbation in force for half-stored trainable weights, which is never written into
+   * their store (src/model/weights.ts); the stage worker sets it.
+   */
+  virtual?: VirtualPerturbation;
   /**
    * LoRA adapters (Hu et al. 2021) keyed by the adapted linear (`…q_proj`): `lora_A.weight`
-   * [r, in] and `lora_B.weight` [out, r] tensors in `params`, and the scaling alpha / r.
+   * [r, in] and `lora_B.weight` [out, r] float32 tensors in `weights`, and the scaling alpha / r.
    */
   lora?: { scale: number; adapted: Set<string> };
 }
 
-function internalShape(spec: ParamSpec): number[] {
-  return spec.shape.length === 1 ? [spec.shape[0], 1] : spec.shape;
+/** Elements of a parameter. */
+export function sizeOf(spec: ParamSpec): number {
+  return spec.shape.reduce((a, b) => a * b, 1);
 }
 
-/** Builds a stage from float32 arrays (one per spec, HF layout). */
+/**
+ * A float32 array in an ArrayBuffer of its own: never inside V8's heap (where a small typed
+ * array may live and move), so its address stays valid for OpenBLAS and the helper threads.
+ */
+export function float32Array(n: number): Float32Array {
+  return new Float32Array(new ArrayBuffer(n * 4));
+}
+
+/** Builds a stage from float32 arrays (one per spec, HF layout), stored at `dtype`. */
 export function stageFromArrays(
   config: OptConfig,
   range: StageRange,
   arrays: Map<string, Float32Array>,
+  dtype: StorageDtype = "float32",
 ): Stage {
   const specs = stageParameters(config, range);
-  const params = new Map<string, tf.Tensor>();
+  const weights = new Map<string, StoredWeight>();
   for (const spec of specs) {
     const data = arrays.get(spec.name);
-    if (!data) throw new Error(`stage: no data for ${spec.name}`);
-    params.set(spec.name, tf.tensor(data, internalShape(spec), "float32"));
+    if (!data || data.length !== sizeOf(spec)) {
+      throw new Error(`stage: no data of ${sizeOf(spec)} floats for ${spec.name}`);
+    }
+    if (dtype === "float32") {
+      const copy = float32Array(data.length);
+      copy.set(data);
+      weights.set(spec.name, copy);
+    } else {
+      const half = new Uint16Array(new ArrayBuffer(data.length * 2));
+      narrowNearest(data, dtype, half);
+      weights.set(spec.name, half);
+    }
   }
-  return { config, range, specs, params };
+  return { config, range, specs, weights, dtype };
 }
 
-/** Loads only the tensors of `range` from a checkpoint. */
-export async function loadStage(ckpt: Checkpoint, range: StageRange): Promise<Stage> {
+/** Bytes the weights of `range` take in a store of `dtype` (what `loadStage` allocates). */
+export function stageWeightBytes(config: OptConfig, range: StageRange, dtype: StorageDtype) {
+  return stageParameters(config, range).reduce((n, s) => n + sizeOf(s), 0) *
+    bytesPerWeight(dtype);
+}
+
+const GIB = 2 ** 30;
+
+/**
+ * Refuses, before anything is read, a stage whose weights would not fit this machine's
+ * available memory (with a tenth kept for the runtime and the activations): one line with the
+ * GiB needed and available and what to do. `available` defaults to the system's.
+ */
+export function ensureStageFits(
+  config: OptConfig,
+  range: StageRange,
+  dtype: StorageDtype,
+  available = Deno.systemMemoryInfo().available,
+): void {
+  const specs = stageParameters(config, range);
+  const weights = specs.reduce((n, s) => n + sizeOf(s), 0) * bytesPerWeight(dtype);
+  // Half precision widens one matrix at a time into a float32 scratch.
+  const scratch = dtype === "float32" ? 0 : Math.max(...specs.map(sizeOf)) * 4;
+  const need = weights + scratch;
+  const room = available * 0.9;
+  if (need <= room) return;
+  const gib = (b: number) => (b / GIB).toFixed(1);
+  const stages = Math.ceil(need / room);
+  const layers = `layers ${range.firstLayer}-${range.endLayer - 1}` +
+    (range.embeddings ? ", embeddings" : "") + (range.head ? ", LM head" : "");
+  const half = dtype === "float32"
+    ? ", or store the weights at 2 bytes each (dtype: bfloat16, --dtype bfloat16)"
+    : "";
+  throw new Error(
+    `this stage (${layers}) needs ${gib(need)} GiB for its ${dtype} weights and this machine ` +
+      `has ${gib(available)} GiB available: split the model over machines of this size with ` +
+      `dpzo launch --stages ${stages} or more${half}`,
+  );
+}
+
+/**
+ * Loads only the tensors of `range` from a checkpoint, stored at `dtype` (default float32),
+ * after checking that they fit this machine (`ensureStageFits`).
+ */
+export async function loadStage(
+  ckpt: Checkpoint,
+  range: StageRange,
+  dtype: StorageDtype = "float32",
+): Promise<Stage> {
+  ensureStageFits(ckpt.config, range, dtype);
   const specs = stageParameters(ckpt.config, range);
-  const params = new Map<string, tf.Tensor>();
+  const weights = new Map<string, StoredWeight>();
   // One read buffer for the whole slice, not one per tensor (loads of several stages may
   // interleave at their awaits, so it is per call).
   const buf = new Uint8Array(LOAD_CHUNK_BYTES);
-  try {
-    for (const spec of specs) params.set(spec.name, await loadParam(ckpt, spec, buf));
-  } catch (e) {
-    for (const t of params.values()) t.dispose();
-    throw e;
-  }
-  return { config: ckpt.config, range, specs, params };
+  for (const spec of specs) weights.set(spec.name, await loadParam(ckpt, spec, dtype, buf));
+  return { config: ckpt.config, range, specs, weights, dtype };
 }
 
-/** Bytes read per chunk when a float32 tensor streams from its file into backend memory. */
+/** Bytes read per chunk when a tensor streams from its file into the store. */
 const LOAD_CHUNK_BYTES = 4 << 20;
 
 /**
- * One parameter as a backend tensor. A float32 tensor is streamed from the file straight into
- * the tensor's backend memory in 4 MiB chunks (no whole-tensor JS copy: the peak memory of
- * loading stays near the weights themselves); float16/bfloat16 go through `loadTensor`.
+ * One parameter into a new store array of `dtype`, streamed from its file in 4 MiB chunks and
+ * converted chunk by chunk (F32, F16 or BF16 on disk; half to float32 is exact, float32 to half
+ * rounds to nearest even, F16 and BF16 convert through float32): the peak memory of loading is
+ * the store itself.
  */
 async function loadParam(
   ckpt: Checkpoint,
   spec: ParamSpec,
+  dtype: StorageDtype,
   buf: Uint8Array,
-): Promise<tf.Tensor> {
+): Promise<StoredWeight> {
   const loc = ckpt.tensors.get(spec.name);
-  let inPlace = loc?.entry.dtype === "F32" && loc.entry.shape.join(",") === spec.shape.join(",");
-  if (inPlace) {
-    try {
-      inPlace = ["wasm", "cpu"].includes(activeBackend());
-    } catch {
-      inPlace = false;
-    }
+  if (!loc) throw new Error(`${ckpt.dir}: tensor ${spec.name} is missing from the checkpoint`);
+  if (loc.entry.shape.join(",") !== spec.shape.join(",")) {
+    throw new Error(
+      `${loc.path}: tensor ${spec.name} has shape [${loc.entry.shape}] but config.json implies ` +
+        `[${spec.shape}]`,
+    );
   }
-  if (!loc || !inPlace) {
-    const data = await loadTensor(ckpt, spec.name, spec.shape);
-    return tf.tensor(data, internalShape(spec), "float32");
-  }
-  // tf.fill allocates in backend memory; tf.zeros would first build the zeros as a JS array
-  // (51 MB for OPT-125m's embeddings), a transient copy of the weights.
-  const t = tf.fill(internalShape(spec), 0, "float32");
+  const n = sizeOf(spec);
+  const onDisk = loc.entry.dtype;
+  const out: StoredWeight = dtype === "float32"
+    ? float32Array(n)
+    : new Uint16Array(new ArrayBuffer(n * 2));
+  // Raw bytes go straight into the store when the formats agree.
+  const same = (onDisk === "F32" && dtype === "float32") ||
+    (onDisk === "BF16" && dtype === "bfloat16") || (onDisk === "F16" && dtype === "float16");
+  const inBytes = onDisk === "F32" ? 4 : 2;
+  // A chunk holds whole elements.
+  const chunk = Math.floor(buf.length / 4) * 4;
+  const floats = same ? undefined : float32Array(chunk / inBytes);
   const file = await Deno.open(loc.path, { read: true });
   try {
     await file.seek(loc.entry.begin, Deno.SeekMode.Start);
     const total = loc.entry.byteLength;
-    let done = 0;
-    while (done < total) {
-      const want = Math.min(buf.length, total - done);
+    for (let done = 0; done < total;) {
+      const want = Math.min(chunk, total - done);
       let got = 0;
       while (got < want) {
-        const n = await file.read(buf.subarray(got, want));
-        if (n === null) {
+        const r = await file.read(buf.subarray(got, want));
+        if (r === null) {
           throw new Error(
             `${loc.path}: tensor ${spec.name} is truncated (${done + got} of ${total})`,
           );
         }
-        got += n;
+        got += r;
       }
-      // A fresh view after every await: backend memory may have moved meanwhile.
-      const view = weightView(t);
-      new Uint8Array(view.buffer, view.byteOffset + done, want).set(buf.subarray(0, want));
+      const first = done / inBytes, count = want / inBytes;
+      if (same) {
+        new Uint8Array(out.buffer, out.byteOffset + done, want).set(buf.subarray(0, want));
+      } else {
+        const values = floats!.subarray(0, count);
+        if (onDisk === "F32") new Uint8Array(values.buffer, 0, want).set(buf.subarray(0, want));
+        else {
+          const half = new Uint16Array(buf.buffer, 0, count);
+          widen(half, onDisk === "BF16" ? "bfloat16" : "float16", values);
+        }
+        if (out instanceof Float32Array) out.set(values, first);
+        else narrowNearest(values, dtype as "bfloat16" | "float16", out.subarray(first));
+      }
       done += want;
     }
-  } catch (e) {
-    t.dispose();
-    throw e;
   } finally {
     file.close();
   }
-  return t;
+  return out;
 }
 
+/** Lets go of a stage's weights (their memory is freed once nothing else holds them). */
 export function disposeStage(stage: Stage): void {
-  for (const t of stage.params.values()) t.dispose();
-  stage.params.clear();
+  stage.weights.clear();
 }
 
 /** A right- or left-padded batch of token ids, flattened row by row (B rows of S tokens). */
@@ -286,17 +382,39 @@ function batchMasks(batch: TokenBatch): BatchMasks {
   };
 }
 
-function param(stage: Stage, name: string): tf.Tensor {
-  const t = stage.params.get(PREFIX + name);
-  if (!t) throw new Error(`stage does not hold ${PREFIX + name}`);
-  return t;
+/** The stored array of a parameter, or an error naming it. */
+function weightOf(stage: Stage, name: string): Float32Array {
+  return readWeight(stage, PREFIX + name);
+}
+
+/**
+ * A small parameter (bias, LayerNorm) as a heap tensor `[n, 1]` (a copy of its float32 values,
+ * perturbed as the stage's weights are): dispose it (or make it inside a tidy).
+ */
+export function vectorParam(stage: Stage, name: string): tf.Tensor2D {
+  const data = weightOf(stage, name);
+  return tf.tensor2d(data, [data.length, 1]);
+}
+
+/**
+ * W · x for a weight W `[out, in]` of the stage and x `[in, N]`: OpenBLAS straight from the
+ * weight's memory when it is on (src/tensor/blas.ts `matMulRaw`), else through a heap copy of
+ * the weight made for this product.
+ */
+export function weightTimes(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  const w = weightOf(stage, name);
+  const K = x.shape[0], M = w.length / K;
+  if (!Number.isInteger(M)) throw new Error(`${PREFIX + name}: ${w.length} values, input [${K}]`);
+  const direct = matMulRaw(w, M, K, x);
+  if (direct) return direct;
+  return tf.tidy(() => tf.matMul(tf.tensor2d(w, [M, K]), x));
 }
 
 /**
  * y = W x + b in the transposed layout: W [out, in], x [in, N], b [out, 1]; then relu when
  * `relu`. On WASM the bias (and relu) are applied in place on the fresh matMul output.
  */
-function linear(
+export function linear(
   stage: Stage,
   name: string,
   x: tf.Tensor2D,
@@ -304,20 +422,31 @@ function linear(
   relu = false,
 ): tf.Tensor2D {
   const lora = stage.lora?.adapted.has(PREFIX + name) ?? false;
-  let y = tf.matMul(param(stage, `${name}.weight`) as tf.Tensor2D, x) as tf.Tensor2D;
+  let y = weightTimes(stage, `${name}.weight`, x);
   let activated = false;
   if (bias) {
-    const b = param(stage, `${name}.bias`);
+    const b = vectorParam(stage, `${name}.bias`);
     if (addBiasInPlace(y, b, relu && !lora)) activated = relu && !lora;
-    else y = tf.add(y, b) as tf.Tensor2D;
+    else {
+      const sum = tf.add(y, b) as tf.Tensor2D;
+      y.dispose();
+      y = sum;
+    }
+    b.dispose();
   }
   if (lora) {
     // PEFT: base(x) + lora_B(lora_A(x)) * scaling.
-    const a = tf.matMul(param(stage, `${name}.lora_A.weight`) as tf.Tensor2D, x);
-    const ba = tf.matMul(param(stage, `${name}.lora_B.weight`) as tf.Tensor2D, a);
-    y = tf.add(y, tf.mul(ba, stage.lora!.scale)) as tf.Tensor2D;
+    const a = weightTimes(stage, `${name}.lora_A.weight`, x);
+    const ba = weightTimes(stage, `${name}.lora_B.weight`, a);
+    const sum = tf.tidy(() => tf.add(y, tf.mul(ba, stage.lora!.scale))) as tf.Tensor2D;
+    tf.dispose([a, ba, y]);
+    y = sum;
   }
-  if (relu && !activated) y = tf.relu(y) as tf.Tensor2D;
+  if (relu && !activated) {
+    const r = tf.relu(y) as tf.Tensor2D;
+    y.dispose();
+    y = r;
+  }
   return y;
 }
 
@@ -337,21 +466,19 @@ function onesRow(n: number): tf.Tensor2D {
  * means are `ones[1, D] · x / D` (the fast untransposed matMul); `tf.moments` over axis 0
  * transposes internally and was 16x slower.
  */
-function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
-  const fused = layerNormTransposed(
-    x,
-    param(stage, `${name}.weight`),
-    param(stage, `${name}.bias`),
-    1e-5,
-  );
-  if (fused) return fused;
-  const D = x.shape[0];
-  const ones = onesRow(D);
-  const mean = tf.div(tf.matMul(ones, x), D);
-  const centered = tf.sub(x, mean);
-  const variance = tf.div(tf.matMul(ones, tf.square(centered)), D);
-  const normed = tf.mul(centered, tf.rsqrt(tf.add(variance, 1e-5)));
-  return tf.add(tf.mul(normed, param(stage, `${name}.weight`)), param(stage, `${name}.bias`));
+export function layerNorm(stage: Stage, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const weight = vectorParam(stage, `${name}.weight`), bias = vectorParam(stage, `${name}.bias`);
+    const fused = layerNormTransposed(x, weight, bias, 1e-5);
+    if (fused) return fused;
+    const D = x.shape[0];
+    const ones = onesRow(D);
+    const mean = tf.div(tf.matMul(ones, x), D);
+    const centered = tf.sub(x, mean);
+    const variance = tf.div(tf.matMul(ones, tf.square(centered)), D);
+    const normed = tf.mul(centered, tf.rsqrt(tf.add(variance, 1e-5)));
+    return tf.add(tf.mul(normed, weight), bias) as tf.Tensor2D;
+  });
 }
 
 function selfAttention(
@@ -429,26 +556,44 @@ function decoderLayer(
   return h2;
 }
 
+/**
+ * Rows `rows` of an embedding table `[R, width]` of the stage as a heap tensor `[n, width]`,
+ * gathered from the weight store (perturbed as the stage's weights are).
+ */
+export function embeddingRows(
+  stage: Stage,
+  name: string,
+  width: number,
+  rows: Int32Array,
+): tf.Tensor2D {
+  const out = float32Array(rows.length * width);
+  readRows(stage, PREFIX + name, width, rows, out);
+  return tf.tensor2d(out, [rows.length, width]);
+}
+
+/**
+ * Token + position embeddings (and project_in) of token ids `ids` at position-embedding rows
+ * `rows` (`positionRows`): `[hidden, N]`.
+ */
+export function embedTokens(stage: Stage, ids: Int32Array, rows: Int32Array): tf.Tensor2D {
+  const { embedDim: E, hiddenSize: D } = stage.config;
+  return tf.tidy(() => {
+    const tokens = embeddingRows(stage, "embed_tokens.weight", E, ids); // [N, E]
+    const positions = embeddingRows(stage, "embed_positions.weight", D, rows); // [N, D]
+    if (!stage.config.hasProjections) {
+      const n = Int32Array.from({ length: ids.length }, (_, i) => i);
+      const fused = embedTransposed(tokens, positions, n, n);
+      if (fused) return fused;
+      return tf.transpose(tf.add(tokens, positions)) as tf.Tensor2D;
+    }
+    const projected = linear(stage, "project_in", tf.transpose(tokens) as tf.Tensor2D, false);
+    return tf.add(projected, tf.transpose(positions)) as tf.Tensor2D;
+  });
+}
+
 /** Token + position embeddings (and project_in): ids -> [hidden, N]. */
 function embed(stage: Stage, batch: TokenBatch): tf.Tensor2D {
-  if (!stage.config.hasProjections) {
-    const fused = embedTransposed(
-      param(stage, "embed_tokens.weight") as tf.Tensor2D,
-      param(stage, "embed_positions.weight") as tf.Tensor2D,
-      batch.ids,
-      positionRows(batch),
-    );
-    if (fused) return fused;
-  }
-  const ids = tf.tensor1d(batch.ids, "int32");
-  const rows = tf.tensor1d(positionRows(batch), "int32");
-  let tokens = tf.gather(param(stage, "embed_tokens.weight"), ids) as tf.Tensor2D; // [N, E]
-  const positions = tf.gather(param(stage, "embed_positions.weight"), rows) as tf.Tensor2D;
-  if (stage.config.hasProjections) {
-    tokens = tf.transpose(linear(stage, "project_in", tf.transpose(tokens), false));
-    return tf.transpose(tf.add(tokens, positions));
-  }
-  return tf.transpose(tf.add(tokens, positions));
+  return embedTokens(stage, batch.ids, positionRows(batch));
 }
 
 /**
@@ -459,7 +604,7 @@ function embed(stage: Stage, batch: TokenBatch): tf.Tensor2D {
 export function stageForward(stage: Stage, batch: TokenBatch, input?: tf.Tensor2D): tf.Tensor2D {
   const { batchSize: B, seqLen: S } = batch;
   let h: tf.Tensor2D;
-  if (stage.range.embeddings) h = tf.tidy(() => embed(stage, batch));
+  if (stage.range.embeddings) h = embed(stage, batch);
   else if (input) h = input;
   else {
     throw new Error("stageForward: a stage without embeddings needs the previous hidden states");
@@ -505,19 +650,39 @@ function columns(features: tf.Tensor2D, cols: Int32Array): tf.Tensor2D {
     tf.tidy(() => tf.gather(features, tf.tensor1d(cols, "int32"), 1) as tf.Tensor2D);
 }
 
+/**
+ * The tied LM head's weight (`embed_tokens`, `[vocab, E]`) as a heap tensor, for the paths that
+ * run it through tfjs' matMul (no native matMul): made once per call of the caller.
+ */
+function headWeightTensor(stage: Stage): tf.Tensor2D {
+  const w = weightOf(stage, "embed_tokens.weight");
+  return tf.tensor2d(w, [stage.config.vocabSize, stage.config.embedDim]);
+}
+
 /** The LM head's logits transposed, `[vocab, P]`, at the given positions (one column each). */
-function headLogitsT(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
-  return tf.tidy(() => {
-    return tf.matMul(
-      param(stage, "embed_tokens.weight") as tf.Tensor2D,
-      columns(features, positions),
-    );
-  });
+function headLogitsT(
+  stage: Stage,
+  features: tf.Tensor2D,
+  positions: Int32Array,
+  weight?: tf.Tensor2D,
+): tf.Tensor2D {
+  const cols = columns(features, positions);
+  try {
+    if (weight) return tf.matMul(weight, cols);
+    return weightTimes(stage, "embed_tokens.weight", cols);
+  } finally {
+    cols.dispose();
+  }
 }
 
 /** Logits `[P, vocab]` at the given token positions (n = b * S + s) of the last stage's output. */
 export function logitsAt(stage: Stage, features: tf.Tensor2D, positions: Int32Array): tf.Tensor2D {
-  return tf.tidy(() => tf.transpose(headLogitsT(stage, features, positions)) as tf.Tensor2D);
+  const t = headLogitsT(stage, features, positions);
+  try {
+    return tf.transpose(t) as tf.Tensor2D;
+  } finally {
+    t.dispose();
+  }
 }
 
 /**
@@ -541,42 +706,52 @@ export function logProbsAt(
   const out = new Float32Array(positions.length);
   const fused = nativeMatMul()?.enabled ?? false;
   const width = fused ? HEAD_WIDTH : WASM_HEAD_CHUNK;
-  for (let start = 0; start < unique.length; start += width) {
-    const chunk = Int32Array.from(unique.slice(start, start + width));
-    const P = chunk.length;
-    const pairs: number[] = [];
-    for (let i = 0; i < positions.length; i++) {
-      const u = slot.get(positions[i])!;
-      if (u >= start && u < start + P) pairs.push(i);
-    }
-    if (fused) {
-      const sel = columns(features, chunk);
-      try {
-        const lp = headLogProbs(
-          param(stage, "embed_tokens.weight") as tf.Tensor2D,
-          sel as tf.Tensor2D,
-          Int32Array.from(pairs, (i) => slot.get(positions[i])! - start),
-          Int32Array.from(pairs, (i) => tokens[i]),
-        )!;
-        pairs.forEach((i, k) => (out[i] = lp[k]));
-      } finally {
-        sel.dispose();
+  // Read once for every chunk: a half-stored head is widened (and perturbed) once per call.
+  const headWeight = fused ? weightOf(stage, "embed_tokens.weight") : undefined;
+  const weightTensor = fused ? undefined : headWeightTensor(stage);
+  try {
+    for (let start = 0; start < unique.length; start += width) {
+      const chunk = Int32Array.from(unique.slice(start, start + width));
+      const P = chunk.length;
+      const pairs: number[] = [];
+      for (let i = 0; i < positions.length; i++) {
+        const u = slot.get(positions[i])!;
+        if (u >= start && u < start + P) pairs.push(i);
       }
-      continue;
+      if (headWeight) {
+        const sel = columns(features, chunk);
+        try {
+          const lp = headLogProbs(
+            headWeight,
+            sel as tf.Tensor2D,
+            Int32Array.from(pairs, (i) => slot.get(positions[i])! - start),
+            Int32Array.from(pairs, (i) => tokens[i]),
+          )!;
+          pairs.forEach((i, k) => (out[i] = lp[k]));
+        } finally {
+          sel.dispose();
+        }
+        continue;
+      }
+      const logits = headLogitsT(stage, features, chunk, weightTensor);
+      try {
+        const lse = columnLogSumExp(logits);
+        const picked = tf.tidy(() => {
+          const flat = Int32Array.from(
+            pairs,
+            (i) => tokens[i] * P + slot.get(positions[i])! - start,
+          );
+          return tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
+        });
+        const values = picked.dataSync() as Float32Array;
+        picked.dispose();
+        pairs.forEach((i, k) => (out[i] = values[k] - lse[slot.get(positions[i])! - start]));
+      } finally {
+        logits.dispose();
+      }
     }
-    const logits = headLogitsT(stage, features, chunk);
-    try {
-      const lse = columnLogSumExp(logits);
-      const picked = tf.tidy(() => {
-        const flat = Int32Array.from(pairs, (i) => tokens[i] * P + slot.get(positions[i])! - start);
-        return tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, "int32"));
-      });
-      const values = picked.dataSync() as Float32Array;
-      picked.dispose();
-      pairs.forEach((i, k) => (out[i] = values[k] - lse[slot.get(positions[i])! - start]));
-    } finally {
-      logits.dispose();
-    }
+  } finally {
+    weightTensor?.dispose();
   }
   return out;
 }

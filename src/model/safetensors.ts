@@ -9,6 +9,7 @@
  */
 import { z } from "zod";
 import { formatZodError } from "../validation.ts";
+import { widen } from "./half.ts";
 
 export type DType = "F32" | "F16" | "BF16";
 const BYTES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -128,24 +129,6 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
   }
 }
 
-let f16Table: Float32Array | undefined;
-/** float16 bits -> float32 value, for all 65536 patterns. */
-function float16Table(): Float32Array {
-  if (f16Table) return f16Table;
-  f16Table = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    let v: number;
-    if (exp === 0) v = frac * 2 ** -24;
-    else if (exp === 31) v = frac ? NaN : Infinity;
-    else v = (1 + frac / 1024) * 2 ** (exp - 15);
-    f16Table[h] = sign * v;
-  }
-  return f16Table;
-}
-
 /** Converts raw little-endian tensor bytes to float32. */
 export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
   if (dtype === "F32") {
@@ -158,13 +141,7 @@ export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
   const out = new Float32Array(n);
   const half = new Uint16Array(n);
   new Uint8Array(half.buffer).set(bytes);
-  if (dtype === "F16") {
-    const table = float16Table();
-    for (let i = 0; i < n; i++) out[i] = table[half[i]];
-  } else {
-    const bits = new Uint32Array(out.buffer);
-    for (let i = 0; i < n; i++) bits[i] = half[i] << 16;
-  }
+  widen(half, dtype === "F16" ? "float16" : "bfloat16", out);
   return out;
 }
 
@@ -187,12 +164,14 @@ export async function readTensor(path: string, entry: TensorEntry): Promise<Floa
 export interface TensorToWrite {
   name: string;
   shape: number[];
-  data: Float32Array;
+  /** float32 values, or the raw bits of F16 / BF16 values (then `dtype` says which). */
+  data: Float32Array | Uint16Array;
+  dtype?: DType;
 }
 
 /**
- * Writes float32 tensors as a safetensors file, sorted by name, header padded with spaces to a
- * multiple of 8, through a temporary file renamed into place.
+ * Writes tensors (float32, or raw F16/BF16 bits) as a safetensors file, sorted by name, header
+ * padded with spaces to a multiple of 8, through a temporary file renamed into place.
  */
 export async function writeSafetensors(
   path: string,
@@ -203,8 +182,16 @@ export async function writeSafetensors(
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const t of sorted) {
-    const bytes = t.data.length * 4;
-    header[t.name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + bytes] };
+    const dtype = t.dtype ?? "F32";
+    if ((dtype === "F32") !== (t.data instanceof Float32Array)) {
+      throw new Error(
+        `writeSafetensors: ${t.name}: ${dtype} data must be a ${
+          dtype === "F32" ? "Float32Array" : "Uint16Array of raw bits"
+        }`,
+      );
+    }
+    const bytes = t.data.byteLength;
+    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
   let json = JSON.stringify(header);

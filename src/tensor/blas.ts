@@ -307,7 +307,7 @@ function sgemmBatchMatMul(
     heap.fill(0, Number(cAt), Number(cAt) + batch * M * N * 4);
     return out;
   }
-  const job: GemmJob = {
+  runGemm({
     transA: transposeA ? 1 : 0,
     transB: transposeB ? 1 : 0,
     M,
@@ -322,10 +322,58 @@ function sgemmBatchMatMul(
     bStride: batchB === 1 ? 0 : K * N,
     ldb: transposeB ? K : N,
     c: base + cAt,
-  };
-  // A product of one block is one call here: waking the helpers would cost more than it.
+  });
+  return out;
+}
+
+/** Runs a product's blocks on every thread (one block: on this thread, without waking any). */
+function runGemm(job: GemmJob): void {
   if (gemmParts(job) === 1) gemmBlocks(job, new Int32Array(1), nativeSgemm());
   else shareBlasWork(Command.GemmBlocks, GEMM_JOB, job, (c, gemm) => gemmBlocks(job, c, gemm));
+}
+
+/**
+ * `A · x` for a float32 matrix A `[M, K]` (row-major) in memory outside the WASM heap (a weight
+ * store, src/model/weights.ts) and x `[K, N]` on it: C `[M, N]` on the heap, or null when the
+ * native matMul is off (the caller then copies A onto the heap for tfjs' matMul).
+ */
+export function matMulRaw(
+  a: Float32Array,
+  M: number,
+  K: number,
+  x: tf.Tensor2D,
+): tf.Tensor2D | null {
+  if (!state?.enabled) return null;
+  const [K2, N] = x.shape;
+  if (K2 !== K || a.length !== M * K) {
+    throw new Error(`matMulRaw: [${M}, ${K}] (${a.length} values) times [${x.shape}]`);
+  }
+  const wasm = tf.backend() as unknown as WasmBackend;
+  const out = tf.engine().makeTensorFromTensorInfo(
+    wasm.makeOutput([M, N], "float32"),
+  ) as tf.Tensor2D;
+  if (M === 0 || N === 0) return out;
+  if (K === 0) {
+    out.dispose();
+    return tf.zeros([M, N]);
+  }
+  // Addresses after the allocation: it may grow (move) the heap.
+  runGemm({
+    transA: 0,
+    transB: 0,
+    M,
+    N,
+    K,
+    rows: gemmRows(M),
+    batch: 1,
+    a: addressOf(a),
+    aStride: 0,
+    lda: K,
+    b: heapAddress(x),
+    bStride: 0,
+    ldb: N,
+    c: heapAddress(out),
+  });
   return out;
 }
 

@@ -23,20 +23,23 @@ import { blockRows, HEAD_JOB, HEAD_WIDTH, type HeadJob, ownLane } from "./lane.t
 export { HEAD_WIDTH } from "./lane.ts";
 
 /**
- * log softmax(weight · features[:, col[i]])[token[i]] for each pair i, with weight `[V, E]` and
- * features `[E, P]` (P <= HEAD_WIDTH) float32 tensors on the WASM backend; null when the native
- * matMul is off. NaN for a column whose logits hold a NaN.
+ * log softmax(weight · features[:, col[i]])[token[i]] for each pair i, with weight `[V, E]`
+ * float32 values (row-major, anywhere in memory: a weight store, src/model/weights.ts) and
+ * features `[E, P]` (P <= HEAD_WIDTH) a float32 tensor on the WASM backend; null when the
+ * native matMul is off. NaN for a column whose logits hold a NaN.
  */
 export function headLogProbs(
-  weight: tf.Tensor2D,
+  weight: Float32Array,
   features: tf.Tensor2D,
   col: Int32Array,
   token: Int32Array,
 ): Float32Array | null {
   if (!nativeMatMul()?.enabled) return null;
-  const [V, E] = weight.shape, [E2, P] = features.shape;
-  if (E !== E2 || P > HEAD_WIDTH || col.length !== token.length) {
-    throw new Error(`headLogProbs: weight [${weight.shape}], features [${features.shape}]`);
+  const [E, P] = features.shape, V = E > 0 ? weight.length / E : 0;
+  if (!Number.isInteger(V) || P > HEAD_WIDTH || col.length !== token.length) {
+    throw new Error(
+      `headLogProbs: weight of ${weight.length} values, features [${features.shape}]`,
+    );
   }
   for (let i = 0; i < col.length; i++) {
     if (!(col[i] >= 0 && col[i] < P)) throw new RangeError(`column ${col[i]} not in [0, ${P})`);
@@ -57,7 +60,7 @@ export function headLogProbs(
     P,
     rows,
     blocks,
-    weight: heapAddress(weight),
+    weight: addressOf(weight),
     features: heapAddress(features),
     maxes: addressOf(maxes),
     sums: addressOf(sums),

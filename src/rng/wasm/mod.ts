@@ -28,6 +28,12 @@ export interface ZKernel {
    * until the next call on this kernel (copy it to keep it).
    */
   generate(start: number, n: number): Float32Array;
+  /**
+   * The raw Philox4x32-10 words of the same counters as `generate` (element start + j is word
+   * (start + j) mod 4 of block floor((start + j) / 4)), uint32, n <= capacity - 3, as a view of
+   * kernel memory valid until the next call.
+   */
+  words(start: number, n: number): Uint32Array;
   /** `fillZKeyed(out, roundKeys, h0, h1, start)` on the kernel, any length. */
   fill(out: Float32Array, roundKeys: Int32Array, h0: number, h1: number, start: number): void;
   /**
@@ -53,6 +59,7 @@ interface Exports {
   capacity(): number;
   setKey(h0: number, h1: number): void;
   generate(blo: number, bhi: number, nBlocks: number): void;
+  words(blo: number, bhi: number, nBlocks: number): void;
   perturbAdd(blo: number, bhi: number, n: number, c: number): void;
   perturbDecay(blo: number, bhi: number, n: number, c: number, keep: number): void;
   boxMullerPairs(nQuads: number): void;
@@ -97,15 +104,25 @@ export function createZKernel(): ZKernel | null {
   const z = new Float32Array(buf, ex.zPtr(), cap);
   const theta = new Float32Array(buf, ex.thetaPtr(), cap);
 
-  const generate = (start: number, n: number): Float32Array => {
+  const zWords = new Uint32Array(buf, ex.zPtr(), cap);
+  /** Runs `fn` over the blocks of elements start .. start + n; returns the offset in Z. */
+  const blocks = (
+    what: string,
+    start: number,
+    n: number,
+    fn: (blo: number, bhi: number, nBlocks: number) => void,
+  ): number => {
     checkRange(start, n);
     if (!Number.isInteger(n) || n < 0 || n > cap - 3) {
-      throw new RangeError(`z kernel: generate length must be in [0, ${cap - 3}], got ${n}`);
+      throw new RangeError(`z kernel: ${what} length must be in [0, ${cap - 3}], got ${n}`);
     }
     const block = Math.floor(start / 4);
     const off = start - 4 * block;
-    const nBlocks = Math.ceil((off + n) / 4);
-    ex.generate(block % TWO32, Math.floor(block / TWO32), nBlocks);
+    fn(block % TWO32, Math.floor(block / TWO32), Math.ceil((off + n) / 4));
+    return off;
+  };
+  const generate = (start: number, n: number): Float32Array => {
+    const off = blocks("generate", start, n, ex.generate);
     return z.subarray(off, off + n);
   };
 
@@ -121,6 +138,10 @@ export function createZKernel(): ZKernel | null {
     capacity: cap,
     setKey,
     generate,
+    words(start, n) {
+      const off = blocks("words", start, n, ex.words);
+      return zWords.subarray(off, off + n);
+    },
     fill(out, roundKeys, h0, h1, start) {
       checkRange(start, out.length);
       setKey(roundKeys, h0, h1);

@@ -473,6 +473,7 @@ function radiusTrig16(
 }
 
 const TMP: usize = 65536 + 4096; // 16 x v128 scratch (radiusTrig16 results, then z)
+const ROUNDS: usize = 65536 + 8192; // 8 x v128: the Philox state words of `philox8`
 
 // Box-Muller on four sets of four pairs (a, c): lanes 0..3 of (a4, c4), (a4b, c4b), (a4c, c4c),
 // (a4d, c4d). Stores f32x4 cos-lanes float32(r cos theta) at dst and sin-lanes float32(r sin
@@ -558,10 +559,11 @@ function transpose4(src: usize, dst: usize): void {
   v128.store(dst, i32x4.shuffle(u1, v1, 2, 3, 6, 7), 48);
 }
 
-// z for the 32 elements of blocks b..b+7 (b = blo + 2^32 bhi) into eight f32x4 at `dst`. Two
-// sets of four blocks (A: b..b+3, B: b+4..b+7) run Philox in lockstep, so that the latency of
-// one round's multiply-shuffle-xor chain is hidden by the other set.
-function group(blo: i32, bhi: i32, dst: usize): void {
+// Philox4x32-10 of blocks b..b+7 (b = blo + 2^32 bhi): the state words (x0, x1, x2, x3) of
+// blocks b..b+3 (lane j: block b + j) at ROUNDS .. ROUNDS + 48 and of blocks b+4..b+7 after them.
+// Two sets of four blocks run in lockstep, so that the latency of one round's
+// multiply-shuffle-xor chain is hidden by the other set.
+function philox8(blo: i32, bhi: i32): void {
   const base = i32x4.splat(blo);
   const iota = v128.load(K_IOTA);
   let a0 = i32x4.add(base, iota);
@@ -596,8 +598,31 @@ function group(blo: i32, bhi: i32, dst: usize): void {
     a3 = i32x4.shuffle(pa0l, pa0h, 0, 2, 4, 6);
     b3 = i32x4.shuffle(pb0l, pb0h, 0, 2, 4, 6);
   }
+  v128.store(ROUNDS, a0);
+  v128.store(ROUNDS, a1, 16);
+  v128.store(ROUNDS, a2, 32);
+  v128.store(ROUNDS, a3, 48);
+  v128.store(ROUNDS, b0, 64);
+  v128.store(ROUNDS, b1, 80);
+  v128.store(ROUNDS, b2, 96);
+  v128.store(ROUNDS, b3, 112);
+}
+
+// z for the 32 elements of blocks b..b+7 (b = blo + 2^32 bhi) into eight f32x4 at `dst`.
+function group(blo: i32, bhi: i32, dst: usize): void {
+  philox8(blo, bhi);
   // Pair (x0, x1) gives lanes 0, 1 and pair (x2, x3) lanes 2, 3 of each block.
-  boxMuller16(a0, a1, a2, a3, b0, b1, b2, b3, TMP + 128);
+  boxMuller16(
+    v128.load(ROUNDS),
+    v128.load(ROUNDS, 16),
+    v128.load(ROUNDS, 32),
+    v128.load(ROUNDS, 48),
+    v128.load(ROUNDS, 64),
+    v128.load(ROUNDS, 80),
+    v128.load(ROUNDS, 96),
+    v128.load(ROUNDS, 112),
+    TMP + 128,
+  );
   transpose4(TMP + 128, dst);
   transpose4(TMP + 192, dst + 64);
 }
@@ -611,6 +636,30 @@ export function generate(blo: i32, bhi: i32, nBlocks: i32): void {
   const end: usize = Z + (<usize> nBlocks << 4);
   for (let dst: usize = Z; dst < end; dst += 128) {
     group(<i32> b, <i32> (b >> 32), dst);
+    b += 8;
+  }
+}
+
+// Raw Philox4x32-10 words of blocks b..b+7 (b = blo + 2^32 bhi) into 32 uint32 at `dst`, in
+// element order (block j: x0 x1 x2 x3), for uniform random bits (the stochastic rounding of
+// half-precision updates, src/model/weights.ts): lane j of (x0, x1, x2, x3) is block j, a 4 x 4
+// transpose per set of four blocks.
+function wordsGroup(blo: i32, bhi: i32, dst: usize): void {
+  philox8(blo, bhi);
+  transpose4(ROUNDS, dst);
+  transpose4(ROUNDS + 64, dst + 64);
+}
+
+/**
+ * Writes the raw Philox words of blocks b0 .. b0 + nBlocks - 1 (b0 = blo + 2^32 bhi) to Z as
+ * uint32: word 4 (b - b0) + k is x_k of block b. Whole groups of 8 blocks (up to 28 words past
+ * the end).
+ */
+export function words(blo: i32, bhi: i32, nBlocks: i32): void {
+  let b: u64 = (<u64> (<u32> bhi) << 32) | <u64> (<u32> blo);
+  const end: usize = Z + (<usize> nBlocks << 4);
+  for (let dst: usize = Z; dst < end; dst += 128) {
+    wordsGroup(<i32> b, <i32> (b >> 32), dst);
     b += 8;
   }
 }
