@@ -25,6 +25,7 @@ import {
 } from "./run.ts";
 import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
+import { localWorkerThreads } from "./plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
 import { freePort, pumpLines, startNatsServer } from "./nats_server.ts";
 import {
@@ -359,8 +360,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
   const children: Child[] = [];
   // The workers on this machine share its cores: each gets its share of helper threads
   // (src/cores) unless DPZO_THREADS says otherwise. Results do not depend on it.
-  const threads = Deno.env.get("DPZO_THREADS") ??
-    String(Math.max(1, Math.floor((navigator.hardwareConcurrency || 1) / (stages * replicas))));
+  const threads = String(localWorkerThreads(stages * replicas));
   const spawn = (
     name: string,
     args: string[],

@@ -16,6 +16,7 @@ import { privacyCommand } from "./cli/privacy.ts";
 import { evalCommand } from "./cli/eval.ts";
 import { coordinateCommand, launchCommand, workerCommand } from "./cli/launch.ts";
 import { reportCommand } from "./cli/report.ts";
+import { planCommand } from "./cli/plan.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   program.addCommand(workerCommand());
   program.addCommand(coordinateCommand());
   program.addCommand(reportCommand());
+  program.addCommand(planCommand());
   // Errors surface as exceptions so that main() prints them as one line.
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

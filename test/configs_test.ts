@@ -18,3 +18,10 @@ for (
     assert.ok(c.run_dir.length > 0);
   });
 }
+
+Deno.test("a run config with backend: tensorflow is refused for training, with the reason", async () => {
+  await assert.rejects(
+    loadRunConfig(`${dir}tiny-sst2.yaml`, ["backend=tensorflow"]),
+    /backend: tensorflow cannot train: .*cannot be perturbed in place; use backend: wasm/,
+  );
+});

@@ -7,7 +7,7 @@ import { strict as assert } from "node:assert";
 import { createHash } from "node:crypto";
 import { FIXTURES, missing } from "./fixtures.ts";
 import { type HubSettings, hubSettings } from "../src/hub/env.ts";
-import { parseModelRef, resolveModel } from "../src/hub/model.ts";
+import { parseModelRef, resolveModel, resolveModelConfig } from "../src/hub/model.ts";
 import { resolveTaskData } from "../src/hub/dataset.ts";
 import { resolveRunInputs } from "../src/hub/mod.ts";
 import { parquetReadObjects } from "hyparquet";
@@ -248,6 +248,23 @@ Deno.test({
       const pinned = await resolveModel(`facebook/opt-125m@${COMMIT}`, { settings: s, ...quiet });
       assert.equal(pinned.dir, r.dir);
       assert.equal(hub.count(), before);
+    }),
+});
+
+Deno.test({
+  name: "hub: resolveModelConfig fetches config.json alone (dpzo plan reads no weights)",
+  ignore: skip,
+  fn: () =>
+    withHub(async (hub, home) => {
+      const s = settingsFor(home, hub.endpoint);
+      const path = await resolveModelConfig("facebook/opt-125m", { settings: s, ...quiet });
+      assert.equal(path, `${home}/hub/models--facebook--opt-125m/snapshots/${COMMIT}/config.json`);
+      assert.deepEqual(Deno.readFileSync(path), Deno.readFileSync(`${TINY}/config.json`));
+      const files = hub.requests.map((q) => q.path.split("/").pop());
+      assert.deepEqual([...new Set(files)], ["config.json"], "no other file was asked for");
+      // A local directory and a config file are read where they are.
+      assert.equal(await resolveModelConfig(TINY), `${TINY}/config.json`);
+      assert.equal(await resolveModelConfig(`${TINY}/config.json`), `${TINY}/config.json`);
     }),
 });
 

@@ -31,6 +31,7 @@ import {
   securityProblem,
 } from "../nats_security.ts";
 import { flag, positiveInt, printSummary } from "./common.ts";
+import { checkFitsThisMachine } from "../plan.ts";
 import { z } from "zod";
 
 const nonNegativeInt = z.coerce.number({ error: "expected a number" }).int({
@@ -176,6 +177,8 @@ export function launchCommand() {
         : await configWith(opts.config!, opts.set, opts.stages, opts.replicas);
       const run = opts.resume && opts.run === undefined ? undefined : runIdOf(config, opts.run);
       if (!opts.slurm) {
+        // Before anything starts: the workers must fit this machine (cluster/plan.ts).
+        await checkFitsThisMachine(config, { command: "launch", configPath: opts.config });
         const security = securityOf(opts, opts.nats);
         const code = await launchLocal({
           configPath: opts.config ?? "",

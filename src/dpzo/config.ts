@@ -120,6 +120,13 @@ export function parseRunConfig(raw: unknown, source: string): RunConfig {
   const r = RunConfigSchema.safeParse(raw);
   if (!r.success) throw new UsageError(`${source}: ${formatZodError(r.error)}`);
   const c = r.data;
+  if (c.backend === "tensorflow") {
+    throw new UsageError(
+      `${source}: backend: tensorflow cannot train: tfjs-node keeps tensors in libtensorflow's ` +
+        `memory, which cannot be perturbed in place; use backend: wasm (score and eval still ` +
+        `take --backend tensorflow)`,
+    );
+  }
   if (c.privacy.enabled) {
     const { mechanism, sigma, b, target_epsilon } = c.privacy;
     if (mechanism === "gaussian" && b != null) {

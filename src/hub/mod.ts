@@ -10,6 +10,7 @@ export {
   parseModelRef,
   type ResolvedModel,
   resolveModel,
+  resolveModelConfig,
   resolveModelDir,
   type ResolveModelOptions,
 } from "./model.ts";

@@ -149,3 +149,22 @@ export async function resolveModelDir(
   }
   return r.dir;
 }
+
+/**
+ * The `config.json` a `--model` value names, without any weights: a local directory's, a
+ * config file given itself, or a Hub model's, fetched alone into the cache (for `dpzo plan` and
+ * the memory check of `dpzo launch`).
+ */
+export async function resolveModelConfig(
+  text: string,
+  opts: ResolveModelOptions = {},
+): Promise<string> {
+  try {
+    if ((await Deno.stat(text)).isFile) return text;
+  } catch { /* not a local file */ }
+  const ref = await parseModelRef(text, opts.field);
+  if (ref.kind === "local") return `${ref.dir}/config.json`;
+  const settings = opts.settings ?? hubSettings();
+  const repo = new HubRepo(settings, { type: "model", id: ref.id }, ref.revision, opts);
+  return (await repo.file("config.json"))!;
+}

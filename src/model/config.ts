@@ -82,7 +82,11 @@ export function parseOptConfig(raw: unknown, source = "config.json"): OptConfig 
 
 /** Reads and validates `DIR/config.json`. */
 export async function loadOptConfig(modelDir: string): Promise<OptConfig> {
-  const path = `${modelDir}/config.json`;
+  return await readOptConfig(`${modelDir}/config.json`);
+}
+
+/** Reads and validates a config.json file. */
+export async function readOptConfig(path: string): Promise<OptConfig> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
