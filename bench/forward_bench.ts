@@ -10,12 +10,12 @@ import { type BackendName, describeBackend, initBackend } from "../src/tensor/ba
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import {
   crossEntropyAt,
-  loadStage,
   nextTokenTargets,
   stageForward,
   type TokenBatch,
   wholeModel,
 } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -8,7 +8,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import type { OptConfig } from "../src/model/config.ts";
-import { float32Array, loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { stageParameters, wholeModel } from "../src/model/opt.ts";
+import { float32Array } from "../src/model/weights.ts";
+import { loadStage } from "../src/model/load.ts";
 import { bytesPerWeight, type StorageDtype } from "../src/model/weights.ts";
 import { applyPass, createStageWorker, forwardStage } from "./worker.ts";
 import type { ForwardRequest } from "./protocol.ts";
@@ -46,7 +48,7 @@ export interface BenchResult {
   wasm_heap_bytes?: number;
   /**
    * The most tensor bytes live at once in a forward beyond those live before it (hidden states,
-   * q/k/v, the LM head's input): the activations, without allocator slack.
+   * q/k/v, the LM head's input): the activations, without allocator slack (`livePeakBytes`).
    */
   activation_peak_bytes: number;
   /** How matMuls are computed (src/tensor/blas.ts `matMulIdentity`). */
@@ -72,6 +74,32 @@ export function forwardFlops(c: OptConfig, B: number, S: number, P: number): num
   const N = B * S, D = c.hiddenSize, F = c.ffnDim, L = c.numLayers;
   const linears = L * (4 * D * D + 2 * D * F) + (c.hasProjections ? 2 * D * c.embedDim : 0);
   return 2 * N * linears + L * 4 * B * S * S * D + 2 * P * c.vocabSize * c.embedDim;
+}
+
+/**
+ * The most bytes of heap tensors live at once while `f` runs, beyond those live before it:
+ * sampled at every tensor allocation (tf.profile samples only at kernel runs, and misses the
+ * products OpenBLAS writes straight from the weight store).
+ */
+export function livePeakBytes(f: () => void): number {
+  const engine = tf.engine() as unknown as {
+    state: { numBytes: number };
+    trackTensor(...args: unknown[]): unknown;
+  };
+  const track = engine.trackTensor;
+  const before = engine.state.numBytes;
+  let peak = before;
+  engine.trackTensor = (...args: unknown[]) => {
+    const r = track.apply(engine, args);
+    peak = Math.max(peak, engine.state.numBytes);
+    return r;
+  };
+  try {
+    f();
+  } finally {
+    engine.trackTensor = track;
+  }
+  return peak - before;
 }
 
 /** The sgemm peak of `BenchResult.sgemm_peak_gflops`, or undefined without OpenBLAS. */
@@ -171,10 +199,7 @@ export async function benchStep(
     pert += r.pert;
     log(`step ${i + 1}/${opts.steps}: ${((performance.now() - t0) / 1000).toFixed(3)} s`);
   }
-  const before = tf.memory().numBytes;
-  const profile = await tf.profile(() => {
-    forwardStage(worker, req);
-  });
+  const activationPeak = livePeakBytes(() => forwardStage(worker, req));
   const positions = new Set(req.pairPos).size;
   const gflop = forwardFlops(ckpt.config, opts.batch, opts.seqLen, positions) / 1e9;
   return {
@@ -193,7 +218,7 @@ export async function benchStep(
     peak_rss_bytes: peakRssBytes(),
     rss_before_load_bytes: rssBeforeLoad,
     wasm_heap_bytes: wasmHeapBytes(),
-    activation_peak_bytes: Math.max(0, profile.peakBytes - before),
+    activation_peak_bytes: activationPeak,
     matmul: matMulIdentity(),
     forward_gflop: gflop,
     forward_gflops: gflop / (fwd / opts.steps),

@@ -19,12 +19,12 @@ import type { RunConfig } from "../src/dpzo/config.ts";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.ts";
 import {
   disposeStage,
-  loadStage,
   type Stage,
   stageParameters,
   type StageRange,
   wholeModel,
 } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 import type { OptConfig } from "../src/model/config.ts";
 import type { Transport, WorkerStats } from "./transport/transport.ts";
 import { attachLora, loraSpecs } from "../src/dpzo/lora.ts";

@@ -7,7 +7,8 @@ import { strict as assert } from "node:assert";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../src/tensor/backend.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
-import { loadStage, padBatch, stageForward, wholeModel } from "../src/model/opt.ts";
+import { padBatch, stageForward, wholeModel } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 import {
   createStageCache,
   disposeStageCache,

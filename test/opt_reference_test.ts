@@ -10,7 +10,6 @@ import { openCheckpoint } from "../src/model/checkpoint.ts";
 import {
   crossEntropyAt,
   disposeStage,
-  loadStage,
   logitsAt,
   meanPerRow,
   nextTokenTargets,
@@ -20,6 +19,7 @@ import {
   type TokenBatch,
   wholeModel,
 } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 import { FIXTURES, missing, readJson } from "./fixtures.ts";
 
 const TOL = 1e-5;

@@ -25,6 +25,7 @@ import {
 } from "../cluster/plan.ts";
 import { defaultRunId } from "../cluster/launcher.ts";
 import type { ForwardRequest } from "../cluster/protocol.ts";
+import { livePeakBytes } from "../cluster/bench.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MAIN = `${ROOT}cluster/main.ts`;
@@ -96,33 +97,6 @@ function assertConsistent(model: OptConfig, p: RunPlan): void {
   assert.ok(p.param_sync_bytes_per_step_per_worker < 200, "the seed and scalars only");
 }
 
-/**
- * The most bytes of heap tensors live at once while `f` runs, beyond those live before it:
- * sampled at every tensor allocation (tf.profile samples only at kernel runs, and misses the
- * products OpenBLAS writes straight from the weight store).
- */
-async function livePeakBytes(f: () => void): Promise<number> {
-  const tf = await import("@tensorflow/tfjs-core");
-  const engine = tf.engine() as unknown as {
-    state: { numBytes: number };
-    trackTensor(...args: unknown[]): unknown;
-  };
-  const track = engine.trackTensor;
-  const before = engine.state.numBytes;
-  let peak = before;
-  engine.trackTensor = (...args: unknown[]) => {
-    const r = track.apply(engine, args);
-    peak = Math.max(peak, engine.state.numBytes);
-    return r;
-  };
-  try {
-    f();
-  } finally {
-    engine.trackTensor = track;
-  }
-  return peak - before;
-}
-
 Deno.test({
   name: "memory: the activation formula is the forward's peak of live tensors, LoRA too",
   ignore: noFixtures,
@@ -131,7 +105,7 @@ Deno.test({
   fn: async () => {
     const { initBackend } = await import("../src/tensor/backend.ts");
     const { openCheckpoint } = await import("../src/model/checkpoint.ts");
-    const { loadStage } = await import("../src/model/opt.ts");
+    const { loadStage } = await import("../src/model/load.ts");
     const { attachLora } = await import("../src/dpzo/lora.ts");
     const { createStageWorker, forwardStage } = await import("../cluster/worker.ts");
     await initBackend("wasm");
@@ -163,7 +137,7 @@ Deno.test({
             numScores: B,
           };
           forwardStage(worker, req); // warm: kept masks and rows of ones
-          const measured = await livePeakBytes(() => forwardStage(worker, req));
+          const measured = livePeakBytes(() => forwardStage(worker, req));
           const est = activationTensorBytes(model, wholeModel(model), {
             tokens: B * S,
             headPositions: pairPos.length,

@@ -7,13 +7,13 @@ import { initBackend } from "../src/tensor/backend.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import {
   crossEntropyAt,
-  loadStage,
   nextTokenTargets,
   padBatch,
   stageForward,
   stageParameters,
   wholeModel,
 } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 import { FIXTURES, missing } from "./fixtures.ts";
 
 Deno.test({

@@ -6,7 +6,8 @@
 import { strict as assert } from "node:assert";
 import { initBackend } from "../src/tensor/backend.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
-import { loadStage, stageParameters, wholeModel } from "../src/model/opt.ts";
+import { stageParameters, wholeModel } from "../src/model/opt.ts";
+import { loadStage } from "../src/model/load.ts";
 import { attachLora } from "../src/dpzo/lora.ts";
 import { createStageWorker, forwardStage, handleControl, stageDigests } from "../cluster/worker.ts";
 import { packRequests } from "../cluster/coordinator.ts";

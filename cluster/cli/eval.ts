@@ -12,7 +12,8 @@
  */
 import { Command, Option } from "@commander-js/extra-typings";
 import { openCheckpoint } from "../../src/model/checkpoint.ts";
-import { loadStage, type Stage, wholeModel } from "../../src/model/opt.ts";
+import { type Stage, wholeModel } from "../../src/model/opt.ts";
+import { loadStage } from "../../src/model/load.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { type ExampleRequest, TASK_NAMES, type TaskName } from "../../src/tasks/task.ts";
 import { loadTaskSplits, taskKind } from "../../src/tasks/mod.ts";

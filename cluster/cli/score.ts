@@ -6,7 +6,8 @@
 import { Command } from "@commander-js/extra-typings";
 import { z } from "zod";
 import { openCheckpoint } from "../../src/model/checkpoint.ts";
-import { loadStage, wholeModel } from "../../src/model/opt.ts";
+import { wholeModel } from "../../src/model/opt.ts";
+import { loadStage } from "../../src/model/load.ts";
 import { loadTokenizer } from "../../src/tokenizer/mod.ts";
 import { scoreSequences } from "../../src/eval/score.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";

@@ -13,6 +13,7 @@ import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
 import { flag, printSummary } from "./common.ts";
 import { securityOf } from "./launch.ts";
+import { checkFitsThisMachine } from "../plan.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -60,6 +61,12 @@ export function trainCommand() {
       } else {
         const config = await loadRunConfig(opts.config!, opts.set);
         runDir = config.run_dir;
+        // The whole model in this process: refused before anything starts if it cannot fit.
+        await checkFitsThisMachine(config, {
+          command: "train",
+          configPath: opts.config,
+          split: { stages: 1, replicas: 1 },
+        });
         s = await trainEmbedded(config, { quiet: opts.quiet });
       }
       printSummary(runDir, s);

@@ -11,7 +11,8 @@
  * kaiming_uniform(a = sqrt 5) (bound 1 / sqrt(in), variance 1 / (3 in)), reproducible anywhere.
  */
 import { fillZ } from "../rng/z.ts";
-import { float32Array, type ParamSpec, type Stage, type StageRange } from "../model/opt.ts";
+import type { ParamSpec, Stage, StageRange } from "../model/opt.ts";
+import { float32Array } from "../model/weights.ts";
 import type { OptConfig } from "../model/config.ts";
 
 export interface LoraOptions {

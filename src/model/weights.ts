@@ -96,6 +96,15 @@ export function roundingBits(
   }
 }
 
+/**
+ * A float32 array in an ArrayBuffer of its own: never inside V8's heap (where a small typed
+ * array may live and move), so its address stays valid for OpenBLAS and the helper threads.
+ * Every float32 tensor of a store is one.
+ */
+export function float32Array(n: number): Float32Array {
+  return new Float32Array(new ArrayBuffer(n * 4));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading and writing the store
 
