@@ -55,7 +55,11 @@ for (const mode of ["lora", "full"]) {
       assert.match(e.stdout, new RegExp(`final_weights_sha256: ${summary.final_weights_sha256}`));
       const files = [...Deno.readDirSync(`${dir}/out`)].map((f) => f.name);
       assert.ok(files.includes("model.safetensors"));
-      if (mode === "lora") assert.ok(files.includes("adapter_model.safetensors"));
+      if (mode === "lora") {
+        assert.ok(!files.includes("adapter_config.json"), "the adapter is not beside the model");
+        const adapter = [...Deno.readDirSync(`${dir}/out/adapter`)].map((f) => f.name);
+        assert.ok(adapter.includes("adapter_model.safetensors"));
+      }
       await Deno.remove(dir, { recursive: true });
     },
   });

@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { canonicalName } from "../model/checkpoint.ts";
+import { adapterFolderProblem } from "../model/peft.ts";
 import { formatZodError } from "../validation.ts";
 import { type HubSettings, hubSettings } from "./env.ts";
 import { checkRepoPath, HubError, HubRepo, type HubRepoOptions } from "./download.ts";
@@ -74,7 +75,11 @@ export async function resolveModel(
   opts: ResolveModelOptions = {},
 ): Promise<ResolvedModel> {
   const ref = await parseModelRef(text, opts.field);
-  if (ref.kind === "local") return { dir: ref.dir };
+  if (ref.kind === "local") {
+    const adapter = await adapterFolderProblem(ref.dir); // never read an adapter as its base
+    if (adapter) throw new Error(`${opts.field ?? "--model"}: ${adapter}`);
+    return { dir: ref.dir };
+  }
   const settings = opts.settings ?? hubSettings();
   const repo = new HubRepo(settings, { type: "model", id: ref.id }, ref.revision, opts);
   await repo.file("config.json");
