@@ -13,6 +13,7 @@ import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
 import { flag, printSummary } from "./common.ts";
 import { securityOf } from "./launch.ts";
+import { watchSignals } from "../interruption.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -44,23 +45,32 @@ export function trainCommand() {
       }
       if (opts.nats && !opts.resume) throw new UsageError("--nats: only with --resume");
       let s, runDir = opts.resume ?? "";
-      if (opts.resume && opts.nats) {
-        const { resumeOverNats } = await import("../launcher.ts");
-        const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
-        // Credentials and TLS come from DPZO_NATS_* / DPZO_RUN_KEY, as the launcher hands them to
-        // its children (README "Security"); `dpzo coordinate --resume` also takes them as flags.
-        s = await resumeOverNats(opts.resume, {
-          url: opts.nats,
-          run,
-          quiet: opts.quiet,
-          security: securityOf({}, opts.nats),
-        });
-      } else if (opts.resume) {
-        s = await resumeEmbedded(opts.resume, { quiet: opts.quiet });
-      } else {
-        const config = await loadRunConfig(opts.config!, opts.set);
-        runDir = config.run_dir;
-        s = await trainEmbedded(config, { quiet: opts.quiet });
+      // Ctrl-C / SIGTERM: the run stops at a safe point and says how to continue.
+      const signals = watchSignals();
+      const interrupt = signals.signal;
+      try {
+        if (opts.resume && opts.nats) {
+          const { resumeOverNats } = await import("../launcher.ts");
+          const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
+          // Credentials and TLS come from DPZO_NATS_* / DPZO_RUN_KEY, as the launcher hands them to
+          // its children (README "Security"); `dpzo coordinate --resume` also takes them as flags.
+          s = await resumeOverNats(opts.resume, {
+            url: opts.nats,
+            run,
+            quiet: opts.quiet,
+            security: securityOf({}, opts.nats),
+            interrupt,
+            continueWith: `dpzo train --resume ${opts.resume} --nats ${opts.nats}`,
+          });
+        } else if (opts.resume) {
+          s = await resumeEmbedded(opts.resume, { quiet: opts.quiet, interrupt });
+        } else {
+          const config = await loadRunConfig(opts.config!, opts.set);
+          runDir = config.run_dir;
+          s = await trainEmbedded(config, { quiet: opts.quiet, interrupt });
+        }
+      } finally {
+        signals.dispose();
       }
       printSummary(runDir, s);
     });
