@@ -8,7 +8,8 @@
  */
 import { z } from "zod";
 import YAML from "yaml";
-import { formatZodError, UsageError } from "../validation.ts";
+import { UsageError } from "../validation.ts";
+import { describeConfigError } from "./config_errors.ts";
 import { TASK_NAMES } from "../tasks/task.ts";
 
 const Lora = z.object({
@@ -110,10 +111,19 @@ export function applyOverride(raw: Record<string, unknown>, assignment: string):
   node[path[path.length - 1]] = value;
 }
 
-/** Validates a raw config; errors name the field, prefixed by `source`. */
-export function parseRunConfig(raw: unknown, source: string): RunConfig {
+/**
+ * Validates a raw config; errors name the field, prefixed by `source`, or by the `--set` among
+ * `overrides` that gave the value (config_errors.ts).
+ */
+export function parseRunConfig(
+  raw: unknown,
+  source: string,
+  overrides: readonly string[] = [],
+): RunConfig {
   const r = RunConfigSchema.safeParse(raw);
-  if (!r.success) throw new UsageError(`${source}: ${formatZodError(r.error)}`);
+  if (!r.success) {
+    throw new UsageError(describeConfigError(r.error, RunConfigSchema, raw, source, overrides));
+  }
   const c = r.data;
   if (c.privacy.enabled) {
     const { mechanism, sigma, b, target_epsilon } = c.privacy;
@@ -160,5 +170,5 @@ export async function loadRunConfig(path: string, overrides: string[] = []): Pro
   }
   if (typeof raw !== "object" || raw === null) throw new UsageError(`${path}: expected a mapping`);
   for (const o of overrides) applyOverride(raw as Record<string, unknown>, o);
-  return parseRunConfig(raw, path);
+  return parseRunConfig(raw, path, overrides);
 }
