@@ -13,6 +13,14 @@ import {
 import { formatZodError, UsageError } from "../../src/validation.ts";
 import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 import type { RunSummary } from "../run.ts";
+import { envOverrides } from "../../src/dpzo/config.ts";
+
+/** The `DPZO_SET` overrides of a new run's config, said on stderr when there are any. */
+export function setsFromEnv(): string[] {
+  const sets = envOverrides();
+  if (sets.length) console.error(`DPZO_SET: ${sets.join(" ")} (applied after any --set)`);
+  return sets;
+}
 
 export function backendOption() {
   return new Option("--backend <name>", "tensor backend: wasm (CPU default), cpu, tensorflow")

@@ -31,7 +31,7 @@ import {
   securityFromEnv,
   securityProblem,
 } from "../nats_security.ts";
-import { flag, positiveInt, printSummary } from "./common.ts";
+import { flag, positiveInt, printSummary, setsFromEnv } from "./common.ts";
 import { watchSignals } from "../interruption.ts";
 import { z } from "zod";
 
@@ -126,7 +126,7 @@ async function configWith(
   if (replicas !== undefined) {
     all.push(`cluster.replicas=${flag("--replicas", positiveInt, replicas)}`);
   }
-  return { config: await loadRunConfig(path, all), sets: all };
+  return { config: await loadRunConfig(path, all, setsFromEnv()), sets: all };
 }
 
 export function launchCommand() {
@@ -280,7 +280,7 @@ export function coordinateCommand() {
       const security = securityOf(opts, opts.nats);
       const config = opts.resume
         ? await readRunConfig(opts.resume)
-        : await loadRunConfig(opts.config!, opts.set);
+        : await loadRunConfig(opts.config!, opts.set, setsFromEnv());
       const run = runIdOf(config, opts.run);
       // Ctrl-C / SIGTERM: the run stops at a safe point and says how to continue.
       const signals = watchSignals();

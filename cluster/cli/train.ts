@@ -11,7 +11,7 @@ import { loadRunConfig } from "../../src/dpzo/config.ts";
 import { resumeEmbedded, trainEmbedded } from "../run.ts";
 import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
-import { flag, printSummary } from "./common.ts";
+import { flag, printSummary, setsFromEnv } from "./common.ts";
 import { securityOf } from "./launch.ts";
 import { watchSignals } from "../interruption.ts";
 
@@ -65,7 +65,7 @@ export function trainCommand() {
         } else if (opts.resume) {
           s = await resumeEmbedded(opts.resume, { quiet: opts.quiet, interrupt });
         } else {
-          const config = await loadRunConfig(opts.config!, opts.set);
+          const config = await loadRunConfig(opts.config!, opts.set, setsFromEnv());
           runDir = config.run_dir;
           s = await trainEmbedded(config, { quiet: opts.quiet, interrupt });
         }

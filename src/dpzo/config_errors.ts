@@ -175,21 +175,29 @@ function problem(issue: z.core.$ZodIssue, raw: unknown): string {
   }
 }
 
+/** An override `key=value` and how the user gave it (`--set key=value`, `DPZO_SET key=value`). */
+export interface Override {
+  set: string;
+  label: string;
+}
+
 /**
  * One line for a config that failed `schema`: each problem prefixed by where its value came
- * from — `source` (the file) or the `--set key=value` that set it (the last one wins).
+ * from — `source` (the file) or the override that set it (the last one wins); a plain string
+ * override is a `--set`.
  */
 export function describeConfigError(
   error: z.ZodError,
   schema: z.ZodType,
   raw: unknown,
   source: string,
-  overrides: readonly string[] = [],
+  overrides: readonly (string | Override)[] = [],
 ): string {
+  const all = overrides.map((o) => typeof o === "string" ? { set: o, label: `--set ${o}` } : o);
   const setOf = (path: string): string | undefined => {
-    for (const o of [...overrides].reverse()) {
-      const key = o.slice(0, Math.max(0, o.indexOf("=")));
-      if (key === path || path.startsWith(`${key}.`) || key.startsWith(`${path}.`)) return o;
+    for (const o of [...all].reverse()) {
+      const key = o.set.slice(0, Math.max(0, o.set.indexOf("=")));
+      if (key === path || path.startsWith(`${key}.`) || key.startsWith(`${path}.`)) return o.label;
     }
     return undefined;
   };
@@ -211,7 +219,7 @@ export function describeConfigError(
       if (missing) explained.add(guessPath!);
       const fields = known.length ? `; the fields here: ${known.join(", ")}` : "";
       parts.push({
-        from: setOf(path) ? `--set ${setOf(path)}` : source,
+        from: setOf(path) ?? source,
         text: `${path}: unknown field` +
           (guessPath
             ? `; did you mean ${guessPath}?${
@@ -227,9 +235,8 @@ export function describeConfigError(
     if (issue.code === "unrecognized_keys") continue;
     const path = issue.path.map(String).join(".");
     if (explained.has(path)) continue;
-    const set = setOf(path);
     parts.push({
-      from: set ? `--set ${set}` : source,
+      from: setOf(path) ?? source,
       text: `${path || "config"}: ${problem(issue, raw)}`,
     });
   }
