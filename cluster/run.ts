@@ -443,12 +443,23 @@ export async function coordinateRun(
   const earlier = ctx.resume
     ? earlierSegments(await Deno.readTextFile(`${runDir}/metrics.jsonl`), firstStep)
     : earlierSegments("", 0);
+  // Workers that re-joined a resumed coordinator count from their own start: take the difference.
+  const before = {
+    sync: transport.paramSyncBytes(),
+    activations: await withinSeconds(transport.activationBytes(), 30).catch(() => 0),
+  };
   const segment = async () =>
     segmentEvent(firstStep, entries.length, {
       wall_s: (performance.now() - ctx.started) / 1000,
-      param_sync_bytes: transport.paramSyncBytes(),
+      param_sync_bytes: transport.paramSyncBytes() - before.sync,
       // Over NATS this asks the workers, which the same Ctrl-C may have stopped.
-      activation_bytes: await withinSeconds(transport.activationBytes(), 5).catch(() => 0),
+      activation_bytes: Math.max(
+        0,
+        await withinSeconds(transport.activationBytes(), 5).then(
+          (b) => b - before.activations,
+          () => 0,
+        ),
+      ),
     });
   let val: EvalResult | null = null, test: EvalResult | null = null;
   try {
@@ -504,13 +515,13 @@ export async function coordinateRun(
   } catch (e) {
     // Record why the run stopped and still write the report: the curves show what went wrong.
     progress.done();
+    const mine = await segment();
+    await writeMetric(mine).catch(() => {});
     if (e instanceof RunInterrupted) {
       await writeMetric({ event: "interrupted", step: entries.length, steps: schedule.steps });
     } else {
       await writeMetric({ event: "stopped", message: e instanceof Error ? e.message : String(e) });
     }
-    const mine = await segment();
-    await writeMetric(mine).catch(() => {});
     metricsFile.close();
     if (!(e instanceof RunInterrupted)) {
       await writeReport(runDir).catch(() => {});
