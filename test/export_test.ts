@@ -8,6 +8,7 @@ import { strict as assert } from "node:assert";
 import { createHash } from "node:crypto";
 import { readSafetensorsHeader, readTensor } from "../src/model/safetensors.ts";
 import { mergeLora } from "../src/model/peft.ts";
+import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 const TINY = `${FIXTURES}/tiny-opt`;
@@ -42,14 +43,28 @@ Deno.test({
           `run_dir=${run}`,
           "train.steps=12",
           "train.lr=0.01",
-          "train.eval_every=0",
+          "train.eval_every=4",
           "task.val_examples=8",
           "task.test_examples=8",
           "mode={type: lora, rank: 4, alpha: 16}",
         ].flatMap((s) => ["--set", s]),
       );
       assert.equal(t.code, 0, t.stderr);
-      const sha = readJson(`${run}/summary.json`).final_weights_sha256;
+      // The run as dpzo train reports it (test/train_test.ts checks the same of a full run).
+      assert.match(
+        t.stdout,
+        /privacy: \([0-9.]+, 1e-5\)-DP for add\/remove of one training example over 12 steps/,
+      );
+      const summary = readJson(`${run}/summary.json`);
+      assert.ok(summary.epsilon > 0 && summary.epsilon <= 8, `epsilon ${summary.epsilon}`);
+      assert.equal(summary.private, true);
+      assert.equal(summary.steps, 12);
+      assert.ok(summary.param_sync_bytes_per_step_per_worker <= 200);
+      assert.equal((await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").length, 12);
+      const evals = (await Deno.readTextFile(`${run}/metrics.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l)).filter((m) => m.event === "eval" && m.split === "val");
+      assert.equal(evals.length, 4); // steps 0, 4, 8 and the final one
+      const sha = summary.final_weights_sha256;
 
       const out = `${dir}/model`;
       // A stale adapter at the top of the folder (an earlier export) would make transformers
@@ -139,12 +154,19 @@ Deno.test({
         [...Deno.readDirSync(only)].map((f) => f.name).sort(),
         ["SHA256SUMS", "adapter_config.json", "adapter_model.safetensors"],
       );
-      for (const folder of [only, `${out}/adapter`]) {
-        const s = await dpzo("score", "--model", folder, "--input", input);
-        assert.equal(s.code, 1);
-        const line = s.stderr.trim().split("\n").at(-1)!;
-        assert.match(line, /is a LoRA adapter .* for .*tiny-opt, not a model; .*dpzo export/);
-      }
+      const s = await dpzo("score", "--model", only, "--input", input);
+      assert.equal(s.code, 1);
+      assert.match(
+        s.stderr.trim().split("\n").at(-1)!,
+        /^dpzo: --model: .*adapter-only: is a LoRA adapter .* for .*tiny-opt, not a model; .*dpzo export/,
+      );
+      await assert.rejects(openCheckpoint(`${out}/adapter`), /is a LoRA adapter .*not a model/);
+      // An adapter beside a model: dpzo cannot tell whether the model is merged.
+      await Deno.copyFile(
+        `${out}/adapter/adapter_config.json`,
+        `${out}/adapter_config.json`,
+      );
+      await assert.rejects(openCheckpoint(out), /holds a LoRA adapter .* beside a model/);
     } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
