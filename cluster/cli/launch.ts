@@ -291,7 +291,8 @@ export function coordinateCommand() {
         security,
         interrupt: signals.signal,
         continueWith: continueWith(
-          `dpzo coordinate --resume ${config.run_dir} --nats ${opts.nats} (workers re-join)`,
+          `dpzo coordinate --resume ${config.run_dir} --nats ${opts.nats}, and start the ` +
+            `workers again (dpzo worker --nats ${opts.nats} --run ${run})`,
         ),
       };
       try {

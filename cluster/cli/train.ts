@@ -60,7 +60,8 @@ export function trainCommand() {
             quiet: opts.quiet,
             security: securityOf({}, opts.nats),
             interrupt,
-            continueWith: `dpzo train --resume ${opts.resume} --nats ${opts.nats}`,
+            continueWith: `dpzo train --resume ${opts.resume} --nats ${opts.nats}, and start ` +
+              `the workers again`,
           });
         } else if (opts.resume) {
           s = await resumeEmbedded(opts.resume, { quiet: opts.quiet, interrupt });
