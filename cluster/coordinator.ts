@@ -31,6 +31,7 @@ import {
   privatize,
 } from "../src/dpzo/mechanism.ts";
 import type { LedgerEntry, LedgerSink } from "../src/checkpoint/ledger.ts";
+import { RunInterrupted, throwIfStopped, unlessStopped } from "./interruption.ts";
 
 /** Everything the coordinator decides a run by. */
 export interface Schedule {
@@ -278,6 +279,11 @@ export interface TrainInputs {
   log?: (line: string) => void;
   /** The task's loss and evaluation; classification (candidate cross-entropy) by default. */
   task?: CoordinatorTask;
+  /**
+   * Fires on Ctrl-C (cluster/interruption.ts): a step not yet in the ledger is dropped, one in
+   * it completes, and the run throws RunInterrupted.
+   */
+  stop?: AbortSignal;
 }
 
 /** One DP-ZO step; returns its metrics and the released ledger entry. */
@@ -286,6 +292,9 @@ export async function trainStep(
   step: number,
 ): Promise<{ metrics: StepMetrics; entry: LedgerEntry }> {
   const { transport, schedule: s } = inp;
+  // Until the ledger append nothing of this step is released: a stop drops it (step - 1 done).
+  throwIfStopped(inp.stop, step - 1, s.steps);
+  const unreleased = <T>(p: Promise<T>) => unlessStopped(p, inp.stop, step - 1, s.steps);
   const rng = inp.rng(step);
   const t0 = performance.now();
   const batch = poissonSample(inp.train.length, s.q, rng).map((i) => inp.train[i]);
@@ -303,15 +312,18 @@ export async function trainStep(
   };
   const fwd = (ms: number) => (forwardMs += ms), pert = (ms: number) => (perturbMs += ms);
   await timed(
-    () => transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi }),
+    () =>
+      unreleased(
+        transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi }),
+      ),
     pert,
   );
   const plus = loss(
-    await timed(() => scoreExamples(transport, batch, { ...common, sign: 1 }), fwd),
+    await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: 1 })), fwd),
   );
-  await timed(() => transport.broadcast({ type: "step.flip", step }), pert);
+  await timed(() => unreleased(transport.broadcast({ type: "step.flip", step })), pert);
   const minus = loss(
-    await timed(() => scoreExamples(transport, batch, { ...common, sign: -1 }), fwd),
+    await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: -1 })), fwd),
   );
 
   const g = finiteDifferences(plus, minus, s.phi);
@@ -351,16 +363,23 @@ export async function trainStep(
     time: new Date().toISOString(),
   };
   // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
+  throwIfStopped(inp.stop, step - 1, s.steps);
   await inp.ledger.append(entry);
   inp.entries?.push(entry);
+  // Released: a stop now leaves the step to the workers (or to the replay of a resume).
   await timed(() =>
-    transport.broadcast({
-      type: "step.update",
+    unlessStopped(
+      transport.broadcast({
+        type: "step.update",
+        step,
+        coeff: entry.update_coeff,
+        lr: s.lr,
+        weight_decay: s.weightDecay,
+      }),
+      inp.stop,
       step,
-      coeff: entry.update_coeff,
-      lr: s.lr,
-      weight_decay: s.weightDecay,
-    }), pert);
+      s.steps,
+    ), pert);
   const stepMs = performance.now() - t0;
   return {
     entry,
@@ -415,6 +434,7 @@ export async function train(inp: TrainInputs): Promise<void> {
         result = await trainStep(inp, step);
       } catch (e) {
         if (!(e instanceof TransportFault) || !inp.transport.recover) throw e;
+        if (inp.stop?.aborted) throw new RunInterrupted(entries.length, s.steps);
         if (attempt >= (inp.maxRetries ?? 5)) {
           throw new Error(`step ${step}: interrupted ${attempt + 1} times; last: ${e.message}`);
         }
@@ -425,7 +445,7 @@ export async function train(inp: TrainInputs): Promise<void> {
               ? "it is in the ledger: the workers complete it"
               : "not released: aborted (no privacy spent), retried after recovery"),
         );
-        await inp.transport.recover(entries);
+        await unlessStopped(inp.transport.recover(entries), inp.stop, entries.length, s.steps);
         if (released) {
           // Its metrics were lost with the interruption; the entry is what matters.
           await inp.hooks?.onStep?.(releasedMetrics(entries.at(-1)!), entries.at(-1)!);
@@ -434,7 +454,10 @@ export async function train(inp: TrainInputs): Promise<void> {
       }
     }
     if (result) await inp.hooks?.onStep?.(result.metrics, result.entry);
-    if (s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length) {
+    const stopping = inp.stop?.aborted;
+    if (
+      s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length && !stopping
+    ) {
       await evalAt(step);
     }
   }

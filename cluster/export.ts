@@ -1,9 +1,10 @@
 /**
  * `dpzo export`: replays a run's ledger onto its base checkpoint — the same in-place passes, in
  * the same order, with the same coefficients as the live run, so the result is bit-identical —
- * and writes a Hugging Face checkpoint directory. Full-parameter runs give `model.safetensors`;
- * LoRA runs give the base `model.safetensors` plus PEFT's `adapter_model.safetensors` and
- * `adapter_config.json`.
+ * and writes a Hugging Face checkpoint directory. `model.safetensors` is the fine-tuned model:
+ * for LoRA runs the merged weights W + (alpha/r) B A on q_proj/v_proj (PEFT's
+ * `merge_and_unload`), with PEFT's adapter files in `adapter/` (src/model/peft.ts says why not
+ * beside it); `--adapter-only` writes the adapter alone.
  */
 import type { RunConfig } from "../src/dpzo/config.ts";
 import { readLedger } from "../src/checkpoint/ledger.ts";
@@ -13,17 +14,41 @@ import { initBackend } from "../src/tensor/backend.ts";
 import {
   applyEntryPasses,
   createStageWorker,
+  floatValues,
   setValues,
   stageDigests,
   type StageWorker,
 } from "./worker.ts";
+import { narrowNearest } from "../src/model/half.ts";
+import type { DType } from "../src/model/safetensors.ts";
 import { loadModel, modelOrder, readRunJson } from "./run.ts";
 import { readSnapshot, snapshotSteps } from "../src/checkpoint/snapshot.ts";
+import { createHash } from "node:crypto";
+import { LORA_TARGETS } from "../src/dpzo/lora.ts";
+import {
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_SUBDIR,
+  ADAPTER_WEIGHTS_FILE,
+  adapterConfig,
+  adapterKey,
+  mergeLora,
+} from "../src/model/peft.ts";
+import { snapshotModel } from "../src/hub/cache.ts";
+import { UsageError } from "../src/validation.ts";
 
 export interface ExportResult {
   steps: number;
+  /**
+   * The replayed model's weights hash (src/checkpoint/weights_hash.ts): the run's trained
+   * tensors, for LoRA the base weights and the adapter's A and B before merging.
+   */
   final_weights_sha256: string;
-  files: string[];
+  /** The same hash from the run's summary.json (null when the run did not finish). */
+  run_final_weights_sha256: string | null;
+  /** The files written, relative to the output folder, and their SHA-256 (as in SHA256SUMS). */
+  files: { file: string; sha256: string }[];
+  /** model.safetensors holds merged LoRA weights. */
+  merged: boolean;
 }
 
 const TOKENIZER_FILES = [
@@ -100,71 +125,174 @@ async function fromSnapshots(
   return 0;
 }
 
+export interface ExportOptions {
+  /** LoRA runs: write only the PEFT adapter (adapter_config.json, adapter_model.safetensors). */
+  adapterOnly?: boolean;
+}
+
+/**
+ * Writes a run's fine-tuned model to `outDir` as a Hugging Face checkpoint: `model.safetensors`
+ * (for LoRA, the merged weights W + (alpha/r) B A), config and tokenizer files, and for LoRA the
+ * PEFT adapter in `outDir/adapter/` (with `adapterOnly`, the adapter alone in `outDir`). Every
+ * file is written to a temporary name and renamed; `SHA256SUMS` lists their hashes.
+ */
 export async function exportRun(
   runDir: string,
   outDir: string,
   log: (l: string) => void = (l) => console.error(l),
+  opts: ExportOptions = {},
 ): Promise<ExportResult> {
+  const run = await readRunJson(runDir);
+  const lora = run.config.mode.type === "lora" ? run.config.mode : null;
+  if (opts.adapterOnly && !lora) {
+    throw new UsageError(
+      `--adapter-only: ${runDir} is a full-parameter run (mode: full); it has no adapter; ` +
+        `drop --adapter-only`,
+    );
+  }
   const { config, worker, steps } = await replayRun(runDir, log);
   const { stage } = worker;
   const sha = weightsSha256(modelOrder(config, stage.config), stageDigests(worker));
+  // Float32 values of a tensor (half-stored ones widened, exactly), and a tensor as stored:
+  // half-precision runs export their half weights, exactly what they trained.
+  const data = (name: string) => floatValues(stage.weights.get(name)!, stage);
+  const halfDtype: DType = stage.dtype === "bfloat16" ? "BF16" : "F16";
+  const stored = (name: string) => {
+    const t = stage.weights.get(name)!;
+    return t instanceof Float32Array ? { data: t } : { data: t, dtype: halfDtype };
+  };
+  /** Float32 values to the stage's dtype (a merged LoRA weight of a half-precision base). */
+  const asStored = (values: Float32Array) => {
+    if (stage.dtype === "float32") return { data: values };
+    const bits = new Uint16Array(values.length);
+    narrowNearest(values, stage.dtype, bits);
+    return { data: bits, dtype: halfDtype };
+  };
+  const isLora = (n: string) => n.includes(".lora_");
 
   await Deno.mkdir(outDir, { recursive: true });
-  const tensors = stage.specs.map((spec) => ({
-    name: spec.name,
-    shape: spec.shape,
-    // As stored: half-precision runs export their half weights (exactly what they trained).
-    data: stage.weights.get(spec.name)!,
-    dtype: stage.weights.get(spec.name) instanceof Float32Array
-      ? "F32" as const
-      : stage.dtype === "bfloat16"
-      ? "BF16" as const
-      : "F16" as const,
-  }));
-  const isLora = (n: string) => n.includes(".lora_");
   const files: string[] = [];
-  await writeSafetensors(`${outDir}/model.safetensors`, tensors.filter((t) => !isLora(t.name)));
-  files.push("model.safetensors");
-  if (config.mode.type === "lora") {
+  if (opts.adapterOnly && await exists(`${outDir}/model.safetensors`)) {
+    throw new UsageError(
+      `--out: ${outDir} holds a model.safetensors; write the adapter to its own folder`,
+    );
+  }
+  if (!opts.adapterOnly) {
+    // Adapter files beside a model make transformers load the base instead (src/model/peft.ts).
+    for (const f of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) {
+      if (await exists(`${outDir}/${f}`)) {
+        await Deno.remove(`${outDir}/${f}`);
+        log(`removed ${outDir}/${f} of an earlier export (the adapter goes to ${ADAPTER_SUBDIR}/)`);
+      }
+    }
+    const tensors = stage.specs.filter((s) => !isLora(s.name)).map((spec) => {
+      const adapted = lora && stage.lora?.adapted.has(spec.name.replace(/\.weight$/, ""));
+      if (!adapted) return { name: spec.name, shape: spec.shape, ...stored(spec.name) };
+      const base = spec.name.replace(/\.weight$/, "");
+      const [out, inDim] = spec.shape;
+      return {
+        name: spec.name,
+        shape: spec.shape,
+        ...asStored(mergeLora(
+          data(spec.name),
+          data(`${base}.lora_A.weight`),
+          data(`${base}.lora_B.weight`),
+          { out, in: inDim, rank: lora.rank },
+          lora.alpha / lora.rank,
+        )),
+      };
+    });
+    await writeSafetensors(`${outDir}/model.safetensors`, tensors);
+    files.push("model.safetensors");
+    for (const f of TOKENIZER_FILES) {
+      try {
+        await copyAtomic(`${config.model}/${f}`, `${outDir}/${f}`);
+        files.push(f);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e; // an optional file
+      }
+    }
+    // config.json says how the weights are stored, as Hugging Face's torch_dtype.
+    const hfConfig = JSON.parse(await Deno.readTextFile(`${outDir}/config.json`));
+    if (hfConfig.torch_dtype !== stage.dtype) {
+      hfConfig.torch_dtype = stage.dtype;
+      await writeTextAtomic(`${outDir}/config.json`, JSON.stringify(hfConfig, null, 2) + "\n");
+    }
+  }
+  if (lora) {
+    const sub = opts.adapterOnly ? "" : `${ADAPTER_SUBDIR}/`;
+    await Deno.mkdir(`${outDir}/${sub || "."}`, { recursive: true });
     await writeSafetensors(
-      `${outDir}/adapter_model.safetensors`,
-      tensors.filter((t) => isLora(t.name)).map((t) => ({
-        ...t,
-        name: `base_model.model.${t.name}`,
+      `${outDir}/${sub}${ADAPTER_WEIGHTS_FILE}`,
+      stage.specs.filter((s) => isLora(s.name)).map((spec) => ({
+        name: adapterKey(spec.name),
+        shape: spec.shape,
+        data: data(spec.name),
       })),
     );
-    await Deno.writeTextFile(
-      `${outDir}/adapter_config.json`,
+    const hub = snapshotModel(await Deno.realPath(config.model));
+    await writeTextAtomic(
+      `${outDir}/${sub}${ADAPTER_CONFIG_FILE}`,
       JSON.stringify(
-        {
-          peft_type: "LORA",
-          task_type: "CAUSAL_LM",
-          r: config.mode.rank,
-          lora_alpha: config.mode.alpha,
-          lora_dropout: 0,
-          target_modules: ["q_proj", "v_proj"],
-          bias: "none",
-          base_model_name_or_path: config.model,
-        },
+        adapterConfig({
+          rank: lora.rank,
+          alpha: lora.alpha,
+          targets: LORA_TARGETS,
+          base: hub?.id ?? await Deno.realPath(config.model),
+          revision: hub?.commit,
+        }),
         null,
         2,
       ) + "\n",
     );
-    files.push("adapter_model.safetensors", "adapter_config.json");
+    files.push(`${sub}${ADAPTER_WEIGHTS_FILE}`, `${sub}${ADAPTER_CONFIG_FILE}`);
   }
-  for (const f of TOKENIZER_FILES) {
-    try {
-      await Deno.copyFile(`${config.model}/${f}`, `${outDir}/${f}`);
-      files.push(f);
-    } catch { /* optional file */ }
+  const sums: { file: string; sha256: string }[] = [];
+  for (const f of files) sums.push({ file: f, sha256: await fileSha256(`${outDir}/${f}`) });
+  await writeTextAtomic(
+    `${outDir}/${CHECKSUMS_FILE}`,
+    sums.map((s) => `${s.sha256}  ${s.file}\n`).join(""),
+  );
+  return {
+    steps,
+    final_weights_sha256: sha,
+    run_final_weights_sha256: await summaryHash(runDir),
+    files: sums,
+    merged: lora !== null && !opts.adapterOnly,
+  };
+}
+
+/** The `sha256sum -c` file an export writes beside its files. */
+export const CHECKSUMS_FILE = "SHA256SUMS";
+
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+
+async function fileSha256(path: string): Promise<string> {
+  const h = createHash("sha256");
+  const file = await Deno.open(path);
+  for await (const chunk of file.readable) h.update(chunk);
+  return h.digest("hex");
+}
+
+/** final_weights_sha256 of the run's summary.json, when the run finished. */
+async function summaryHash(runDir: string): Promise<string | null> {
+  try {
+    const s = JSON.parse(await Deno.readTextFile(`${runDir}/summary.json`));
+    return typeof s.final_weights_sha256 === "string" ? s.final_weights_sha256 : null;
+  } catch {
+    return null;
   }
-  // config.json says how the weights are stored, as Hugging Face's torch_dtype.
-  const configPath = `${outDir}/config.json`;
-  const hfConfig = JSON.parse(await Deno.readTextFile(configPath));
-  if (hfConfig.torch_dtype !== stage.dtype) {
-    hfConfig.torch_dtype = stage.dtype;
-    await Deno.writeTextFile(`${configPath}.tmp`, JSON.stringify(hfConfig, null, 2) + "\n");
-    await Deno.rename(`${configPath}.tmp`, configPath);
-  }
-  return { steps, final_weights_sha256: sha, files };
+}
+
+async function writeTextAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, text);
+  await Deno.rename(tmp, path);
+}
+
+async function copyAtomic(from: string, to: string): Promise<void> {
+  const tmp = `${to}.tmp-${Deno.pid}`;
+  await Deno.copyFile(from, tmp);
+  await Deno.chmod(tmp, 0o644).catch(() => {}); // the base's files may be read-only
+  await Deno.rename(tmp, to);
 }

@@ -36,6 +36,7 @@ import {
   toHex,
 } from "./nats_security.ts";
 import { newRunKey } from "./protocol.ts";
+import { RunInterrupted, unlessStopped } from "./interruption.ts";
 
 /** The default run id: the run directory's name, made a valid NATS subject token. */
 export function defaultRunId(config: RunConfig): string {
@@ -118,7 +119,14 @@ async function coordinateContext(
       { resume: ctx.resume === true, log },
     );
     ledger = opened.ledger;
-    await transport.ready(opened.entries.length);
+    // Ctrl-C while waiting for the workers: nothing of the run has changed.
+    const done = opened.entries.length;
+    await unlessStopped(transport.ready(done), opts.interrupt, done, ctx.schedule.steps)
+      .catch((e) => {
+        if (!(e instanceof RunInterrupted)) throw e;
+        const eps = ctx.plan ? (done ? ctx.plan.epsilonAt(done).epsilon : 0) : null;
+        throw new RunInterrupted(done, ctx.schedule.steps, eps, opts.continueWith ?? "");
+      });
     log(
       `coordinator: all ${stages * replicas} workers ready` +
         (opened.entries.length ? ` at ledger step ${opened.entries.length}` : ""),
@@ -134,6 +142,11 @@ async function coordinateContext(
 }
 
 const MAIN = new URL("./main.ts", import.meta.url).pathname;
+/**
+ * launchLocal's exit code when Ctrl-C stopped the run before its coordinator could say where
+ * (130 when it did: it printed its "interrupted at step N" line).
+ */
+export const INTERRUPTED_AT_ONCE = 131;
 /**
  * What a dpzo process runs with: its permissions, and V8's young generation capped at 1 MiB per
  * semi-space (the default 16 MiB ones held ~70 MiB of RSS on small-opt for no speed gain; the
@@ -372,7 +385,13 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1", DPZO_THREADS: threads, ...securityEnv(security, true) },
+      env: {
+        NO_COLOR: "1",
+        DPZO_THREADS: threads,
+        // What the coordinator's "interrupted at step N" line tells to run.
+        DPZO_CONTINUE_WITH: `dpzo launch --resume ${runDir}`,
+        ...securityEnv(security, true),
+      },
     }).spawn();
     const c: Child = { name, proc, status: proc.status, done: false, pumps: Promise.resolve() };
     c.status.then(() => (c.done = true));
@@ -406,15 +425,19 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
     clearTimeout(t);
   };
 
+  // Ctrl-C: the coordinator stops at a safe point (cluster/interruption.ts), then the workers;
+  // a second one stops everything at once.
   let interrupted = false;
-  let onSignal: (() => void) | undefined;
+  let onSignal: (() => void) | undefined, onSecond: (() => void) | undefined;
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const interruption = new Promise<"signal">((resolve) => {
     onSignal = () => {
+      if (interrupted) return onSecond?.();
       interrupted = true;
       resolve("signal");
     };
   });
+  const secondSignal = new Promise<"again">((resolve) => (onSecond = () => resolve("again")));
   for (const s of signals) Deno.addSignalListener(s, onSignal!);
 
   const common = ["--nats", url, "--run", run, ...(opts.quiet ? ["--quiet"] : [])];
@@ -455,9 +478,23 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       ]);
       if (first !== "signal" && !("coord" in first && first.coord.success)) await settle();
       if (first === "signal" || interrupted) {
-        log("launch: interrupted; stopping every process");
-        await killAll("SIGINT");
-        code = 130;
+        log(
+          "launch: interrupted; the coordinator stops at a safe point, then the workers " +
+            "(Ctrl-C again to stop every process at once)",
+        );
+        // SIGTERM: in a terminal the coordinator also gets the Ctrl-C itself; the two signals
+        // are one request to it, a second SIGINT would make it exit at once.
+        try {
+          if (!coord.done) coord.proc.kill("SIGTERM");
+        } catch { /* gone */ }
+        const how = await Promise.race([coord.status, secondSignal]);
+        if (how === "again") {
+          log("launch: stopping every process now");
+          await killAll("SIGKILL");
+        } else {
+          await killAll();
+        }
+        code = how !== "again" && how.code === 130 ? 130 : INTERRUPTED_AT_ONCE;
         break;
       }
       if ("worker" in first) {
@@ -492,7 +529,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         const grace = setTimeout(() => killAll(), 15_000);
         await Promise.race([Promise.all(workers.map((w) => w.status)), interruption]);
         clearTimeout(grace);
-        if (interrupted) await killAll("SIGINT");
+        if (interrupted) await killAll();
         break;
       }
       // Killed (not failed with an error): once, a coordinator in resume mode takes over.

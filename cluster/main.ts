@@ -17,6 +17,7 @@ import { evalCommand } from "./cli/eval.ts";
 import { coordinateCommand, launchCommand, workerCommand } from "./cli/launch.ts";
 import { reportCommand } from "./cli/report.ts";
 import { planCommand } from "./cli/plan.ts";
+import { RunInterrupted } from "./interruption.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -62,6 +63,11 @@ export async function main(args: string[]): Promise<number> {
     const code = (e as { code?: string }).code;
     if (typeof code === "string" && code.startsWith("commander.")) {
       return code === "commander.helpDisplayed" || code === "commander.version" ? 0 : 2;
+    }
+    if (e instanceof RunInterrupted) {
+      // "interrupted at step N of T (...); continue with: ..."
+      if (!e.announced) console.log(e.message);
+      return 130;
     }
     console.error(`dpzo: ${explain(e instanceof Error ? e.message : String(e))}`);
     if (Deno.env.get("DPZO_DEBUG") && e instanceof Error) console.error(e.stack);

@@ -48,10 +48,13 @@ import { inProcessTransport } from "./transport/in_process.ts";
 import {
   classificationTask,
   type CoordinatorTask,
+  type EvalResult,
   generationTask,
   type Schedule,
   train,
 } from "./coordinator.ts";
+import { RunInterrupted, throwIfStopped } from "./interruption.ts";
+import { earlierSegments, perStep, segmentEvent, type SegmentFigures } from "./run_segments.ts";
 import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
 import { Progress } from "./progress.ts";
 import { type HostInfo, hostInfo, RunMonitor, writeReport } from "../src/report/mod.ts";
@@ -95,7 +98,11 @@ export interface RunSummary {
   };
   train_loss_first: number | null;
   train_loss_last: number | null;
-  final_weights_sha256: string;
+  /** Null for an interrupted run (dpzo export replays its ledger and prints the hash). */
+  final_weights_sha256: string | null;
+  /** Set when the run stopped on Ctrl-C / SIGTERM after `step` of `of` steps. */
+  interrupted?: { step: number; of: number };
+  /** Whole run (every segment of a resumed run), over the steps whose traffic was counted. */
   param_sync_bytes_per_step_per_worker: number;
   /** Forward traffic of a training step: batches, activations between stages, scores. */
   activation_bytes_per_step: number;
@@ -106,6 +113,7 @@ export interface RunSummary {
     activation_dtype: string;
     workers: WorkerStats[];
   };
+  /** Whole run: every segment of a resumed run. */
   wall_s: number;
   backend: string;
   /** The coordinator's machine. */
@@ -245,6 +253,12 @@ async function prepareRunDir(dir: string): Promise<void> {
 
 export interface TrainOptions {
   quiet?: boolean;
+  /** Fires on Ctrl-C / SIGTERM (cluster/interruption.ts): the run stops at a safe point. */
+  interrupt?: AbortSignal;
+  /** The command the interrupted line tells to run (default `dpzo train --resume RUN_DIR`). */
+  continueWith?: string;
+  /** Where the "interrupted at step N" line goes (default stdout). */
+  announce?: (line: string) => void;
   log?: (line: string) => void;
   /** The model in this process (in-process transport): generation tasks evaluate with it. */
   pipeline?: Stage[];
@@ -423,6 +437,31 @@ export async function coordinateRun(
   let lastEps: { epsilon: number; error: number } | null = null;
   const epsEvery = Math.max(config.train.log_every, Math.ceil(schedule.steps / 100));
   const task = await coordinatorTask(config, opts.pipeline, log);
+  const host = hostInfo(); // ~1 s: started now, not when a Ctrl-C waits for the summary
+  // Whole-run figures: this segment's, plus those of the segments before a resume.
+  const firstStep = entries.length;
+  const earlier = ctx.resume
+    ? earlierSegments(await Deno.readTextFile(`${runDir}/metrics.jsonl`), firstStep)
+    : earlierSegments("", 0);
+  // Workers that re-joined a resumed coordinator count from their own start: take the difference.
+  const before = {
+    sync: transport.paramSyncBytes(),
+    activations: await withinSeconds(transport.activationBytes(), 30).catch(() => 0),
+  };
+  const segment = async () =>
+    segmentEvent(firstStep, entries.length, {
+      wall_s: (performance.now() - ctx.started) / 1000,
+      param_sync_bytes: transport.paramSyncBytes() - before.sync,
+      // Over NATS this asks the workers, which the same Ctrl-C may have stopped.
+      activation_bytes: Math.max(
+        0,
+        await withinSeconds(transport.activationBytes(), 5).then(
+          (b) => b - before.activations,
+          () => 0,
+        ),
+      ),
+    });
+  let val: EvalResult | null = null, test: EvalResult | null = null;
   try {
     await train({
       task,
@@ -435,6 +474,7 @@ export async function coordinateRun(
       ledger,
       entries,
       log,
+      stop: opts.interrupt,
       hooks: {
         onStep: async (m) => {
           const loss = (m.loss_plus + m.loss_minus) / 2;
@@ -466,20 +506,44 @@ export async function coordinateRun(
         },
       },
     });
+    progress.done();
+    const evalOpts = { step: schedule.steps, padId, microBatch: schedule.microBatch };
+    throwIfStopped(opts.interrupt, entries.length, schedule.steps);
+    val = await task.evaluate(transport, data.val, evalOpts);
+    throwIfStopped(opts.interrupt, entries.length, schedule.steps);
+    test = await task.evaluate(transport, data.test, evalOpts);
   } catch (e) {
     // Record why the run stopped and still write the report: the curves show what went wrong.
     progress.done();
-    await writeMetric({ event: "stopped", message: e instanceof Error ? e.message : String(e) });
+    const mine = await segment();
+    await writeMetric(mine).catch(() => {});
+    if (e instanceof RunInterrupted) {
+      await writeMetric({ event: "interrupted", step: entries.length, steps: schedule.steps });
+    } else {
+      await writeMetric({ event: "stopped", message: e instanceof Error ? e.message : String(e) });
+    }
     metricsFile.close();
-    await writeReport(runDir).catch(() => {});
-    throw e;
+    if (!(e instanceof RunInterrupted)) {
+      await writeReport(runDir).catch(() => {});
+      throw e;
+    }
+    const summary = await summaryOf(null, null, mine, { steps: entries.length });
+    await writeJsonAtomic(`${runDir}/summary.json`, summary);
+    const stopped = new RunInterrupted(
+      entries.length,
+      schedule.steps,
+      summary.epsilon,
+      opts.continueWith ?? `dpzo train --resume ${runDir}`,
+    );
+    // The line first (a user waits for it), then the report.
+    (opts.announce ?? ((l: string) => console.log(l)))(stopped.message);
+    stopped.announced = true;
+    await writeReport(runDir).catch((err) => log(`WARNING: report not written (${err})`));
+    throw stopped;
   } finally {
     ledger.close();
     progress.done();
   }
-  const evalOpts = { step: schedule.steps, padId, microBatch: schedule.microBatch };
-  const val = await task.evaluate(transport, data.val, evalOpts);
-  const test = await task.evaluate(transport, data.test, evalOpts);
   const n = (v: number) => (Number.isNaN(v) ? null : v);
   await writeMetric({
     event: "eval",
@@ -495,53 +559,10 @@ export async function coordinateRun(
     ...test,
     examples: data.test.length,
   });
+  const mine = await segment();
+  await writeMetric(mine);
   metricsFile.close();
-  const digests = await transport.digests();
-  const workers = await transport.workerStats?.();
-  const eps = plan ? plan.epsilonAt(schedule.steps) : null;
-  const window = Math.min(100, Math.floor(losses.length / 2) || 1);
-  const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
-  const summary: RunSummary = {
-    format: RUN_FORMAT,
-    private: plan !== null && config.insecure_seed === null,
-    insecure_seed: config.insecure_seed,
-    epsilon: eps ? eps.epsilon : null,
-    epsilon_error: eps ? eps.error : null,
-    delta: plan ? config.privacy.delta : null,
-    mechanism: plan ? plan.mechanism : "none",
-    ...(plan?.mechanism === "gaussian" ? { sigma: plan.noiseMultiplier } : {}),
-    ...(plan?.mechanism === "laplace" ? { b: plan.noiseMultiplier } : {}),
-    accountant: plan ? plan.accountant : null,
-    sampling_rate: schedule.q,
-    steps: schedule.steps,
-    final: {
-      val_accuracy: n(val.accuracy),
-      test_accuracy: n(test.accuracy),
-      val_loss: n(val.loss),
-      test_loss: n(test.loss),
-      ...(val.f1 !== undefined && test.f1 !== undefined
-        ? { val_f1: n(val.f1), test_f1: n(test.f1), val_em: n(val.em!), test_em: n(test.em!) }
-        : {}),
-    },
-    train_loss_first: avg(losses.slice(0, window)),
-    train_loss_last: avg(losses.slice(-window)),
-    final_weights_sha256: weightsSha256(modelOrder(config, ctx.model), digests),
-    param_sync_bytes_per_step_per_worker: transport.paramSyncBytes() / schedule.steps,
-    activation_bytes_per_step: (await transport.activationBytes()) / schedule.steps,
-    ...(workers
-      ? {
-        cluster: {
-          stages: Math.max(...workers.map((w) => w.stage)) + 1,
-          replicas: transport.groups,
-          activation_dtype: config.cluster.activation_dtype,
-          workers,
-        },
-      }
-      : {}),
-    wall_s: (performance.now() - ctx.started) / 1000,
-    backend: config.backend,
-    host: await hostInfo(),
-  };
+  const summary = await summaryOf(val, test, mine);
   await writeJsonAtomic(`${runDir}/summary.json`, summary);
   try {
     log(`report: ${await writeReport(runDir)}`);
@@ -549,6 +570,81 @@ export async function coordinateRun(
     log(`WARNING: report not written (${e}); run dpzo report --run ${runDir}`);
   }
   return summary;
+
+  /**
+   * The summary of the whole run (every segment): final figures, or for an interrupted run
+   * (`stopped`) the steps released so far, no final evaluation and no weights hash (the
+   * weights of a dropped step are not the ledger's; dpzo export gives the model and its hash).
+   */
+  async function summaryOf(
+    val: EvalResult | null,
+    test: EvalResult | null,
+    mine: SegmentFigures,
+    stopped?: { steps: number },
+  ): Promise<RunSummary> {
+    const steps = stopped ? stopped.steps : schedule.steps;
+    const workers = stopped ? undefined : await transport.workerStats?.();
+    const eps = plan ? (steps ? plan.epsilonAt(steps) : { epsilon: 0, error: 0 }) : null;
+    const window = Math.min(100, Math.floor(losses.length / 2) || 1);
+    const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
+    const counted = earlier.steps + mine.steps;
+    return {
+      format: RUN_FORMAT,
+      private: plan !== null && config.insecure_seed === null,
+      insecure_seed: config.insecure_seed,
+      ...(stopped ? { interrupted: { step: steps, of: schedule.steps } } : {}),
+      epsilon: eps ? eps.epsilon : null,
+      epsilon_error: eps ? eps.error : null,
+      delta: plan ? config.privacy.delta : null,
+      mechanism: plan ? plan.mechanism : "none",
+      ...(plan?.mechanism === "gaussian" ? { sigma: plan.noiseMultiplier } : {}),
+      ...(plan?.mechanism === "laplace" ? { b: plan.noiseMultiplier } : {}),
+      accountant: plan ? plan.accountant : null,
+      sampling_rate: schedule.q,
+      steps,
+      final: {
+        val_accuracy: val ? n(val.accuracy) : null,
+        test_accuracy: test ? n(test.accuracy) : null,
+        val_loss: val ? n(val.loss) : null,
+        test_loss: test ? n(test.loss) : null,
+        ...(val?.f1 !== undefined && test?.f1 !== undefined
+          ? { val_f1: n(val.f1), test_f1: n(test.f1), val_em: n(val.em!), test_em: n(test.em!) }
+          : {}),
+      },
+      train_loss_first: avg(losses.slice(0, window)),
+      train_loss_last: avg(losses.slice(-window)),
+      final_weights_sha256: stopped
+        ? null
+        : weightsSha256(modelOrder(config, ctx.model), await transport.digests()),
+      param_sync_bytes_per_step_per_worker: perStep(
+        earlier.param_sync_bytes + mine.param_sync_bytes,
+        counted,
+      ),
+      activation_bytes_per_step: perStep(earlier.activation_bytes + mine.activation_bytes, counted),
+      ...(workers
+        ? {
+          cluster: {
+            stages: Math.max(...workers.map((w) => w.stage)) + 1,
+            replicas: transport.groups,
+            activation_dtype: config.cluster.activation_dtype,
+            workers,
+          },
+        }
+        : {}),
+      wall_s: earlier.wall_s + mine.wall_s,
+      backend: config.backend,
+      host: await host,
+    };
+  }
+}
+
+/** `p`, or a rejection after `s` seconds. */
+function withinSeconds<T>(p: Promise<T>, s: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${s} s`)), s * 1000);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 /**

@@ -14,6 +14,7 @@ import type { LedgerEntry, LedgerSink } from "../src/checkpoint/ledger.ts";
 import { stepRandomness } from "../src/dpzo/randomness.ts";
 import { initBackend } from "../src/tensor/backend.ts";
 import { train } from "../cluster/coordinator.ts";
+import { RunInterrupted } from "../cluster/interruption.ts";
 import { planPrivacy } from "../cluster/privacy_plan.ts";
 import { loadModel, loadTask, resumeEmbedded, scheduleOf } from "../cluster/run.ts";
 import { inProcessTransport } from "../cluster/transport/in_process.ts";
@@ -32,7 +33,13 @@ const sets = [
   "train.eval_every=0",
 ];
 
-async function setup() {
+/** The run's config, privacy plan, data and a model loader: made once, shared by the tests. */
+let made: ReturnType<typeof makeSetup> | undefined;
+function setup() {
+  return made ??= makeSetup();
+}
+
+async function makeSetup() {
   const config = await loadRunConfig(`${ROOT}configs/tiny-sst2.yaml`, [
     ...sets,
     `model=${FIXTURES}/tiny-opt`,
@@ -132,6 +139,64 @@ Deno.test({
     assert.deepEqual(faulty.steps, [1, 2, 3, 4, 5, 6]);
     // Restored exactly (rebuild + replay, not subtraction): the same weights.
     assert.equal(faulty.digest, reference.digest);
+  },
+});
+
+Deno.test({
+  name: "Ctrl-C: a step not yet in the ledger is dropped, one in it completes",
+  ignore: skip,
+  fn: async () => {
+    const s = await setup();
+    /** Trains until `stop` fires (from inside `wrap`); returns what was appended and the error. */
+    const until = async (wrap: (t: Transport, stop: AbortController) => Transport) => {
+      const w = await s.fresh();
+      const stop = new AbortController();
+      const appended: LedgerEntry[] = [];
+      const error = await train({
+        transport: wrap(inProcessTransport([[w]]), stop),
+        schedule: s.schedule,
+        train: s.data.train,
+        val: s.data.val,
+        padId: 1,
+        rng: stepRandomness(s.config.insecure_seed),
+        ledger: {
+          append: (e) => {
+            appended.push(e);
+            return Promise.resolve();
+          },
+          close: () => {},
+        },
+        log: () => {},
+        stop: stop.signal,
+      }).then(() => null, (e) => e);
+      disposeStage(w.stage);
+      return { appended, error };
+    };
+    // Ctrl-C during the minus pass of step 3: nothing of step 3 is released.
+    const a = await until((t, stop) => ({
+      ...t,
+      groups: t.groups,
+      forward: (g, req) => {
+        if (req.step === 3 && req.sign === -1) stop.abort();
+        return t.forward(g, req);
+      },
+    }));
+    assert.ok(a.error instanceof RunInterrupted, String(a.error));
+    assert.equal(a.error.step, 2);
+    assert.match(a.error.message, /^interrupted at step 2 of 6/);
+    assert.deepEqual(a.appended.map((e) => e.step), [1, 2]);
+    // Ctrl-C while the update of step 4 goes out: step 4 is in the ledger, and counts.
+    const b = await until((t, stop) => ({
+      ...t,
+      groups: t.groups,
+      broadcast: (msg) => {
+        if (msg.type === "step.update" && msg.step === 4) stop.abort();
+        return t.broadcast(msg);
+      },
+    }));
+    assert.ok(b.error instanceof RunInterrupted, String(b.error));
+    assert.equal(b.error.step, 4);
+    assert.deepEqual(b.appended.map((e) => e.step), [1, 2, 3, 4]);
   },
 });
 

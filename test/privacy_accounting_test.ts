@@ -76,6 +76,37 @@ Deno.test("calibrated sigma matches the published ones, rounded up, and meets th
   }
 });
 
+Deno.test("calibration reaches epsilon 1e-3; RDP names the least epsilon it can certify", () => {
+  // The paper's q and T at epsilon 0.001: below what RDP can certify at any noise, so the
+  // search brackets with the PLD accountant alone (this once crashed in RDP's series).
+  const { json } = runPrivacy(parsePrivacyFlags({
+    samplingRate: "0.016",
+    steps: "75000",
+    delta: "1e-5",
+    epsilon: "0.001",
+    mechanism: "gaussian",
+    accountant: "pld",
+  }));
+  const sigma = json.sigma as number;
+  assert.ok(sigma > 1000 && Number.isFinite(sigma), `sigma ${sigma}`);
+  assert.ok((json.epsilon as number) <= 0.001);
+  assert.ok(pldEpsilon(ledger(sigma - 0.001), DELTA, { bounds: false }).epsilon > 0.001);
+  assert.throws(
+    () =>
+      calibrateNoise({
+        mechanism: "gaussian",
+        q: Q,
+        steps: T,
+        epsilon: 1e-3,
+        delta: DELTA,
+        accountant: "rdp",
+      }),
+    /RDP accountant cannot certify epsilon 0.001 .*smallest is 0.00350.*--accountant pld/,
+  );
+  // A huge sigma no longer trips RDP's alternating series.
+  assert.ok(rdpEpsilon(ledger(1e8), DELTA).epsilon < 0.004);
+});
+
 /** delta(eps) of the Gaussian mechanism with sensitivity 1 and std sigma (Balle and Wang). */
 function analyticGaussianDelta(eps: number, sigma: number): number {
   return normalCdf(-eps * sigma + 1 / (2 * sigma)) -

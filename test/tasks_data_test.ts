@@ -164,3 +164,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a folder's layout is detected from its files; when none fits, found and expected",
+  ignore: missing(`${DATA}/sst2`),
+  fn: async () => {
+    const { loadSst2 } = await import("../src/data/sst2.ts");
+    const dir = await Deno.makeTempDir();
+    try {
+      const sizes = { train: 100, val: 20, test: 20, seed: 3 };
+      // Only dev.tsv (GLUE TSV without train.tsv): read as a TSV file, all splits from it.
+      await Deno.mkdir(`${dir}/dev-only`);
+      await Deno.copyFile(`${DATA}/sst2/dev.tsv`, `${dir}/dev-only/dev.tsv`);
+      const s = await loadSst2(`${dir}/dev-only`, sizes);
+      assert.deepEqual([s.train.length, s.val.length, s.test.length], [100, 20, 20]);
+      assertDisjoint(s);
+      // Nothing this task reads: the files found, and what was expected.
+      await Deno.mkdir(`${dir}/other`);
+      await Deno.writeTextFile(`${dir}/other/notes.txt`, "");
+      await Deno.copyFile(`${DATA}/sst2/test.tsv`, `${dir}/other/test.tsv`);
+      await assert.rejects(
+        loadSst2(`${dir}/other`, sizes),
+        /holds no SST-2 data file: found notes\.txt, test\.tsv \(test\.tsv: test\* files are skipped.*\); expected SST-2 data: \.tsv, \.jsonl\(\.gz\), \.json or \.parquet files/,
+      );
+      await assert.rejects(
+        loadSquad(`${dir}/dev-only`, sizes),
+        /holds no SQuAD data file: found dev\.tsv; expected SQuAD data: \.jsonl\(\.gz\), \.json or \.parquet/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -48,6 +48,10 @@ for (const task of ["qnli", "squad", "drop"] as const) {
       assert.equal(rep.task, task);
       assert.equal(rep.steps, 3);
       assert.equal(rep.examples, 3);
+      assert.match(
+        rep.split_source,
+        /^the run's test split: task\.test_examples \d+, drawn with split_seed \d+ from .*; the first 3 \(--limit 3\)$/,
+      );
       if (task === "qnli") assert.equal(rep.accuracy, s.final.test_accuracy);
       else {
         // The replayed model generates what the live run's model did on the same test split.
@@ -75,7 +79,10 @@ Deno.test({
       "2",
     );
     assert.equal(e.code, 0, e.stderr);
-    assert.match(e.stdout, /^squad test, 2 examples, .*tiny-opt: F1 [0-9.]+%, EM [0-9.]+%\n$/);
+    assert.match(
+      e.stdout,
+      /^squad test, 2 examples \(the task.s default test split: up to 1000 examples drawn with split_seed 42 from .*squad; the first 2 \(--limit 2\)\), .*tiny-opt: F1 [0-9.]+%, EM [0-9.]+%\n$/,
+    );
     const bad = await dpzo("eval", "--model", `${FIXTURES}/tiny-opt`);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--task: required without --run/);

@@ -14,6 +14,14 @@ import { formatZodError, UsageError } from "../../src/validation.ts";
 import { STORAGE_DTYPES, type StorageDtype } from "../../src/model/weights.ts";
 import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 import type { RunSummary } from "../run.ts";
+import { envOverrides } from "../../src/dpzo/config.ts";
+
+/** The `DPZO_SET` overrides of a new run's config, said on stderr when there are any. */
+export function setsFromEnv(): string[] {
+  const sets = envOverrides();
+  if (sets.length) console.error(`DPZO_SET: ${sets.join(" ")} (applied after any --set)`);
+  return sets;
+}
 
 export function dtypeOption() {
   return new Option(

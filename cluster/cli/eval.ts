@@ -39,6 +39,8 @@ export interface EvalReport {
   steps: number;
   split: "test";
   examples: number;
+  /** Where the test split comes from: the run's draw or the task's defaults, data and seed. */
+  split_source: string;
   accuracy?: number;
   loss?: number;
   f1?: number;
@@ -101,6 +103,7 @@ export function evalCommand() {
       let data = opts.data;
       let sizes = { train: 0, val: 0, test: 1000, seed: 42 };
       let maxLength: number | undefined;
+      let runSplit = false; // the run's own test split (its task, data, sizes and seed)
       if (opts.run) {
         const r = await replayRun(opts.run, (l) => console.error(l));
         const t = r.config.task;
@@ -120,6 +123,7 @@ export function evalCommand() {
             seed: t.split_seed,
           };
           maxLength = t.max_length;
+          runSplit = true;
         }
       } else {
         if (!opts.model) throw new UsageError("--model: required (or --run, a run directory)");
@@ -133,6 +137,7 @@ export function evalCommand() {
       }
       const task = taskName!;
       data ??= DEFAULT_DATA[task];
+      const splitSize = sizes.test; // --limit evaluates the first N of this draw
       if (limit !== undefined) sizes.test = Math.min(sizes.test, limit);
       const tok = await loadTokenizer(modelDir);
       const splits = await loadTaskSplits(
@@ -143,6 +148,17 @@ export function evalCommand() {
         maxLength ?? stage.config.maxPositions,
       );
       const examples = splits.test.slice(0, limit);
+      // Which test split: a run's is its own seeded draw; without --run, the task's defaults.
+      const drawn = `drawn with split_seed ${sizes.seed} from ${data}`;
+      const source = runSplit
+        ? `the run's test split: task.test_examples ${splitSize}, ${drawn}`
+        : `the task's default test split: up to ${splitSize} examples ${drawn}`;
+      const cut = limit !== undefined ? `; the first ${examples.length} (--limit ${limit})` : "";
+      const fewer = examples.length < splitSize && limit === undefined
+        ? `; the data has ${examples.length}`
+        : "";
+      const splitSource = `${source}${fewer}${cut}`;
+      console.error(`${task}: evaluating ${examples.length} test examples (${splitSource})`);
       const t0 = performance.now();
       const metrics = await evaluateStage(stage, task, examples, tok, { batch });
       const report: EvalReport = {
@@ -152,6 +168,7 @@ export function evalCommand() {
         steps,
         split: "test",
         examples: examples.length,
+        split_source: splitSource,
         ...metrics,
       };
       console.error(`evaluated in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
@@ -164,6 +181,8 @@ export function evalCommand() {
       const figures = report.f1 !== undefined
         ? `F1 ${pct(report.f1)}, EM ${pct(report.em!)}`
         : `accuracy ${pct(report.accuracy!)}`;
-      console.log(`${task} test, ${examples.length} examples, ${what}: ${figures}`);
+      console.log(
+        `${task} test, ${examples.length} examples (${splitSource}), ${what}: ${figures}`,
+      );
     });
 }

@@ -15,6 +15,7 @@ import { NATS_STORE_DIR, readRunConfig } from "../run.ts";
 import {
   coordinateOverNats,
   defaultRunId,
+  INTERRUPTED_AT_ONCE,
   launchLocal,
   resumeOverNats,
   slurmNatsUrl,
@@ -30,8 +31,9 @@ import {
   securityFromEnv,
   securityProblem,
 } from "../nats_security.ts";
-import { flag, positiveInt, printSummary } from "./common.ts";
+import { flag, positiveInt, printSummary, setsFromEnv } from "./common.ts";
 import { checkFitsThisMachine } from "../plan.ts";
+import { watchSignals } from "../interruption.ts";
 import { z } from "zod";
 
 const nonNegativeInt = z.coerce.number({ error: "expected a number" }).int({
@@ -105,6 +107,11 @@ export function securityOf(o: SecurityFlags, url?: string): NatsSecurity {
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
+/** The command the "interrupted" line names: the launcher's (it sets it), or `fallback`. */
+function continueWith(fallback: string): string {
+  return Deno.env.get("DPZO_CONTINUE_WITH") || fallback;
+}
+
 function runIdOf(config: RunConfig, run: string | undefined): string {
   return run === undefined ? defaultRunId(config) : flag("--run", RunId, run);
 }
@@ -120,7 +127,7 @@ async function configWith(
   if (replicas !== undefined) {
     all.push(`cluster.replicas=${flag("--replicas", positiveInt, replicas)}`);
   }
-  return { config: await loadRunConfig(path, all), sets: all };
+  return { config: await loadRunConfig(path, all, setsFromEnv()), sets: all };
 }
 
 export function launchCommand() {
@@ -194,7 +201,15 @@ export function launchCommand() {
             : undefined,
           quiet: opts.quiet,
         });
-        if (code === 130) throw new Error("interrupted; every process of the run was stopped");
+        // 130: the coordinator printed where the run stopped and how to continue.
+        if (code === 130) Deno.exit(130);
+        if (code === INTERRUPTED_AT_ONCE) {
+          console.log(
+            `interrupted; every process of the run was stopped; continue with: ` +
+              `dpzo launch --resume ${config.run_dir}`,
+          );
+          Deno.exit(130);
+        }
         if (code !== 0) {
           throw new Error(
             `the run failed (exit code ${code}); see the log above; ` +
@@ -224,6 +239,7 @@ export function launchCommand() {
         host: "0.0.0.0",
         port,
       });
+      const signals = watchSignals();
       try {
         const s = await coordinateOverNats(config, {
           url: server ? `nats://127.0.0.1:${port}` : url,
@@ -231,9 +247,13 @@ export function launchCommand() {
           security,
           quiet: opts.quiet,
           log: (l) => console.error(`${tag} | ${l}`),
+          interrupt: signals.signal,
+          continueWith: `dpzo coordinate --resume ${config.run_dir} --nats ${url} on task 0 ` +
+            `and dpzo worker on the others`,
         });
         printSummary(config.run_dir, s);
       } finally {
+        signals.dispose();
         await server?.stop();
       }
     });
@@ -261,27 +281,31 @@ export function coordinateCommand() {
         );
       }
       const security = securityOf(opts, opts.nats);
-      if (opts.resume) {
-        const config = await readRunConfig(opts.resume);
-        const run = runIdOf(config, opts.run);
-        const s = await resumeOverNats(opts.resume, {
-          url: opts.nats,
-          run,
-          quiet: opts.quiet,
-          security,
-        });
-        printSummary(config.run_dir, s);
-        return;
-      }
-      const config = await loadRunConfig(opts.config!, opts.set);
+      const config = opts.resume
+        ? await readRunConfig(opts.resume)
+        : await loadRunConfig(opts.config!, opts.set, setsFromEnv());
       const run = runIdOf(config, opts.run);
-      const s = await coordinateOverNats(config, {
+      // Ctrl-C / SIGTERM: the run stops at a safe point and says how to continue.
+      const signals = watchSignals();
+      const common = {
         url: opts.nats,
         run,
         quiet: opts.quiet,
         security,
-      });
-      printSummary(config.run_dir, s);
+        interrupt: signals.signal,
+        continueWith: continueWith(
+          `dpzo coordinate --resume ${config.run_dir} --nats ${opts.nats}, and start the ` +
+            `workers again (dpzo worker --nats ${opts.nats} --run ${run})`,
+        ),
+      };
+      try {
+        const s = opts.resume
+          ? await resumeOverNats(opts.resume, common)
+          : await coordinateOverNats(config, common);
+        printSummary(config.run_dir, s);
+      } finally {
+        signals.dispose();
+      }
     });
 }
 

@@ -11,8 +11,9 @@ import { loadRunConfig } from "../../src/dpzo/config.ts";
 import { resumeEmbedded, trainEmbedded } from "../run.ts";
 import { UsageError } from "../../src/validation.ts";
 import { RunId } from "../protocol.ts";
-import { flag, printSummary } from "./common.ts";
+import { flag, printSummary, setsFromEnv } from "./common.ts";
 import { securityOf } from "./launch.ts";
+import { watchSignals } from "../interruption.ts";
 import { checkFitsThisMachine } from "../plan.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -45,29 +46,39 @@ export function trainCommand() {
       }
       if (opts.nats && !opts.resume) throw new UsageError("--nats: only with --resume");
       let s, runDir = opts.resume ?? "";
-      if (opts.resume && opts.nats) {
-        const { resumeOverNats } = await import("../launcher.ts");
-        const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
-        // Credentials and TLS come from DPZO_NATS_* / DPZO_RUN_KEY, as the launcher hands them to
-        // its children (README "Security"); `dpzo coordinate --resume` also takes them as flags.
-        s = await resumeOverNats(opts.resume, {
-          url: opts.nats,
-          run,
-          quiet: opts.quiet,
-          security: securityOf({}, opts.nats),
-        });
-      } else if (opts.resume) {
-        s = await resumeEmbedded(opts.resume, { quiet: opts.quiet });
-      } else {
-        const config = await loadRunConfig(opts.config!, opts.set);
-        runDir = config.run_dir;
-        // The whole model in this process: refused before anything starts if it cannot fit.
-        await checkFitsThisMachine(config, {
-          command: "train",
-          configPath: opts.config,
-          split: { stages: 1, replicas: 1 },
-        });
-        s = await trainEmbedded(config, { quiet: opts.quiet });
+      // Ctrl-C / SIGTERM: the run stops at a safe point and says how to continue.
+      const signals = watchSignals();
+      const interrupt = signals.signal;
+      try {
+        if (opts.resume && opts.nats) {
+          const { resumeOverNats } = await import("../launcher.ts");
+          const run = opts.run === undefined ? undefined : flag("--run", RunId, opts.run);
+          // Credentials and TLS come from DPZO_NATS_* / DPZO_RUN_KEY, as the launcher hands them to
+          // its children (README "Security"); `dpzo coordinate --resume` also takes them as flags.
+          s = await resumeOverNats(opts.resume, {
+            url: opts.nats,
+            run,
+            quiet: opts.quiet,
+            security: securityOf({}, opts.nats),
+            interrupt,
+            continueWith: `dpzo train --resume ${opts.resume} --nats ${opts.nats}, and start ` +
+              `the workers again`,
+          });
+        } else if (opts.resume) {
+          s = await resumeEmbedded(opts.resume, { quiet: opts.quiet, interrupt });
+        } else {
+          const config = await loadRunConfig(opts.config!, opts.set, setsFromEnv());
+          runDir = config.run_dir;
+          // The whole model in this process: refused before anything starts if it cannot fit.
+          await checkFitsThisMachine(config, {
+            command: "train",
+            configPath: opts.config,
+            split: { stages: 1, replicas: 1 },
+          });
+          s = await trainEmbedded(config, { quiet: opts.quiet, interrupt });
+        }
+      } finally {
+        signals.dispose();
       }
       printSummary(runDir, s);
     });

@@ -56,7 +56,7 @@ export async function readDrop(path: string): Promise<DropExample[]> {
 }
 
 export async function loadDrop(path: string, sizes: SplitSizes): Promise<Splits<DropExample>> {
-  const { pool, testPool } = await splitFiles(path, "DROP");
+  const { pool, testPool } = await splitFiles(path, "DROP", ["jsonl", "json", "parquet"]);
   const train = (await Promise.all(pool.map(readDrop))).flat();
   const test = testPool ? (await Promise.all(testPool.map(readDrop))).flat() : undefined;
   return drawSplits(train, test, sizes, path, (e) => e.passage);

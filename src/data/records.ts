@@ -14,7 +14,25 @@ import { seededShuffle } from "./sst2.ts";
 
 export type Row = Record<string, unknown>;
 
-export function fileKind(path: string): "tsv" | "jsonl" | "json" | "parquet" | undefined {
+export type FileKind = "tsv" | "jsonl" | "json" | "parquet";
+
+/** How each kind of file is named, for messages. */
+const KIND_NAMES: Record<FileKind, string> = {
+  tsv: ".tsv",
+  jsonl: ".jsonl(.gz)",
+  json: ".json",
+  parquet: ".parquet",
+};
+
+/** ".tsv, .jsonl(.gz) or .parquet". */
+export function kindList(kinds: readonly FileKind[]): string {
+  const names = kinds.map((k) => KIND_NAMES[k]);
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names[0];
+}
+
+export const ALL_KINDS: readonly FileKind[] = ["tsv", "jsonl", "json", "parquet"];
+
+export function fileKind(path: string): FileKind | undefined {
   const p = path.toLowerCase();
   if (p.endsWith(".tsv")) return "tsv";
   if (p.endsWith(".jsonl") || p.endsWith(".jsonl.gz") || p.endsWith(".ndjson")) return "jsonl";
@@ -105,7 +123,12 @@ export async function readRecords(path: string, tsvColumns?: number): Promise<Ro
     return v as Row[];
   }
   if (kind === "tsv" && tsvColumns) return parseTsv(await readText(path), path, tsvColumns);
-  throw new Error(`${path}: unknown layout; use .tsv, .jsonl(.gz), .json or .parquet`);
+  if (kind === "tsv") {
+    throw new Error(
+      `${path}: .tsv is read for the GLUE tasks only; give ${kindList(ALL_KINDS.slice(1))}`,
+    );
+  }
+  throw new Error(`${path}: unknown layout (by its name); give ${kindList(ALL_KINDS)}`);
 }
 
 /** A string field of a record, or an error that names file, record and field. */
@@ -116,25 +139,51 @@ export function str(row: Row, field: string, where: string): string {
 }
 
 /**
- * The pool files and (optionally) the test-pool files of `task.data`: a file is the pool; in a
- * directory, files named `train*` are the pool and the others the test pool, or without one the
- * last file (by name) is the test pool. Files named `test*` are skipped (GLUE's have no labels).
+ * The pool files and (optionally) the test-pool files of `task.data`, detected from the files
+ * present: a file is the pool; in a directory, the files of the `kinds` the task reads, where
+ * those named `train*` are the pool and the others the test pool, or without one, a single file
+ * is the pool (all three splits drawn from it) and of several the last (by name) is the test
+ * pool. Files named `test*` are skipped (GLUE's have no labels). When nothing fits, the error
+ * lists what was found and what was expected.
  */
 export async function splitFiles(
   path: string,
   what: string,
+  kinds: readonly FileKind[] = ALL_KINDS,
 ): Promise<{ pool: string[]; testPool?: string[] }> {
   const stat = await Deno.stat(path).catch(() => {
     throw new Error(`task.data: ${path} not found; point it at a ${what} file or directory`);
   });
-  if (!stat.isDirectory) return { pool: [path] };
-  const files: string[] = [];
+  const expected = `${what} data: ${kindList(kinds)} files (train* gives train and ` +
+    `validation, another file the test split; or one file for all three)`;
+  if (!stat.isDirectory) {
+    const kind = fileKind(path);
+    if (!kind || !kinds.includes(kind)) {
+      throw new Error(
+        `task.data: ${path} is not a layout dpzo reads for ${what}; expected ${expected}`,
+      );
+    }
+    return { pool: [path] };
+  }
+  const files: string[] = [], found: string[] = [], skipped: string[] = [];
   for await (const e of Deno.readDir(path)) {
-    if (e.isFile && fileKind(e.name) && !e.name.startsWith("test")) files.push(e.name);
+    if (!e.isFile) continue;
+    found.push(e.name);
+    const kind = fileKind(e.name);
+    if (!kind || !kinds.includes(kind)) continue;
+    if (e.name.startsWith("test")) skipped.push(e.name);
+    else files.push(e.name);
   }
   files.sort();
   if (files.length === 0) {
-    throw new Error(`task.data: ${path} holds no .tsv, .json, .jsonl(.gz) or .parquet file`);
+    const seen = found.length ? `found ${found.sort().join(", ")}` : "it is empty";
+    const why = skipped.length
+      ? ` (${skipped.sort().join(", ")}: test* files are skipped, GLUE's have no labels; ` +
+        `rename a labelled one)`
+      : "";
+    throw new Error(
+      `task.data: ${path} holds no ${what} data file: ${seen}${why}; expected ${expected}`,
+    );
   }
   const full = (names: string[]) => names.map((f) => `${path}/${f}`);
   const train = files.filter((f) => f.includes("train"));

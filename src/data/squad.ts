@@ -88,7 +88,7 @@ export async function readSquad(path: string): Promise<SquadExample[]> {
 }
 
 export async function loadSquad(path: string, sizes: SplitSizes): Promise<Splits<SquadExample>> {
-  const { pool, testPool } = await splitFiles(path, "SQuAD");
+  const { pool, testPool } = await splitFiles(path, "SQuAD", ["jsonl", "json", "parquet"]);
   const train = (await Promise.all(pool.map(readSquad))).flat();
   const test = testPool ? (await Promise.all(testPool.map(readSquad))).flat() : undefined;
   return drawSplits(train, test, sizes, path, (e) => e.context);

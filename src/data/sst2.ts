@@ -78,7 +78,9 @@ function recordExample(row: Row, where: string): Sst2Example {
   return { sentence: str(row, "sentence", where), label };
 }
 
-async function readSst2Records(path: string): Promise<Sst2Example[]> {
+/** One SST-2 file of any layout: GLUE TSV, JSONL or parquet. */
+async function readSst2File(path: string): Promise<Sst2Example[]> {
+  if (fileKind(path) === "tsv") return await readSst2Tsv(path);
   const rows = await readRecords(path);
   return rows.map((r, i) => recordExample(r, `${path}: record ${i + 1}`));
 }
@@ -97,9 +99,9 @@ export async function loadSst2(path: string, sizes: SplitSizes): Promise<Splits<
     : fileKind(path) === "tsv";
   if (!tsvLayout) {
     const files = await splitFiles(path, "SST-2");
-    const pool = (await Promise.all(files.pool.map(readSst2Records))).flat();
+    const pool = (await Promise.all(files.pool.map(readSst2File))).flat();
     const test = files.testPool
-      ? (await Promise.all(files.testPool.map(readSst2Records))).flat()
+      ? (await Promise.all(files.testPool.map(readSst2File))).flat()
       : undefined;
     return drawSplits(pool, test, sizes, path);
   }

@@ -8,7 +8,8 @@
  */
 import { z } from "zod";
 import YAML from "yaml";
-import { formatZodError, UsageError } from "../validation.ts";
+import { UsageError } from "../validation.ts";
+import { describeConfigError, type Override } from "./config_errors.ts";
 import { TASK_NAMES } from "../tasks/task.ts";
 
 const Lora = z.object({
@@ -100,10 +101,14 @@ export const RunConfigSchema = z.object({
 export type RunConfig = z.infer<typeof RunConfigSchema>;
 
 /** Applies `path.to.field=value` (value parsed as YAML: numbers, booleans, null, strings). */
-export function applyOverride(raw: Record<string, unknown>, assignment: string): void {
+export function applyOverride(
+  raw: Record<string, unknown>,
+  assignment: string,
+  label = `--set ${assignment}`,
+): void {
   const eq = assignment.indexOf("=");
   if (eq <= 0) {
-    throw new UsageError(`--set ${assignment}: expected key=value, e.g. --set train.steps=100`);
+    throw new UsageError(`${label}: expected key=value, e.g. --set train.steps=100`);
   }
   const path = assignment.slice(0, eq).split(".");
   const value = YAML.parse(assignment.slice(eq + 1));
@@ -115,10 +120,19 @@ export function applyOverride(raw: Record<string, unknown>, assignment: string):
   node[path[path.length - 1]] = value;
 }
 
-/** Validates a raw config; errors name the field, prefixed by `source`. */
-export function parseRunConfig(raw: unknown, source: string): RunConfig {
+/**
+ * Validates a raw config; errors name the field, prefixed by `source`, or by the `--set` among
+ * `overrides` that gave the value (config_errors.ts).
+ */
+export function parseRunConfig(
+  raw: unknown,
+  source: string,
+  overrides: readonly (string | Override)[] = [],
+): RunConfig {
   const r = RunConfigSchema.safeParse(raw);
-  if (!r.success) throw new UsageError(`${source}: ${formatZodError(r.error)}`);
+  if (!r.success) {
+    throw new UsageError(describeConfigError(r.error, RunConfigSchema, raw, source, overrides));
+  }
   const c = r.data;
   if (c.backend === "tensorflow") {
     throw new UsageError(
@@ -155,8 +169,24 @@ export function parseRunConfig(raw: unknown, source: string): RunConfig {
   return c;
 }
 
-/** Reads a YAML or JSON config file and applies `--set` overrides. */
-export async function loadRunConfig(path: string, overrides: string[] = []): Promise<RunConfig> {
+/**
+ * The overrides of the `DPZO_SET` environment variable: `key=value` assignments separated by
+ * spaces, applied after the command line's `--set` (e.g. `DPZO_SET="train.steps=20"` makes a
+ * quick smoke run of any config; the README's test runs the README so).
+ */
+export function envOverrides(value = Deno.env.get("DPZO_SET") ?? ""): string[] {
+  return value.split(/\s+/).filter((s) => s !== "");
+}
+
+/**
+ * Reads a YAML or JSON config file and applies the `--set` overrides, then those of `DPZO_SET`
+ * (`fromEnv`).
+ */
+export async function loadRunConfig(
+  path: string,
+  overrides: string[] = [],
+  fromEnv: string[] = [],
+): Promise<RunConfig> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
@@ -171,6 +201,10 @@ export async function loadRunConfig(path: string, overrides: string[] = []): Pro
     throw new UsageError(`${path}: not valid YAML/JSON (${(e as Error).message.split("\n")[0]})`);
   }
   if (typeof raw !== "object" || raw === null) throw new UsageError(`${path}: expected a mapping`);
-  for (const o of overrides) applyOverride(raw as Record<string, unknown>, o);
-  return parseRunConfig(raw, path);
+  const all: Override[] = [
+    ...overrides.map((o) => ({ set: o, label: `--set ${o}` })),
+    ...fromEnv.map((o) => ({ set: o, label: `DPZO_SET ${o}` })),
+  ];
+  for (const o of all) applyOverride(raw as Record<string, unknown>, o.set, o.label);
+  return parseRunConfig(raw, path, all);
 }

@@ -27,6 +27,15 @@ export function repoFolderName(repo: RepoRef): string {
   return [`${repo.type}s`, ...repo.id.split("/")].join("--");
 }
 
+/**
+ * The Hub model a cache snapshot folder holds (`.../models--facebook--opt-125m/snapshots/<commit>`
+ * -> facebook/opt-125m at that commit); undefined for any other path.
+ */
+export function snapshotModel(dir: string): { id: string; commit: string } | undefined {
+  const m = /(?:^|\/)models--([^/]+)\/snapshots\/([0-9a-f]{40})\/?$/.exec(dir);
+  return m ? { id: m[1].split("--").join("/"), commit: m[2] } : undefined;
+}
+
 export function isCommitHash(revision: string): boolean {
   return /^[0-9a-f]{40}$/.test(revision);
 }

@@ -6,7 +6,7 @@
  */
 import { type HubSettings, hubSettings } from "./env.ts";
 import { HubError, HubRepo, type HubRepoOptions } from "./download.ts";
-import { parseHubId } from "./model.ts";
+import { parseHubId, sharedFolderHint } from "./model.ts";
 
 /** The paper's tasks in the Hub's parquet layouts (the datasets' `refs/convert/parquet`-free main). */
 export const HUB_DATASETS: Record<string, Record<string, { folder: string; files: string[] }>> = {
@@ -71,7 +71,7 @@ export async function resolveTaskData(
   if (!ref) {
     throw new HubError(
       `task.data: ${data} is not a file or directory, nor a Hub dataset id; give a local path ` +
-        `or one of ${known} (optionally @revision)`,
+        `or one of ${known} (optionally @revision)${sharedFolderHint(data)}`,
     );
   }
   const layout = layouts[ref.id];

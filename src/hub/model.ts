@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { canonicalName } from "../model/checkpoint.ts";
+import { adapterFolderProblem } from "../model/peft.ts";
 import { formatZodError } from "../validation.ts";
 import { type HubSettings, hubSettings } from "./env.ts";
 import { checkRepoPath, HubError, HubRepo, type HubRepoOptions } from "./download.ts";
@@ -32,6 +33,18 @@ export function parseHubId(text: string): { id: string; revision: string } | und
   return { id, revision };
 }
 
+/**
+ * For a missing path inside `../shared`: what that folder is and how to do without it (the
+ * configs in configs/ read their model and data from it).
+ */
+export function sharedFolderHint(path: string): string {
+  if (!/(^|\/)shared\//.test(path)) return "";
+  return `. ${path.split("shared/")[0]}shared is dpzo's companion folder (the tiny OPT ` +
+    `fixtures and the task data) that sits beside the clone (README, Start); put it there, or ` +
+    `run on the Hub: --set model=facebook/opt-125m --set task.data=nyu-mll/glue, or ` +
+    `configs/opt-125m-sst2.yaml`;
+}
+
 /** An existing path is local; otherwise a valid Hub id is a Hub model. */
 export async function parseModelRef(text: string, field = "--model"): Promise<ModelRef> {
   try {
@@ -44,7 +57,7 @@ export async function parseModelRef(text: string, field = "--model"): Promise<Mo
   if (!hub) {
     throw new HubError(
       `${field}: ${text} is not a directory, nor a Hub model id; give a checkpoint directory ` +
-        `or an id like facebook/opt-125m (optionally @revision)`,
+        `or an id like facebook/opt-125m (optionally @revision)${sharedFolderHint(text)}`,
     );
   }
   return { kind: "hub", ...hub };
@@ -74,7 +87,11 @@ export async function resolveModel(
   opts: ResolveModelOptions = {},
 ): Promise<ResolvedModel> {
   const ref = await parseModelRef(text, opts.field);
-  if (ref.kind === "local") return { dir: ref.dir };
+  if (ref.kind === "local") {
+    const adapter = await adapterFolderProblem(ref.dir); // never read an adapter as its base
+    if (adapter) throw new Error(`${opts.field ?? "--model"}: ${adapter}`);
+    return { dir: ref.dir };
+  }
   const settings = opts.settings ?? hubSettings();
   const repo = new HubRepo(settings, { type: "model", id: ref.id }, ref.revision, opts);
   await repo.file("config.json");

@@ -8,6 +8,7 @@ import { z } from "zod";
 import { formatZodError } from "../validation.ts";
 import { loadOptConfig, type OptConfig } from "./config.ts";
 import { readSafetensorsHeader, readTensor, type TensorEntry } from "./safetensors.ts";
+import { adapterFolderProblem } from "./peft.ts";
 
 export interface TensorLocation {
   path: string;
@@ -87,6 +88,9 @@ async function safetensorsFiles(dir: string): Promise<string[]> {
 
 /** Opens a checkpoint directory: validates the config and indexes every tensor. */
 export async function openCheckpoint(dir: string, safetensorsFile?: string): Promise<Checkpoint> {
+  // A PEFT adapter folder is never read as its base model (peft.ts).
+  const adapter = await adapterFolderProblem(dir);
+  if (adapter) throw new Error(adapter);
   const config = await loadOptConfig(dir);
   const files = safetensorsFile ? [safetensorsFile] : await safetensorsFiles(dir);
   const tensors = new Map<string, TensorLocation>();

@@ -9,6 +9,7 @@
 import type { Mechanism } from "./mechanisms.ts";
 import { type AccountantName, ledgerEpsilon } from "./accountant.ts";
 import { laplaceScaleForEpsilon } from "./laplace.ts";
+import { DEFAULT_RDP_ORDERS, rdpToEpsilon } from "./rdp.ts";
 import type { PldOptions } from "./pld.ts";
 
 export interface CalibrationQuery {
@@ -34,7 +35,22 @@ export interface Calibration {
   evaluations: number;
 }
 
-/** Smallest noise meeting the target, rounded up to `unit`. */
+/** The largest noise the search tries (sigma): far beyond any useful run. */
+const MAX_NOISE = 1e9;
+
+/**
+ * The smallest epsilon the RDP accountant can report at `delta`, whatever the noise: its
+ * (epsilon, delta) conversion at zero RDP, minimised over the orders (about 0.0035 at 1e-5).
+ */
+export function rdpEpsilonFloor(delta: number): number {
+  return rdpToEpsilon(DEFAULT_RDP_ORDERS.map(() => 0), delta).epsilon;
+}
+
+/**
+ * Smallest noise meeting the target, rounded up to `unit`. Works for any target epsilon > 0
+ * with the PLD accountant (tested down to 1e-3); the RDP accountant cannot go below
+ * `rdpEpsilonFloor(delta)` and says so.
+ */
 export function calibrateNoise(query: CalibrationQuery): Calibration {
   const { mechanism, q, steps, epsilon: target, delta } = query;
   const name = query.accountant ?? "pld";
@@ -66,10 +82,30 @@ export function calibrateNoise(query: CalibrationQuery): Calibration {
     hi = Math.ceil(laplaceScaleForEpsilon(q, steps, target) / unit);
   } else {
     if (delta === 0) throw new RangeError("the Gaussian mechanism needs delta > 0");
-    hi = name === "rdp" ? Math.ceil(1 / unit) : calibrateNoise({ ...query, accountant: "rdp" })
-      .noise / unit;
+    const floor = rdpEpsilonFloor(delta);
+    if (name === "rdp" && target <= floor) {
+      throw new RangeError(
+        `the RDP accountant cannot certify epsilon ${target} at delta ${delta} with any noise ` +
+          `(its smallest is ${floor.toPrecision(3)}); use the PLD accountant (--accountant pld)`,
+      );
+    }
+    // The looser RDP answer brackets the PLD one from above where RDP reaches the target;
+    // below its floor (tiny epsilon), doubling starts from RDP's answer at twice the floor.
+    hi = name === "rdp" ? Math.ceil(1 / unit) : calibrateNoise({
+      ...query,
+      accountant: "rdp",
+      epsilon: Math.max(target, 2 * floor),
+    }).noise / unit;
     hi = Math.round(hi);
-    while (eps(hi) > target) hi *= 2;
+    while (eps(hi) > target) {
+      if (hi * unit >= MAX_NOISE) {
+        throw new RangeError(
+          `no sigma up to ${MAX_NOISE} meets epsilon ${target} at delta ${delta} ` +
+            `(q = ${q}, ${steps} steps); raise the target epsilon or delta`,
+        );
+      }
+      hi *= 2;
+    }
   }
   let lo = Math.max(0, Math.floor(hi / 1.25));
   while (lo > 0 && eps(lo) <= target) {

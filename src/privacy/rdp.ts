@@ -81,8 +81,10 @@ function logAFractional(q: number, sigma: number, alpha: number): number {
       logA0 = logAdd(logA0, logS0);
       logA1 = logAdd(logA1, logS1);
     } else {
-      logA0 = logSub(logA0, logS0);
-      logA1 = logSub(logA1, logS1);
+      // With a huge sigma a term can round to the sum it is taken from (the remainder is far
+      // below float64's resolution): keep the sum then, an upper bound (conservative).
+      logA0 = logS0 < logA0 ? logSub(logA0, logS0) : logA0;
+      logA1 = logS1 < logA1 ? logSub(logA1, logS1) : logA1;
     }
     if (Math.max(logS0, logS1) < -30) break;
   }

@@ -118,7 +118,10 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
   const cfg = d.run.config ?? {};
   const s = d.summary;
   const priv = reportPrivacyStatement(d);
-  const status = s
+  const status = s?.interrupted
+    ? `interrupted at step ${s.interrupted.step} of ${s.interrupted.of} (Ctrl-C or SIGTERM); ` +
+      `resume it to finish (dpzo train --resume, or launch --resume for a sharded run)`
+    : s
     ? "finished"
     : d.error
     ? "stopped"
@@ -130,7 +133,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
   const lastVal = [...d.evals].reverse().find((e) => e.split === "val");
   const results: [string, string][] = [
     ["status", status],
-    ["steps", `${d.steps.length}${s ? ` of ${s.steps}` : ""}`],
+    ["steps", `${d.steps.length}${s ? ` of ${s.interrupted?.of ?? s.steps}` : ""}`],
     ["val accuracy", pct(s ? s.final.val_accuracy : lastVal?.accuracy)],
     ["test accuracy", pct(s?.final.test_accuracy)],
     ["val loss", fmt(s ? s.final.val_loss : lastVal?.loss)],

@@ -30,6 +30,8 @@ export interface PrivacyParams {
 
 /** The accountant's answer for `p` (epsilon, its discretisation error, the engine used). */
 export function guaranteeOf(p: PrivacyParams): EpsilonReport {
+  // No step released (a run interrupted before its first): nothing to account.
+  if (p.steps === 0) return ledgerEpsilon([], p.delta, p.accountant);
   const step: LedgerStepPrivacy = p.mechanism === "gaussian"
     ? { mechanism: "gaussian", q: p.q, sigma: p.noise }
     : { mechanism: "laplace", q: p.q, b: p.noise };
