@@ -4,9 +4,18 @@
  * and writes a Hugging Face checkpoint directory. Full-parameter runs give `model.safetensors`;
  * LoRA runs give the base `model.safetensors` plus PEFT's `adapter_model.safetensors` and
  * `adapter_config.json`.
+ *
+ * It writes only releasable files (src/checkpoint/release.ts): the model, the tokenizer and
+ * config of the base checkpoint, the ledger (base + ledger = the model), and `release.json`
+ * listing them. Nothing measured on the training data (metrics, summary, report) is copied.
  */
 import type { RunConfig } from "../src/dpzo/config.ts";
-import { readLedger } from "../src/checkpoint/ledger.ts";
+import { type LedgerEntry, readLedger } from "../src/checkpoint/ledger.ts";
+import {
+  releaseWarning,
+  writeReleasedLedger,
+  writeReleaseManifest,
+} from "../src/checkpoint/release.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { initBackend } from "../src/tensor/backend.ts";
@@ -38,7 +47,7 @@ const TOKENIZER_FILES = [
 export async function replayRun(
   runDir: string,
   log: (l: string) => void = (l) => console.error(l),
-): Promise<{ config: RunConfig; worker: StageWorker; steps: number }> {
+): Promise<{ config: RunConfig; worker: StageWorker; steps: number; entries: LedgerEntry[] }> {
   const runPath = `${runDir}/run.json`;
   const run = await readRunJson(runDir);
   const { config } = run;
@@ -61,7 +70,7 @@ export async function replayRun(
     `replayed ${entries.length - from} steps${from ? ` after the snapshot of step ${from}` : ""} ` +
       `in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
-  return { config, worker, steps: entries.length };
+  return { config, worker, steps: entries.length, entries };
 }
 
 /**
@@ -105,7 +114,7 @@ export async function exportRun(
   outDir: string,
   log: (l: string) => void = (l) => console.error(l),
 ): Promise<ExportResult> {
-  const { config, worker, steps } = await replayRun(runDir, log);
+  const { config, worker, steps, entries } = await replayRun(runDir, log);
   const { stage } = worker;
   const sha = weightsSha256(modelOrder(config, stage.config), stageDigests(worker));
 
@@ -152,5 +161,9 @@ export async function exportRun(
       files.push(f);
     } catch { /* optional file */ }
   }
+  const legacy = await writeReleasedLedger(outDir, entries);
+  if (legacy) log(`WARNING: ${legacy}`);
+  files.push("ledger.jsonl", "release.json");
+  await writeReleaseManifest(outDir, files, releaseWarning(config) ?? legacy);
   return { steps, final_weights_sha256: sha, files };
 }

@@ -1,7 +1,7 @@
 /**
  * `dpzo privacy --sampling-rate Q --steps T --delta D (--sigma S | --b B | --epsilon E)
  *  [--mechanism gaussian|laplace] [--accountant pld|prv|rdp] [--grid-units N | --continuous]
- *  [--json]`
+ *  [--unit example|context] [--json]`
  *
  * With a noise level: the (epsilon, delta) guarantee of T Poisson-subsampled steps.
  * With --epsilon: the least noise (sigma, or Laplace scale b) that meets (epsilon, delta),
@@ -68,6 +68,7 @@ export const PrivacyFlags = z.object({
     { error: "--grid-units must be a whole number >= 1 (the clip C in grid units)" },
   ),
   continuous: z.boolean().optional(),
+  unit: z.enum(["example", "context"], { error: "--unit must be example or context" }).optional(),
   json: z.boolean().optional(),
 }).superRefine((o, ctx) => {
   if (o.continuous && o.gridUnits !== undefined) {
@@ -118,6 +119,7 @@ export function runPrivacy(
   const base = { delta, sampling_rate: q, steps, mechanism };
   const requested = accountant === "prv" ? { accountant_requested: "prv" } : {};
   const discrete = !query.continuous;
+  const unit = query.unit === "context" ? { unit: "context" as const } : {};
   const gridOf = (noise: number) =>
     discrete ? { gridUnits: query.gridUnits ?? gridUnits(noise) } : {};
   if (query.epsilon !== undefined) {
@@ -130,7 +132,16 @@ export function runPrivacy(
       accountant,
       discrete,
     });
-    const params = { q, steps, delta, mechanism, noise: c.noise, accountant, ...gridOf(c.noise) };
+    const params = {
+      q,
+      steps,
+      delta,
+      mechanism,
+      noise: c.noise,
+      accountant,
+      ...gridOf(c.noise),
+      ...unit,
+    };
     const r = query.gridUnits === undefined
       ? { epsilon: c.epsilon, error: c.error, delta, accountant: c.accountant }
       : guaranteeOf(params); // another grid than the calibration's: its own epsilon
@@ -152,7 +163,7 @@ export function runPrivacy(
     return { json, text };
   }
   const noise = (mechanism === "gaussian" ? query.sigma : query.b) as number;
-  const params = { q, steps, delta, mechanism, noise, accountant, ...gridOf(noise) };
+  const params = { q, steps, delta, mechanism, noise, accountant, ...gridOf(noise), ...unit };
   const r = guaranteeOf(params);
   const json: Record<string, unknown> = {
     epsilon: r.epsilon,
@@ -197,6 +208,10 @@ export function privacyCommand() {
       "the discrete noise's grid: C in grid units (default: a run's, round(4096 / noise))",
     )
     .option("--continuous", "continuous noise (the reference the discrete epsilon stays above)")
+    .addOption(
+      new Option("--unit <unit>", "what one neighbour is: a training example, or a passage")
+        .choices(["example", "context"] as const),
+    )
     .option("--json", "print one JSON line")
     .action((opts) => {
       const query = parsePrivacyFlags(opts);
