@@ -164,6 +164,7 @@ export async function exportRun(
   const legacy = await writeReleasedLedger(outDir, entries);
   if (legacy) log(`WARNING: ${legacy}`);
   files.push("ledger.jsonl", "release.json");
-  await writeReleaseManifest(outDir, files, releaseWarning(config) ?? legacy);
+  const warning = [releaseWarning(config), legacy].filter((w) => w).join("; ");
+  await writeReleaseManifest(outDir, files, warning || undefined);
   return { steps, final_weights_sha256: sha, files };
 }

@@ -68,6 +68,26 @@ export function ledgerEpsilon(
 ): EpsilonReport {
   const groups = asGroups(steps);
   if (groups.length === 0) return { epsilon: 0, error: 0, delta, accountant: "pure" };
+  // A run asks the same question several times (progress, summary, report, statement): the
+  // answer is kept. One with the lower estimate also answers a question without it.
+  const bounds = opts.bounds ?? true;
+  const key = JSON.stringify([groups, delta, name, opts.tailMass, opts.fftSize]);
+  const known = remembered.get(key);
+  if (known && (known.bounds || !bounds)) return known.report;
+  const report = computeEpsilon(groups, delta, name, opts);
+  if (remembered.size >= 64) remembered.delete(remembered.keys().next().value!);
+  remembered.set(key, { report, bounds });
+  return report;
+}
+
+const remembered = new Map<string, { report: EpsilonReport; bounds: boolean }>();
+
+function computeEpsilon(
+  groups: StepGroup[],
+  delta: number,
+  name: AccountantName,
+  opts: PldOptions,
+): EpsilonReport {
   if (groups.some((g) => g.step.gridUnits !== undefined)) {
     const continuous = mergeGroups(groups.map(({ step, count }) => {
       const { gridUnits: _units, ...rest } = step;
