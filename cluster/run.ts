@@ -466,6 +466,7 @@ export async function coordinateRun(
     clip: config.privacy.clip,
     lr: config.train.lr,
     steps: schedule.steps,
+    stopOnLoss: config.train.stop_on_loss,
   });
   const live = new LiveFigures({ private: plan !== null });
   let lastEps: { epsilon: number; error: number } | null = null;
