@@ -139,7 +139,7 @@ function attack(recs: Rec[]): Recovered {
   return r;
 }
 
-async function train(run: string, extra: string[]) {
+async function train(run: string, steps: number, extra: string[]) {
   const r = await dpzo(
     "train",
     "--config",
@@ -147,7 +147,7 @@ async function train(run: string, extra: string[]) {
     "--quiet",
     ...[
       `run_dir=${run}`,
-      "train.steps=8",
+      `train.steps=${steps}`,
       "train.eval_every=0",
       "task.val_examples=8",
       "task.test_examples=8",
@@ -197,7 +197,7 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const run = `${dir}/private`;
-    const t = await train(run, []);
+    const t = await train(run, 8, []);
     const files = await releasable(run, `${dir}/export`);
     assert.deepEqual(
       files.map((f) => f.slice(dir.length + 1)).sort(),
@@ -293,7 +293,7 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const run = `${dir}/insecure`;
-    await train(run, ["insecure_seed=7"]);
+    await train(run, 4, ["insecure_seed=7"]);
     const files = await releasable(run, `${dir}/export`);
     assert.match(readJson(`${run}/release.json`).warning, /NOT PRIVATE: insecure_seed/);
     assert.match(readJson(`${dir}/export/release.json`).warning, /NOT PRIVATE: insecure_seed/);

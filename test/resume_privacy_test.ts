@@ -9,6 +9,7 @@ import { strict as assert } from "node:assert";
 import { encodeLedgerLine, readLedger } from "../src/checkpoint/ledger.ts";
 import { readRunJson } from "../cluster/run.ts";
 import { checkLedgerPlan, resumePrivacyPlan } from "../cluster/privacy_plan.ts";
+import { parsePrivacyFlags, runPrivacy } from "../cluster/cli/privacy.ts";
 import { DATA, dpzo, FIXTURES, missing, readJson } from "./fixtures.ts";
 
 const needs = missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`);
@@ -97,12 +98,17 @@ Deno.test({
     const s = readJson(`${run}/summary.json`);
     assert.equal(s.steps, 8);
     assert.equal((await Deno.readTextFile(`${run}/ledger.jsonl`)).trim().split("\n").length, 8);
-    const p = await dpzo(
-      ...["privacy", "--sampling-rate", "0.016", "--steps", "8", "--delta", "1e-5"],
-      ...["--sigma", String(sigma), "--json"],
-    );
-    assert.equal(p.code, 0, p.stderr);
-    assert.equal(s.epsilon, JSON.parse(p.stdout).epsilon);
+    // `dpzo privacy --sampling-rate 0.016 --steps 8 --delta 1e-5 --sigma S`, in this process
+    const p = runPrivacy(parsePrivacyFlags({
+      samplingRate: "0.016",
+      steps: "8",
+      delta: "1e-5",
+      sigma: String(sigma),
+      mechanism: "gaussian",
+      accountant: "pld",
+    }));
+    assert.equal(s.epsilon, p.json.epsilon);
+    assert.ok(r.stdout.includes(`privacy: ${p.text} — NOT PRIVATE: insecure_seed`), r.stdout);
     assert.equal(s.epsilon, done.epsilon);
     assert.equal(s.final_weights_sha256, done.final_weights_sha256);
 
