@@ -68,7 +68,7 @@ function discreteGaussianTails(s: number): IntegerTails {
       tail[k] = acc / z; // P(X > k) = sum_{x > k} w_x / Z
       acc += w[k];
     }
-    if (tableCache.size > 8) tableCache.delete(tableCache.keys().next().value!);
+    if (tableCache.size >= 4) tableCache.delete(tableCache.keys().next().value!);
     tableCache.set(s, tail);
   }
   const t = tail;
