@@ -23,7 +23,7 @@ export function escapeHtml(s: string): string {
   );
 }
 
-const CSS = `
+export const CSS = `
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
   color: #222; background: #fafafa; }
 main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
@@ -47,7 +47,7 @@ pre { background: #fff; border: 1px solid #ddd; padding: 10px; font-size: 0.85em
 .private { background: #fff0f0; border: 2px solid #c33; padding: 8px 14px; font-weight: 600; }
 `;
 
-function table(rows: [string, string][]): string {
+export function table(rows: [string, string][]): string {
   return `<table>${
     rows.map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join("")
   }</table>`;
@@ -89,6 +89,15 @@ export function reportPrivacyStatement(
     private: d.run.config?.insecure_seed === null,
     caveats: privacyCaveats(p),
   };
+}
+
+/** The charts as figures with their titles and captions. */
+export function figuresHtml(charts: Chart[]): string {
+  return charts.map((c) =>
+    `<figure id="chart-${c.id}"><h3>${escapeHtml(c.title)}</h3>${c.svg}<figcaption>${
+      escapeHtml(c.caption)
+    }</figcaption></figure>`
+  ).join("\n");
 }
 
 /** What the guarantee does not cover, under the statement. */
@@ -186,11 +195,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
     ],
     ["created", d.run.created ?? "-"],
   ];
-  const figures = charts.map((c) =>
-    `<figure id="chart-${c.id}"><h3>${escapeHtml(c.title)}</h3>${c.svg}<figcaption>${
-      escapeHtml(c.caption)
-    }</figcaption></figure>`
-  ).join("\n");
+  const figures = figuresHtml(charts);
   return `<!DOCTYPE html>
 <html lang="en">
 <head>

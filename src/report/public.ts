@@ -9,8 +9,8 @@
 import { stringify as toYaml } from "yaml";
 import type { Mechanism } from "../privacy/mod.ts";
 import { readLedgerSoFar } from "./run_data.ts";
-import { lineChart, renderSvg, rolling } from "./charts.ts";
-import { caveatList, escapeHtml } from "./html.ts";
+import { type Chart, lineChart, renderSvg, rolling } from "./charts.ts";
+import { caveatList, CSS, escapeHtml, figuresHtml, table } from "./html.ts";
 import { privacyCaveats, privacyStatement } from "./privacy_statement.ts";
 import { entryPrivacy, type LedgerEntry } from "../checkpoint/ledger.ts";
 import { ledgerEpsilon, type LedgerStepPrivacy } from "../privacy/mod.ts";
@@ -42,21 +42,6 @@ export async function readPublicRun(dir: string): Promise<PublicRun> {
   }
   return { dir, run, ledger: await readLedgerSoFar(`${dir}/ledger.jsonl`) };
 }
-
-const STYLE =
-  `body { font-family: system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin: 1.4em 0 0.5em; }
-.statement { background: #eef5ff; border-left: 4px solid #3b73b9; padding: 10px 14px; }
-.notprivate { background: #fff0f0; border-left-color: #c33; }
-.grid { display: flex; flex-wrap: wrap; gap: 16px; }
-figure { background: #fff; border: 1px solid #ddd; margin: 0; padding: 10px; width: 560px; }
-figure h3 { font-size: 0.95em; margin: 0 0 6px; } figcaption { font-size: 0.8em; color: #555; }
-figure svg { max-width: 100%; height: auto; }
-table { border-collapse: collapse; font-size: 0.9em; background: #fff; }
-td, th { border: 1px solid #ddd; padding: 3px 10px; text-align: left; }
-th { background: #f0f0f0; } pre { background: #fff; border: 1px solid #ddd; padding: 10px; }
-.muted { color: #777; font-size: 0.85em; }`;
 
 /** Epsilon after the first t entries, at up to `points` values of t (and the last). */
 function epsilonCurve(ledger: LedgerEntry[], delta: number, accountant: string, points = 6) {
@@ -106,7 +91,7 @@ export async function publicReportHtml(d: PublicRun, generated = new Date()): Pr
     statement = "none: a non-private run (privacy.enabled: false) gives no (epsilon, delta) " +
       "guarantee";
   }
-  const charts: { id: string; title: string; caption: string; svg: string }[] = [];
+  const charts: Chart[] = [];
   if (released) {
     const w = Math.max(1, Math.min(50, Math.round(released / 20)));
     const avg = rolling(ledger.map((e) => e.ghat), w);
@@ -166,21 +151,13 @@ export async function publicReportHtml(d: PublicRun, generated = new Date()): Pr
     ["privacy unit", String(plan?.unit ?? "-")],
     ["lr / phi", `${cfg.train?.lr ?? "-"} / ${cfg.train?.phi ?? "-"}`],
   ];
-  const table = settings.map(([k, v]) =>
-    `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`
-  ).join("");
-  const figures = charts.map((c) =>
-    `<figure id="chart-${c.id}"><h3>${escapeHtml(c.title)}</h3>${c.svg}<figcaption>${
-      escapeHtml(c.caption)
-    }</figcaption></figure>`
-  ).join("\n");
   return `<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
 <title>dpzo public report</title>
-<style>${STYLE}</style>
+<style>${CSS}</style>
 </head>
 <body>
 <main>
@@ -195,10 +172,10 @@ ${escapeHtml(generated.toISOString())}.</p>
 ${caveatList(caveats)}
 <h2>Plots</h2>
 <div class="grid">
-${figures}
+${figuresHtml(charts)}
 </div>
 <h2>Settings</h2>
-<table>${table}</table>
+${table(settings)}
 <h2>Configuration</h2>
 <pre id="config">${escapeHtml(toYaml(cfg))}</pre>
 </main>
