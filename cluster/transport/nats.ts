@@ -285,6 +285,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       if (slot) slot.lastSeen = Date.now();
     },
   });
+  let lastTick = Date.now();
   const monitor = setInterval(() => {
     // The coordinator's own heartbeat: workers of a restarted coordinator see a new epoch.
     if (connected) {
@@ -293,6 +294,11 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       } catch { /* closing */ }
     }
     const now = Date.now();
+    // A late tick means this process was busy (an accountant evaluation takes seconds): the
+    // workers' heartbeats of that time are still queued, so that silence is not theirs.
+    const stalled = now - lastTick - 1000;
+    lastTick = now;
+    if (stalled > 500) { for (const s of slots) s.lastSeen += stalled; }
     for (const s of slots) {
       // Silence while this process itself is cut off from the server says nothing of workers.
       if (connected && s.worker !== undefined && now - s.lastSeen > hbTimeout) {
