@@ -39,9 +39,16 @@ export interface Schedule {
   lr: number;
   phi: number;
   weightDecay: number;
-  /** Poisson sampling rate q = expected batch size / n. */
+  /** Poisson sampling rate q = expected batch size / n (of passages with context units). */
   q: number;
   privatization: Privatization;
+  /** What one neighbour adds or removes (recorded in each private ledger entry). */
+  unit?: "example" | "context";
+  /**
+   * Stop when a training loss is not finite (a decision on un-noised losses, which the privacy
+   * statement declares). When false a non-finite g_i counts as 0 and every step is released.
+   */
+  stopOnLoss?: boolean;
   /** Examples per micro-batch sent down a pipeline. */
   microBatch: number;
   evalEvery: number;
@@ -260,6 +267,11 @@ export interface TrainInputs {
   transport: Transport;
   schedule: Schedule;
   train: ExampleRequest[];
+  /**
+   * Privacy units of context runs: the training-example indices of each passage. Passages are
+   * Poisson-sampled and each one's g_i summed before clipping. Default: every example a unit.
+   */
+  units?: number[][];
   val: ExampleRequest[];
   padId: number;
   /**
@@ -297,7 +309,10 @@ export async function trainStep(
   const unreleased = <T>(p: Promise<T>) => unlessStopped(p, inp.stop, step - 1, s.steps);
   const rng = inp.rng(step);
   const t0 = performance.now();
-  const batch = poissonSample(inp.train.length, s.q, rng).map((i) => inp.train[i]);
+  const sampled = inp.units
+    ? poissonSample(inp.units.length, s.q, rng).map((u) => inp.units![u])
+    : poissonSample(inp.train.length, s.q, rng).map((i) => [i]);
+  const batch = sampled.flat().map((i) => inp.train[i]);
   const seed = rng.u64();
   const common = { step, padId: inp.padId, microBatch: s.microBatch };
   const loss = (scores: Float32Array[]) =>
@@ -327,8 +342,12 @@ export async function trainStep(
   );
 
   const g = finiteDifferences(plus, minus, s.phi);
-  const est = privatize(g, s.privatization, rng);
+  const p = s.privatization;
+  const stopOnLoss = !p.private || s.stopOnLoss !== false;
+  if (!stopOnLoss) g.forEach((v, i) => (g[i] = Number.isFinite(v) ? v : 0));
+  const est = privatize(g, p, rng, sampled.map((u) => u.length));
   if (!Number.isFinite(est.ghat)) {
+    // Only with stopOnLoss (or a non-private run): a decision on un-noised losses.
     await transport.broadcast({ type: "step.abort", step });
     const [lossPlus, lossMinus] = [mean(plus), mean(minus)];
     if (!Number.isFinite(lossPlus) || !Number.isFinite(lossMinus)) {
@@ -347,7 +366,7 @@ export async function trainStep(
         `lower train.lr or train.phi`,
     );
   }
-  const p = s.privatization;
+  // Only released values and public settings: no wall-clock time (it reveals batch sizes).
   const entry: LedgerEntry = {
     step,
     seed: seed.toString(),
@@ -360,7 +379,15 @@ export async function trainStep(
     mechanism: p.private ? p.mechanism : "none",
     ...(p.private && p.mechanism === "gaussian" ? { sigma: p.noiseMultiplier } : {}),
     ...(p.private && p.mechanism === "laplace" ? { b: p.noiseMultiplier } : {}),
-    time: new Date().toISOString(),
+    ...(p.private
+      ? {
+        clip: p.clip,
+        grid_units: p.gridUnits,
+        sum_units: est.sumUnits,
+        expected_batch: p.expectedBatchSize,
+        unit: s.unit ?? "example",
+      }
+      : {}),
   };
   // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
   throwIfStopped(inp.stop, step - 1, s.steps);

@@ -5,9 +5,19 @@
  * for LoRA runs the merged weights W + (alpha/r) B A on q_proj/v_proj (PEFT's
  * `merge_and_unload`), with PEFT's adapter files in `adapter/` (src/model/peft.ts says why not
  * beside it); `--adapter-only` writes the adapter alone.
+ *
+ * It writes only releasable files (src/checkpoint/release.ts): the model, the tokenizer and
+ * config of the base checkpoint, the ledger (base + ledger = the model), `SHA256SUMS` and
+ * `release.json` listing them. Nothing measured on the training data (metrics, summary,
+ * report) is copied.
  */
 import type { RunConfig } from "../src/dpzo/config.ts";
-import { readLedger } from "../src/checkpoint/ledger.ts";
+import { type LedgerEntry, readLedger } from "../src/checkpoint/ledger.ts";
+import {
+  releaseWarning,
+  writeReleasedLedger,
+  writeReleaseManifest,
+} from "../src/checkpoint/release.ts";
 import { writeSafetensors } from "../src/model/safetensors.ts";
 import { weightsSha256 } from "../src/checkpoint/weights_hash.ts";
 import { initBackend } from "../src/tensor/backend.ts";
@@ -68,7 +78,7 @@ const TOKENIZER_FILES = [
 export async function replayRun(
   runDir: string,
   log: (l: string) => void = (l) => console.error(l),
-): Promise<{ config: RunConfig; worker: StageWorker; steps: number }> {
+): Promise<{ config: RunConfig; worker: StageWorker; steps: number; entries: LedgerEntry[] }> {
   const runPath = `${runDir}/run.json`;
   const run = await readRunJson(runDir);
   const { config } = run;
@@ -91,7 +101,7 @@ export async function replayRun(
     `replayed ${entries.length - from} steps${from ? ` after the snapshot of step ${from}` : ""} ` +
       `in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
-  return { config, worker, steps: entries.length };
+  return { config, worker, steps: entries.length, entries };
 }
 
 /**
@@ -150,7 +160,7 @@ export async function exportRun(
         `drop --adapter-only`,
     );
   }
-  const { config, worker, steps } = await replayRun(runDir, log);
+  const { config, worker, steps, entries } = await replayRun(runDir, log);
   const { stage } = worker;
   const sha = weightsSha256(modelOrder(config, stage.config), stageDigests(worker));
   // Float32 values of a tensor (half-stored ones widened, exactly), and a tensor as stored:
@@ -247,11 +257,21 @@ export async function exportRun(
     );
     files.push(`${sub}${ADAPTER_WEIGHTS_FILE}`, `${sub}${ADAPTER_CONFIG_FILE}`);
   }
+  // The ledger (released values only) and the list of what may be published.
+  const legacy = await writeReleasedLedger(outDir, entries);
+  if (legacy) log(`WARNING: ${legacy}`);
+  files.push("ledger.jsonl");
   const sums: { file: string; sha256: string }[] = [];
   for (const f of files) sums.push({ file: f, sha256: await fileSha256(`${outDir}/${f}`) });
   await writeTextAtomic(
     `${outDir}/${CHECKSUMS_FILE}`,
     sums.map((s) => `${s.sha256}  ${s.file}\n`).join(""),
+  );
+  const warning = [releaseWarning(config), legacy].filter((w) => w).join("; ");
+  await writeReleaseManifest(
+    outDir,
+    [...files, CHECKSUMS_FILE, "release.json"],
+    warning || undefined,
   );
   return {
     steps,

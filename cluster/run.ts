@@ -5,8 +5,9 @@
  *
  *   run.json       config, base checkpoint and its content hash, z spec version, trainable tensors
  *   ledger.jsonl   one durable line per released step (base checkpoint + ledger = the model)
- *   metrics.jsonl  per-step and per-evaluation metrics
- *   summary.json   epsilon, delta, final metrics, final_weights_sha256
+ *   release.json   which of these files may be published (run.json, ledger.jsonl)
+ *   metrics.jsonl  per-step and per-evaluation metrics (private diagnostics)
+ *   summary.json   epsilon, delta, final metrics, final_weights_sha256 (private fields named)
  *
  * A run resumes (`dpzo train --resume RUN_DIR`, `dpzo coordinate --resume`) from run.json and
  * its ledger: the step counter and the epsilon spent are the ledger's, the workers replay it,
@@ -55,7 +56,22 @@ import {
 } from "./coordinator.ts";
 import { RunInterrupted, throwIfStopped } from "./interruption.ts";
 import { earlierSegments, perStep, segmentEvent, type SegmentFigures } from "./run_segments.ts";
-import { planPrivacy, type PrivacyPlan } from "./privacy_plan.ts";
+import {
+  checkLedgerPlan,
+  planPrivacy,
+  type PrivacyPlan,
+  resumePrivacyPlan,
+} from "./privacy_plan.ts";
+import { ledgerGuarantee } from "./privacy_accounting.ts";
+import { checkDelta, type TrainingUnits, trainingUnits } from "../src/dpzo/privacy_units.ts";
+import {
+  metricsHeader,
+  PRIVATE_NOTE,
+  PRIVATE_SUMMARY_FIELDS,
+  RELEASABLE_RUN_FILES,
+  releaseWarning,
+  writeReleaseManifest,
+} from "../src/checkpoint/release.ts";
 import { Progress } from "./progress.ts";
 import { type HostInfo, hostInfo, RunMonitor, writeReport } from "../src/report/mod.ts";
 import { LiveFigures } from "../src/report/live.ts";
@@ -74,6 +90,8 @@ export const NATS_STORE_DIR = "nats";
 
 export interface RunSummary {
   format: string;
+  /** The summary's private fields (PRIVATE_SUMMARY_FIELDS) and why (src/checkpoint/release.ts). */
+  private_diagnostics: { note: string; fields: string[] };
   private: boolean;
   insecure_seed: number | null;
   epsilon: number | null;
@@ -85,6 +103,14 @@ export interface RunSummary {
   accountant: string | null;
   sampling_rate: number;
   steps: number;
+  /** Private runs: the grid of the discrete noise, C / grid_units. */
+  grid_units?: number;
+  /** What the guarantee protects: one training example, or one passage (context). */
+  privacy_unit?: "example" | "context";
+  /** Example units over passages: the most training examples that share one. */
+  largest_passage?: number | null;
+  /** Whether an early stop on un-noised training losses was armed (train.stop_on_loss). */
+  stop_on_loss?: boolean;
   final: {
     val_accuracy: number | null;
     test_accuracy: number | null;
@@ -210,6 +236,8 @@ export async function loadModel(config: RunConfig): Promise<{ stage: Stage; trai
 export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedule {
   const q = config.train.batch_size / config.task.train_examples;
   return {
+    unit: config.privacy.unit,
+    stopOnLoss: config.train.stop_on_loss,
     steps: plan ? plan.steps : config.train.steps,
     lr: config.train.lr,
     phi: config.train.phi,
@@ -221,6 +249,7 @@ export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedul
         mechanism: plan.mechanism,
         clip: config.privacy.clip,
         noiseMultiplier: plan.noiseMultiplier,
+        gridUnits: plan.gridUnits,
         expectedBatchSize: q * config.task.train_examples,
       }
       : { private: false },
@@ -270,6 +299,8 @@ export interface RunContext {
   model: OptConfig;
   plan: PrivacyPlan | null;
   data: TaskData;
+  /** The training set's privacy units (passages for `privacy.unit: context`). */
+  units: TrainingUnits;
   schedule: Schedule;
   started: number;
   log: (line: string) => void;
@@ -296,9 +327,12 @@ export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Pr
     log("privacy: disabled (non-private MeZO run): no (epsilon, delta) guarantee");
   }
   const data = await loadTask(config);
+  const units = trainingUnits(data.train, config.privacy.unit);
+  if (plan) checkDelta(config.privacy.delta, units, config.privacy.allow_large_delta, log);
   const ckpt = await openCheckpoint(config.model);
   const files = [...new Set([...ckpt.tensors.values()].map((l) => l.path))];
   await prepareRunDir(config.run_dir);
+  await writeReleaseManifest(config.run_dir, RELEASABLE_RUN_FILES, releaseWarning(config));
   await writeJsonAtomic(`${config.run_dir}/run.json`, {
     format: RUN_FORMAT,
     created: new Date().toISOString(),
@@ -315,6 +349,7 @@ export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Pr
     model: ckpt.config,
     plan,
     data,
+    units,
     schedule: scheduleOf(config, plan),
     started,
     log,
@@ -324,7 +359,7 @@ export async function prepareRun(config: RunConfig, opts: TrainOptions = {}): Pr
 /** run.json of an existing run directory: its config and the tensors it perturbs. */
 export async function readRunJson(
   runDir: string,
-): Promise<{ config: RunConfigT; trainable: string[] }> {
+): Promise<{ config: RunConfigT; trainable: string[]; privacyPlan?: unknown }> {
   const path = `${runDir}/run.json`;
   let raw: unknown;
   try {
@@ -338,7 +373,11 @@ export async function readRunJson(
   }
   const parsed = RunJsonSchema.safeParse(raw);
   if (!parsed.success) throw new Error(`${path}: ${formatZodError(parsed.error)}`);
-  return { config: { ...parsed.data.config, run_dir: runDir }, trainable: parsed.data.trainable };
+  return {
+    config: { ...parsed.data.config, run_dir: runDir },
+    trainable: parsed.data.trainable,
+    privacyPlan: parsed.data.privacy_plan,
+  };
 }
 
 /** The config of an existing run directory (run.json), for `--resume`. */
@@ -355,10 +394,14 @@ export async function resumeRunContext(
   opts: TrainOptions = {},
 ): Promise<RunContext> {
   const log = opts.log ?? ((l: string) => console.error(l));
-  const config = await readRunConfig(runDir);
+  const { config, privacyPlan } = await readRunJson(runDir);
   const started = performance.now();
-  const plan = config.privacy.enabled ? planPrivacy(config, () => {}) : null;
+  // The plan run.json recorded, never recalibrated; a config that changed it is refused.
+  const plan = config.privacy.enabled
+    ? resumePrivacyPlan(config, privacyPlan, `${runDir}/run.json`)
+    : null;
   const data = await loadTask(config);
+  const units = trainingUnits(data.train, config.privacy.unit);
   const ckpt = await openCheckpoint(config.model);
   log(`resume: ${runDir}`);
   return {
@@ -366,6 +409,7 @@ export async function resumeRunContext(
     model: ckpt.config,
     plan,
     data,
+    units,
     schedule: scheduleOf(config, plan),
     started,
     log,
@@ -414,6 +458,8 @@ export async function coordinateRun(
       : [],
     sink: await LedgerWriter.open(ledgerPath),
   };
+  // The ledger's steps were run with this plan (q, noise, grid, clip, unit), else refused.
+  if (plan) checkLedgerPlan(entries, plan, config.privacy.clip, ledgerPath);
   const losses: number[] = ctx.resume
     ? (await previousLosses(`${runDir}/metrics.jsonl`)).slice(0, entries.length)
     : [];
@@ -421,6 +467,8 @@ export async function coordinateRun(
   const writeMetric = async (m: unknown) => {
     await metricsFile.write(new TextEncoder().encode(JSON.stringify(m) + "\n"));
   };
+  if ((await metricsFile.stat()).size === 0) await writeMetric(metricsHeader());
+  log(`private diagnostics: the progress lines, warnings and metrics below are ${PRIVATE_NOTE}`);
   if (ctx.resume) {
     log(`resume: the ledger holds ${entries.length} of ${schedule.steps} steps`);
     await writeMetric({ event: "resumed", step: entries.length });
@@ -432,6 +480,7 @@ export async function coordinateRun(
     clip: config.privacy.clip,
     lr: config.train.lr,
     steps: schedule.steps,
+    stopOnLoss: config.train.stop_on_loss,
   });
   const live = new LiveFigures({ private: plan !== null });
   let lastEps: { epsilon: number; error: number } | null = null;
@@ -473,6 +522,7 @@ export async function coordinateRun(
       rng,
       ledger,
       entries,
+      units: ctx.units.groups,
       log,
       stop: opts.interrupt,
       hooks: {
@@ -481,8 +531,11 @@ export async function coordinateRun(
           if (Number.isFinite(loss)) losses.push(loss);
           // An accountant evaluation costs ~0.1 s: at most ~100 per run, not one per log line
           // (75000 steps logged every 10 would spend far more time accounting than training).
+          // Epsilon counts the ledger's entries, with the settings each one records.
           const epsNow = m.step % epsEvery === 0 || m.step === schedule.steps;
-          if (plan && epsNow) lastEps = plan.epsilonAt(m.step);
+          if (plan && epsNow) {
+            lastEps = ledgerGuarantee(entries, plan.delta, plan.accountant, { bounds: false });
+          }
           await writeMetric({
             ...m,
             ...(lastEps && epsNow ? { epsilon: lastEps.epsilon } : {}),
@@ -527,7 +580,7 @@ export async function coordinateRun(
       await writeReport(runDir).catch(() => {});
       throw e;
     }
-    const summary = await summaryOf(null, null, mine, { steps: entries.length });
+    const summary = await summaryOf(null, null, mine, true);
     await writeJsonAtomic(`${runDir}/summary.json`, summary);
     const stopped = new RunInterrupted(
       entries.length,
@@ -580,16 +633,20 @@ export async function coordinateRun(
     val: EvalResult | null,
     test: EvalResult | null,
     mine: SegmentFigures,
-    stopped?: { steps: number },
+    stopped = false,
   ): Promise<RunSummary> {
-    const steps = stopped ? stopped.steps : schedule.steps;
+    // Every step counted is a ledger entry (what was released), interrupted or not.
+    const steps = entries.length;
     const workers = stopped ? undefined : await transport.workerStats?.();
-    const eps = plan ? (steps ? plan.epsilonAt(steps) : { epsilon: 0, error: 0 }) : null;
+    const eps = plan
+      ? (steps ? ledgerGuarantee(entries, plan.delta, plan.accountant) : { epsilon: 0, error: 0 })
+      : null;
     const window = Math.min(100, Math.floor(losses.length / 2) || 1);
     const avg = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : null);
     const counted = earlier.steps + mine.steps;
     return {
       format: RUN_FORMAT,
+      private_diagnostics: { note: PRIVATE_NOTE, fields: PRIVATE_SUMMARY_FIELDS },
       private: plan !== null && config.insecure_seed === null,
       insecure_seed: config.insecure_seed,
       ...(stopped ? { interrupted: { step: steps, of: schedule.steps } } : {}),
@@ -602,6 +659,14 @@ export async function coordinateRun(
       accountant: plan ? plan.accountant : null,
       sampling_rate: schedule.q,
       steps,
+      ...(plan
+        ? {
+          grid_units: plan.gridUnits,
+          privacy_unit: plan.unit,
+          largest_passage: ctx.units.largestPassage,
+          stop_on_loss: config.train.stop_on_loss,
+        }
+        : {}),
       final: {
         val_accuracy: val ? n(val.accuracy) : null,
         test_accuracy: test ? n(test.accuracy) : null,

@@ -52,6 +52,11 @@ Deno.test({
       /<script|<link|@import|url\(\s*['"]?(https?:|\/\/)|(src|href)="(https?:|\/\/)/i,
     );
     assert.equal(external, null, "the page must not load anything");
+    // A private diagnostic, and it says so at its top.
+    assert.ok(
+      html.indexOf('id="private-diagnostics"') < html.indexOf("<h1>"),
+      "the private banner comes first",
+    );
     const page = await openInChromium(`${run}/report.html`, `${dir}/shot.png`);
     assert.deepEqual(page.errors, []);
     assert.deepEqual(page.requests, []);

@@ -63,6 +63,18 @@ Deno.test("monitor: a loss that blows up throws naming train.lr; noise does not"
   for (let i = 1; i <= 10; i++) small.observe(step(i, { loss: i < 5 ? 0.02 : 0.1 }));
 });
 
+Deno.test("monitor with train.stop_on_loss: false: a blow-up is warned about once, never a stop", () => {
+  const m = new RunMonitor({ private: true, clip: 0.05, lr: 3, steps: 100, stopOnLoss: false });
+  m.observe(step(1, { loss: 0.69 }));
+  m.observe(step(2, { loss: 35 }));
+  const w = m.observe(step(3, { loss: 59000 }));
+  assert.equal(w.length, 1);
+  assert.equal(w[0].kind, "loss_blowup");
+  assert.match(w[0].message, /train\.lr = 3 is too large.*the run goes on/);
+  assert.deepEqual(m.observe(step(4, { loss: 80000 })), []);
+  assert.deepEqual(m.observe(step(5, { loss: NaN })), []);
+});
+
 Deno.test("a target epsilon the configured steps cannot meet: warning, and the run stops early", () => {
   const config = parseRunConfig({
     run_dir: "r",

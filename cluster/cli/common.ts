@@ -12,7 +12,7 @@ import {
 } from "../../src/tensor/backend.ts";
 import { formatZodError, UsageError } from "../../src/validation.ts";
 import { STORAGE_DTYPES, type StorageDtype } from "../../src/model/weights.ts";
-import { runPrivacyStatement } from "../../src/report/privacy_statement.ts";
+import { runPrivacyCaveats, runPrivacyStatement } from "../../src/report/privacy_statement.ts";
 import type { RunSummary } from "../run.ts";
 import { envOverrides } from "../../src/dpzo/config.ts";
 
@@ -72,6 +72,7 @@ export function printSummary(runDir: string, s: RunSummary, out = console.log): 
     out(`accuracy: val ${pct(f.val_accuracy)}, test ${pct(f.test_accuracy)}`);
   }
   out(`privacy: ${runPrivacyStatement(s)}`);
+  for (const c of runPrivacyCaveats(s)) out(`  not covered: ${c}`);
   if (s.activation_bytes_per_step > 0) {
     out(
       `traffic per step: parameter sync ${s.param_sync_bytes_per_step_per_worker.toFixed(0)} B ` +

@@ -1,11 +1,17 @@
 /**
  * `dpzo privacy --sampling-rate Q --steps T --delta D (--sigma S | --b B | --epsilon E)
- *  [--mechanism gaussian|laplace] [--accountant pld|prv|rdp] [--json]`
+ *  [--mechanism gaussian|laplace] [--accountant pld|prv|rdp] [--grid-units N | --continuous]
+ *  [--unit example|context] [--json]`
  *
  * With a noise level: the (epsilon, delta) guarantee of T Poisson-subsampled steps.
  * With --epsilon: the least noise (sigma, or Laplace scale b) that meets (epsilon, delta),
  * rounded up to 0.001. The accountant defaults to the tight PLD one (src/privacy/pld.ts);
  * `prv` is an alias of it (same privacy loss distribution, same engine).
+ *
+ * The noise is the discrete mechanism a run uses (src/privacy/discrete.ts), on the grid a run
+ * with that noise uses (or `--grid-units`): the answer is what `dpzo train` states for the same
+ * q, T, delta and noise. `--continuous` gives the continuous mechanism, the reference that the
+ * discrete epsilon never goes below.
  */
 import { Command, Option } from "@commander-js/extra-typings";
 import { z } from "zod";
@@ -13,6 +19,7 @@ import {
   ACCOUNTANT_NAMES,
   type AccountantName,
   calibrateNoise,
+  gridUnits,
   type Mechanism,
 } from "../../src/privacy/mod.ts";
 import { UsageError } from "../../src/validation.ts";
@@ -56,8 +63,20 @@ export const PrivacyFlags = z.object({
   accountant: z.enum(ACCOUNTANT_NAMES as [AccountantName, ...AccountantName[]], {
     error: "--accountant must be pld, prv or rdp",
   }),
+  gridUnits: optionalNumber("--grid-units", "853").refine(
+    (d) => d === undefined || (Number.isInteger(d) && d >= 1),
+    { error: "--grid-units must be a whole number >= 1 (the clip C in grid units)" },
+  ),
+  continuous: z.boolean().optional(),
+  unit: z.enum(["example", "context"], { error: "--unit must be example or context" }).optional(),
   json: z.boolean().optional(),
 }).superRefine((o, ctx) => {
+  if (o.continuous && o.gridUnits !== undefined) {
+    ctx.addIssue({
+      code: "custom",
+      message: "--grid-units is the discrete mechanism's grid; drop it with --continuous",
+    });
+  }
   const noiseFlag = o.mechanism === "gaussian" ? "--sigma" : "--b";
   const wrongFlag = o.mechanism === "gaussian" ? "--b" : "--sigma";
   const wrong = o.mechanism === "gaussian" ? o.b : o.sigma;
@@ -99,6 +118,10 @@ export function runPrivacy(
   const noiseName = mechanism === "gaussian" ? "sigma" : "b";
   const base = { delta, sampling_rate: q, steps, mechanism };
   const requested = accountant === "prv" ? { accountant_requested: "prv" } : {};
+  const discrete = !query.continuous;
+  const unit = query.unit === "context" ? { unit: "context" as const } : {};
+  const gridOf = (noise: number) =>
+    discrete ? { gridUnits: query.gridUnits ?? gridUnits(noise) } : {};
   if (query.epsilon !== undefined) {
     const c = calibrateNoise({
       mechanism,
@@ -107,33 +130,51 @@ export function runPrivacy(
       epsilon: query.epsilon,
       delta,
       accountant,
+      discrete,
     });
+    const params = {
+      q,
+      steps,
+      delta,
+      mechanism,
+      noise: c.noise,
+      accountant,
+      ...gridOf(c.noise),
+      ...unit,
+    };
+    const r = query.gridUnits === undefined
+      ? { epsilon: c.epsilon, error: c.error, delta, accountant: c.accountant }
+      : guaranteeOf(params); // another grid than the calibration's: its own epsilon
     const json = {
       [noiseName]: c.noise,
-      epsilon: c.epsilon,
-      epsilon_error: c.error,
+      epsilon: r.epsilon,
+      epsilon_error: r.error,
       target_epsilon: query.epsilon,
       ...base,
-      accountant: c.accountant,
+      noise: discrete ? "discrete" : "continuous",
+      ...(discrete ? { grid_units: params.gridUnits } : {}),
+      accountant: r.accountant,
       ...requested,
     };
     const text =
       `${noiseName} = ${c.noise} (least on a 0.001 grid, rounded up) meets target epsilon ${query.epsilon}: ${
-        privacyStatement(
-          { q, steps, delta, mechanism, noise: c.noise, accountant },
-          { epsilon: c.epsilon, error: c.error, delta, accountant: c.accountant },
-        )
+        privacyStatement(params, r)
       }`;
     return { json, text };
   }
   const noise = (mechanism === "gaussian" ? query.sigma : query.b) as number;
-  const params = { q, steps, delta, mechanism, noise, accountant };
+  const params = { q, steps, delta, mechanism, noise, accountant, ...gridOf(noise), ...unit };
   const r = guaranteeOf(params);
   const json: Record<string, unknown> = {
     epsilon: r.epsilon,
     epsilon_error: r.error,
     ...base,
     [noiseName]: noise,
+    noise: discrete ? "discrete" : "continuous",
+    ...(discrete ? { grid_units: params.gridUnits } : {}),
+    ...(r.discrete
+      ? { epsilon_discrete_exact: r.discrete.exact, epsilon_continuous: r.discrete.continuous }
+      : {}),
     accountant: r.accountant,
     ...requested,
   };
@@ -161,6 +202,15 @@ export function privacyCommand() {
     .addOption(
       new Option("--accountant <name>", "pld (tight, default), prv (alias of pld), rdp")
         .choices(ACCOUNTANT_NAMES).default("pld" as AccountantName),
+    )
+    .option(
+      "--grid-units <n>",
+      "the discrete noise's grid: C in grid units (default: a run's, round(4096 / noise))",
+    )
+    .option("--continuous", "continuous noise (the reference the discrete epsilon stays above)")
+    .addOption(
+      new Option("--unit <unit>", "what one neighbour is: a training example, or a passage")
+        .choices(["example", "context"] as const),
     )
     .option("--json", "print one JSON line")
     .action((opts) => {

@@ -295,12 +295,12 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       } catch { /* closing */ }
     }
     const now = Date.now();
-    // A tick that comes late means this process itself was stalled (a starved CPU, a long
-    // synchronous piece of work): heartbeats that arrived meanwhile wait behind this timer in
-    // the event loop. Judge the workers at the next tick, after those have been read.
-    const stalled = now - lastTick > 2 * MONITOR_MS;
+    // A late tick means this process itself was stalled (a starved CPU, a long synchronous piece
+    // of work such as an accountant evaluation): the workers' heartbeats of that time are still
+    // queued behind this timer, so that silence is not theirs.
+    const stalled = now - lastTick - MONITOR_MS;
     lastTick = now;
-    if (stalled) return;
+    if (stalled > MONITOR_MS / 2) { for (const s of slots) s.lastSeen += stalled; }
     for (const s of slots) {
       // Silence while this process itself is cut off from the server says nothing of workers.
       if (connected && s.worker !== undefined && now - s.lastSeen > hbTimeout) {

@@ -6,10 +6,17 @@
  *
  * Each line carries `check`, the first 16 hex digits of the SHA-256 of the line's JSON without
  * that field, so a corrupt or hand-edited line is reported with its file and line number.
+ *
+ * A line holds only what the step released and its public settings (README, "What is
+ * released"): the step, its public seed, the released noisy sum in grid units `sum_units` and
+ * ghat (a fixed function of it), the update coefficient, and q, the noise, the clip and the grid.
+ * No wall-clock time: the time between appends depends on the batch size (format 2; older
+ * ledgers with a `time` field still replay, see isLegacyEntry).
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { formatZodError } from "../validation.ts";
+import type { LedgerStepPrivacy } from "../privacy/mechanisms.ts";
 
 export const LedgerEntrySchema = z.object({
   step: z.number().int().positive(),
@@ -25,8 +32,56 @@ export const LedgerEntrySchema = z.object({
   mechanism: z.enum(["gaussian", "laplace", "none"]),
   sigma: z.number().positive().optional(),
   b: z.number().positive().optional(),
-  time: z.string(),
-}).strict();
+  /** Private steps: the clip C, the grid C / grid_units, and the released noisy sum in units. */
+  clip: z.number().positive().optional(),
+  grid_units: z.number().int().positive().optional(),
+  sum_units: z.number().int().optional(),
+  /** q n, the divisor of ghat = sum_units * (clip / grid_units) / expected_batch. */
+  expected_batch: z.number().positive().optional(),
+  /** What one neighbour adds or removes: one training example, or one passage (context). */
+  unit: z.enum(["example", "context"]).optional(),
+  /**
+   * Only in ledgers written before format 2 (floating-point noise, and this wall-clock time of
+   * the append, which told empty batches from full ones): read, for replay; never written.
+   */
+  time: z.string().optional(),
+}).strict().superRefine((e, ctx) => {
+  const issue = (path: string, message: string) =>
+    ctx.addIssue({ code: "custom", path: [path], message });
+  if (e.update_coeff !== e.phi - e.lr * e.ghat) {
+    issue("update_coeff", "is not phi - lr * ghat: the line was altered");
+  }
+  // A private step without a grid is from a ledger before format 2 (isLegacyEntry).
+  if (e.mechanism === "none" || e.grid_units === undefined) return;
+  const { clip, grid_units, sum_units, expected_batch } = e;
+  if (clip === undefined || sum_units === undefined || expected_batch === undefined) {
+    issue("grid_units", "a private step needs clip, grid_units, sum_units and expected_batch");
+  } else if (e.ghat !== (sum_units * (clip / grid_units)) / expected_batch) {
+    // The same expression as releasedGhat (src/dpzo/mechanism.ts): ghat carries nothing else.
+    issue("ghat", "is not sum_units * (clip / grid_units) / expected_batch: the line was altered");
+  }
+});
+
+/**
+ * What the accountant needs of a released step (null for a non-private one): its q and noise,
+ * and for format 2 the grid of its discrete noise (src/privacy/discrete.ts).
+ */
+export function entryPrivacy(e: LedgerEntry): LedgerStepPrivacy | null {
+  if (e.mechanism === "none") return null;
+  const step: LedgerStepPrivacy = e.mechanism === "gaussian"
+    ? { mechanism: "gaussian", q: e.q, sigma: e.sigma }
+    : { mechanism: "laplace", q: e.q, b: e.b };
+  if (e.grid_units !== undefined) step.gridUnits = e.grid_units;
+  return step;
+}
+
+/**
+ * True for a line written before ledger format 2: a wall-clock time, or a private step with
+ * floating-point noise (no grid).
+ */
+export function isLegacyEntry(e: LedgerEntry): boolean {
+  return e.time !== undefined || (e.mechanism !== "none" && e.grid_units === undefined);
+}
 
 export type LedgerEntry = z.infer<typeof LedgerEntrySchema>;
 
@@ -92,11 +147,11 @@ export function parseLedgerLine(line: string, where: string, partial = false): L
     throw new Error(`${where}: corrupt ledger line (not a JSON object)`);
   }
   const { check, ...rest } = raw;
-  const parsed = LedgerEntrySchema.safeParse(rest);
-  if (!parsed.success) throw new Error(`${where}: ${formatZodError(parsed.error)}`);
   if (check !== checksum(JSON.stringify(rest))) {
     throw new Error(`${where}: checksum mismatch: the ledger line was altered or corrupted`);
   }
+  const parsed = LedgerEntrySchema.safeParse(rest);
+  if (!parsed.success) throw new Error(`${where}: ${formatZodError(parsed.error)}`);
   return parsed.data;
 }
 

@@ -30,6 +30,14 @@ const Privacy = z.object({
   /** Laplace scale multiplier (scale b * clip). */
   b: z.number().positive().nullish(),
   accountant: z.enum(["pld", "prv", "rdp"]).default("pld"),
+  /**
+   * What the guarantee protects: one training `example` (the paper's setting), or one
+   * `context` (SQuAD, DROP: a passage and all the training examples asked about it; passages are
+   * Poisson-sampled, the sum of a passage's g_i is clipped to C, and q is over passages).
+   */
+  unit: z.enum(["example", "context"]).default("example"),
+  /** delta above 1/n (n units) is refused unless this is set: such a delta protects nobody. */
+  allow_large_delta: z.boolean().default(false),
 }).strict();
 
 const Task = z.object({
@@ -60,6 +68,12 @@ const Train = z.object({
    * replacement worker and `export` replay the ledger from the newest one.
    */
   snapshot_every: z.number().int().nonnegative().default(0),
+  /**
+   * Stop when the training loss turns non-finite or blows up (src/report/warnings.ts). The
+   * decision reads un-noised training losses, which epsilon does not cover, and the privacy
+   * statement says so; false keeps every step to the plan (a non-finite g_i then counts 0).
+   */
+  stop_on_loss: z.boolean().default(true),
 }).strict();
 
 /** Sharding over NATS (`dpzo launch`): K pipeline stages x R replica groups. */
@@ -159,6 +173,12 @@ export function parseRunConfig(
           `(sigma for gaussian, b for laplace), or privacy.enabled: false for a non-private run`,
       );
     }
+  }
+  if (c.privacy.unit === "context" && c.task.name !== "squad" && c.task.name !== "drop") {
+    throw new UsageError(
+      `${source}: privacy.unit: context protects passages shared by several examples (squad, ` +
+        `drop); ${c.task.name} has none: use privacy.unit: example`,
+    );
   }
   if (c.train.batch_size > c.task.train_examples) {
     throw new UsageError(

@@ -1,47 +1,47 @@
 /**
- * The privatizing step of DP-ZO: per-example finite differences, clipping, noise, and the
- * released scalar.
+ * The privatizing step of DP-ZO: per-example finite differences, clipping, rounding to the grid,
+ * integer noise, and the released scalar.
  *
  *   g_i  = (L+_i - L-_i) / (2 phi)
- *   G    = sum_i clip(g_i, -C, C) + noise    noise ~ N(0, (sigma C)^2) or Laplace(b C)
- *   ghat = G / (q n)                          (the EXPECTED batch size, never the actual one)
+ *   v_u  = sum of g_i over the examples of privacy unit u (one example, or one passage)
+ *   k_u  = round(clip(v_u, -C, C) / (C / D))     stochastic rounding: an integer in [-D, D]
+ *   N    = sum_u k_u + Y                          Y ~ N_Z(0, (sigma D)^2) or Lap_Z(b D)
+ *   ghat = N * (C / D) / (q n)                    (the EXPECTED batch size, never the actual one)
  *
- * An empty Poisson batch still releases noise / (q n). The non-private mode (MeZO) uses the
- * plain batch mean of g_i.
+ * Only the integer N leaves the step (ghat is a fixed function of it and public settings), so
+ * no floating-point rounding of the noise can reveal the sum (Mironov 2012): the noise is added
+ * in integers to an integer statistic whose sensitivity is D units (src/privacy/discrete.ts says
+ * why that accounting is an upper bound). An empty Poisson batch still releases Y.
+ *
+ * The non-private mode (MeZO) releases the plain batch mean of g_i.
  */
 import type { SecretRandom } from "./randomness.ts";
+import { gridNoise } from "./discrete_noise.ts";
 
 export type Mechanism = "gaussian" | "laplace";
-
-/** A standard normal from two uniforms (Box-Muller, float64). */
-export function standardNormal(rng: SecretRandom): number {
-  return Math.sqrt(-2 * Math.log(rng.uniform())) * Math.cos(2 * Math.PI * rng.uniform());
-}
-
-/** A Laplace(0, scale) draw by inversion. */
-export function laplace(rng: SecretRandom, scale: number): number {
-  const u = rng.uniform() - 0.5;
-  return -scale * Math.sign(u) * Math.log(1 - 2 * Math.abs(u));
-}
 
 export type Privatization =
   | { private: false }
   | {
     private: true;
     mechanism: Mechanism;
-    /** Clipping threshold C on each g_i. */
+    /** Clipping threshold C on each unit's contribution. */
     clip: number;
-    /** Gaussian noise multiplier sigma (std sigma * C) or Laplace scale multiplier b (scale b * C). */
+    /** Gaussian noise multiplier sigma (std sigma * C) or Laplace scale multiplier b (b * C). */
     noiseMultiplier: number;
+    /** D: C in grid units; the grid is C / D (src/privacy/discrete.ts, gridUnits). */
+    gridUnits: number;
     /** q * n. */
     expectedBatchSize: number;
   };
 
 export interface PrivateEstimate {
   ghat: number;
-  /** Fraction of examples whose |g_i| exceeded C (0 when not private or the batch is empty). */
+  /** The released noisy sum in grid units (private runs): ghat = sumUnits * (C / D) / (q n). */
+  sumUnits?: number;
+  /** Fraction of units whose |v_u| exceeded C (0 when not private or the batch is empty). */
   clippedFraction: number;
-  /** Mean of |g_i| before clipping. */
+  /** Mean of |v_u| before clipping (of |g_i| when each example is its own unit). */
   meanAbsG: number;
 }
 
@@ -56,33 +56,67 @@ export function finiteDifferences(
   return g;
 }
 
-/** The released scalar ghat from the per-example g_i. */
-export function privatize(g: Float64Array, how: Privatization, rng: SecretRandom): PrivateEstimate {
+/** x rounded to floor(x) or floor(x) + 1, up with probability x - floor(x): unbiased. */
+function stochasticRound(x: number, rng: SecretRandom): number {
+  const f = Math.floor(x);
+  return f + (rng.uniform() < x - f ? 1 : 0);
+}
+
+/**
+ * The released scalar ghat from the per-example g_i. `unitSizes` groups consecutive g_i into
+ * privacy units (the examples of one passage, in batch order); by default each example is one.
+ */
+export function privatize(
+  g: Float64Array,
+  how: Privatization,
+  rng: SecretRandom,
+  unitSizes?: readonly number[],
+): PrivateEstimate {
+  const sizes = unitSizes ?? Array.from(g, () => 1);
+  const v: number[] = [];
+  let at = 0;
+  for (const size of sizes) {
+    let sum = 0;
+    for (let i = 0; i < size; i++) sum += g[at + i];
+    v.push(sum);
+    at += size;
+  }
+  if (at !== g.length) throw new Error(`privatize: units cover ${at} of ${g.length} examples`);
   let absSum = 0;
-  for (const v of g) absSum += Math.abs(v);
-  const meanAbsG = g.length ? absSum / g.length : 0;
+  for (const x of v) absSum += Math.abs(x);
+  const meanAbsG = v.length ? absSum / v.length : 0;
   if (!how.private) {
     let sum = 0;
-    for (const v of g) sum += v;
+    for (const x of g) sum += x;
     return { ghat: g.length ? sum / g.length : 0, clippedFraction: 0, meanAbsG };
   }
-  const C = how.clip;
-  let sum = 0, clipped = 0;
-  for (const v of g) {
-    if (Math.abs(v) > C) clipped++;
-    sum += Math.min(C, Math.max(-C, v));
+  const C = how.clip, D = how.gridUnits;
+  let units = 0, clipped = 0;
+  for (const x of v) {
+    if (Math.abs(x) > C) clipped++;
+    const k = stochasticRound((Math.min(C, Math.max(-C, x)) / C) * D, rng);
+    units += Math.min(D, Math.max(-D, k)); // NaN (a non-finite loss) stays NaN
   }
-  const noise = how.mechanism === "gaussian"
-    ? how.noiseMultiplier * C * standardNormal(rng)
-    : laplace(rng, how.noiseMultiplier * C);
+  units += gridNoise(rng, how.mechanism, how.noiseMultiplier, D);
   return {
-    ghat: (sum + noise) / how.expectedBatchSize,
-    clippedFraction: g.length ? clipped / g.length : 0,
+    ghat: releasedGhat(units, C, D, how.expectedBatchSize),
+    sumUnits: units,
+    clippedFraction: v.length ? clipped / v.length : 0,
     meanAbsG,
   };
 }
 
-/** Poisson sampling: each of n examples is in the batch independently with probability q. */
+/** ghat of a released noisy sum: one fixed float expression (replay and checks use it too). */
+export function releasedGhat(
+  sumUnits: number,
+  clip: number,
+  gridUnits: number,
+  expectedBatch: number,
+): number {
+  return (sumUnits * (clip / gridUnits)) / expectedBatch;
+}
+
+/** Poisson sampling: each of n items is in the batch independently with probability q. */
 export function poissonSample(n: number, q: number, rng: SecretRandom): number[] {
   const out: number[] = [];
   for (let i = 0; i < n; i++) if (rng.uniform() < q) out.push(i);

@@ -11,6 +11,7 @@ import { type AccountantName, ledgerEpsilon } from "./accountant.ts";
 import { laplaceScaleForEpsilon } from "./laplace.ts";
 import { DEFAULT_RDP_ORDERS, rdpToEpsilon } from "./rdp.ts";
 import type { PldOptions } from "./pld.ts";
+import { gridUnits } from "./discrete.ts";
 
 export interface CalibrationQuery {
   mechanism: Mechanism;
@@ -21,6 +22,12 @@ export interface CalibrationQuery {
   accountant?: AccountantName;
   /** Rounding lattice of the answer; default 0.001. */
   unit?: number;
+  /**
+   * The discrete mechanism (discrete.ts) on the grid `gridUnits(noise)`: its epsilon is the
+   * larger of the exact discrete one and the continuous one, so the continuous answer is raised
+   * by lattice units until the discrete mechanism meets the target too.
+   */
+  discrete?: boolean;
   pld?: PldOptions;
 }
 
@@ -134,12 +141,21 @@ export function calibrateNoise(query: CalibrationQuery): Calibration {
       if (m + 1 < hi && eps(m + 1) <= target) hi = m + 1;
     }
   }
-  const noise = Number((hi * unit).toPrecision(12));
-  const step = mechanism === "gaussian"
-    ? { mechanism, q, sigma: noise }
-    : { mechanism, q, b: noise };
+  const stepAt = (m: number) => {
+    const noise = Number((m * unit).toPrecision(12));
+    const step = mechanism === "gaussian"
+      ? { mechanism, q, sigma: noise }
+      : { mechanism, q, b: noise };
+    return query.discrete ? { ...step, gridUnits: gridUnits(noise) } : step;
+  };
   // final report with the discretisation error (bounds on)
-  const r = ledgerEpsilon([{ step, count: steps }], delta, name, query.pld);
+  let r = ledgerEpsilon([{ step: stepAt(hi), count: steps }], delta, name, query.pld);
+  while (query.discrete && r.epsilon > target) {
+    hi++;
+    r = ledgerEpsilon([{ step: stepAt(hi), count: steps }], delta, name, query.pld);
+    evaluations++;
+  }
+  const noise = Number((hi * unit).toPrecision(12));
   return {
     noise,
     epsilon: r.epsilon,

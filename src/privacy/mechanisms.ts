@@ -13,6 +13,7 @@
  * that it keeps full relative precision in the tails.
  */
 import { gaussianHockeyStick, normalSf } from "./special.ts";
+import { discreteStepLosses } from "./discrete.ts";
 
 export type Mechanism = "gaussian" | "laplace";
 export type Direction = "remove" | "add";
@@ -26,6 +27,12 @@ export interface LedgerStepPrivacy {
   /** Laplace scale in units of C: the noise is Laplace(b * C). */
   b?: number;
   mechanism: Mechanism;
+  /**
+   * Set for the discrete mechanisms (discrete.ts): the sensitivity C in grid units, D. The noise
+   * is then a discrete Gaussian of parameter sigma D or a discrete Laplace of scale b D on the
+   * integers. Absent: the continuous mechanism (ledgers written before format 2).
+   */
+  gridUnits?: number;
 }
 
 /** Tail probabilities of the privacy loss at a threshold l, under P and under Q. */
@@ -200,6 +207,9 @@ export function laplaceAdd(q: number, b: number): PrivacyLoss {
 /** Both dominating pairs of a step: [remove, add]. */
 export function stepLosses(step: LedgerStepPrivacy): [PrivacyLoss, PrivacyLoss] {
   const noise = stepNoise(step);
+  if (step.gridUnits !== undefined) {
+    return discreteStepLosses(step.mechanism, step.q, noise, step.gridUnits);
+  }
   if (step.mechanism === "gaussian") {
     return [gaussianRemove(step.q, noise), gaussianAdd(step.q, noise)];
   }

@@ -40,6 +40,7 @@ export {
 export { laplacePureEpsilon, laplaceScaleForEpsilon, laplaceStepEpsilon } from "./laplace.ts";
 export type { Calibration, CalibrationQuery } from "./calibrate.ts";
 export { calibrateNoise } from "./calibrate.ts";
+export { discreteStepLosses, GRID_NOISE_UNITS, gridUnits } from "./discrete.ts";
 export type { Accountant, AccountantName, EpsilonReport, PrivacyTarget } from "./accountant.ts";
 export { ACCOUNTANT_NAMES, canTakeStep, ledgerEpsilon, makeAccountant } from "./accountant.ts";
 export { erf, erfc, erfcx, gaussianHockeyStick, logErfc, normalCdf, normalSf } from "./special.ts";

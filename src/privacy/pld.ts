@@ -45,13 +45,14 @@ export function mergeGroups(groups: readonly StepGroup[]): StepGroup[] {
   const merged = new Map<string, StepGroup>();
   for (const { step, count } of groups) {
     const noise = stepNoise(step);
-    const key = `${step.mechanism}|${step.q}|${noise}`;
+    const key = `${step.mechanism}|${step.q}|${noise}|${step.gridUnits ?? "continuous"}`;
     const g = merged.get(key);
     if (g) g.count += count;
     else {
       const copy: LedgerStepPrivacy = step.mechanism === "gaussian"
         ? { mechanism: "gaussian", q: step.q, sigma: noise }
         : { mechanism: "laplace", q: step.q, b: noise };
+      if (step.gridUnits !== undefined) copy.gridUnits = step.gridUnits;
       merged.set(key, { step: copy, count });
     }
   }

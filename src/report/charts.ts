@@ -63,7 +63,7 @@ export function rolling(values: number[], w: number): number[] {
 
 const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
-function lineChart(
+export function lineChart(
   rows: Row[],
   opts: {
     y: string;

@@ -4,10 +4,17 @@
  */
 import { stringify as toYaml } from "yaml";
 import type { Mechanism } from "../privacy/mod.ts";
-import { type PrivacyParams, privacyStatement, runPrivacyStatement } from "./privacy_statement.ts";
+import {
+  privacyCaveats,
+  type PrivacyParams,
+  privacyStatement,
+  runPrivacyCaveats,
+  runPrivacyStatement,
+} from "./privacy_statement.ts";
 import type { RunData } from "./run_data.ts";
 import type { Chart } from "./charts.ts";
 import { CLIP_HIGH, CLIP_LOW } from "./warnings.ts";
+import { PRIVATE_NOTE } from "../checkpoint/release.ts";
 
 export function escapeHtml(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(
@@ -16,7 +23,7 @@ export function escapeHtml(s: string): string {
   );
 }
 
-const CSS = `
+export const CSS = `
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
   color: #222; background: #fafafa; }
 main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
@@ -37,9 +44,10 @@ th { background: #f0f0f0; font-weight: 600; }
 pre { background: #fff; border: 1px solid #ddd; padding: 10px; font-size: 0.85em;
   overflow-x: auto; }
 .muted { color: #777; font-size: 0.85em; }
+.private { background: #fff0f0; border: 2px solid #c33; padding: 8px 14px; font-weight: 600; }
 `;
 
-function table(rows: [string, string][]): string {
+export function table(rows: [string, string][]): string {
   return `<table>${
     rows.map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join("")
   }</table>`;
@@ -52,16 +60,19 @@ const pct = (v: unknown): string =>
 const mean = (a: number[]) => (a.length ? a.reduce((x, y) => x + y, 0) / a.length : NaN);
 
 /** The privacy statement of the run: the same sentence as `dpzo privacy` for its parameters. */
-export function reportPrivacyStatement(d: RunData): { text: string; private: boolean } {
+export function reportPrivacyStatement(
+  d: RunData,
+): { text: string; private: boolean; caveats: string[] } {
   if (d.summary) {
     return {
       text: runPrivacyStatement(d.summary),
       private: d.summary.private === true,
+      caveats: runPrivacyCaveats(d.summary),
     };
   }
   const plan = d.run.privacy_plan;
-  if (!plan) return { text: runPrivacyStatement({ ...NONE }), private: false };
-  const released = d.steps.length;
+  if (!plan) return { text: runPrivacyStatement({ ...NONE }), private: false, caveats: [] };
+  const released = d.ledger.length; // epsilon counts ledger entries, not metrics lines
   const p: PrivacyParams = {
     q: plan.q,
     steps: released,
@@ -69,11 +80,33 @@ export function reportPrivacyStatement(d: RunData): { text: string; private: boo
     mechanism: plan.mechanism as Mechanism,
     noise: plan.noiseMultiplier,
     accountant: plan.accountant,
+    gridUnits: plan.gridUnits,
+    unit: plan.unit,
+    stopOnLoss: d.run.config?.train?.stop_on_loss,
   };
   return {
     text: `so far (the run has not finished): ${privacyStatement(p)}`,
     private: d.run.config?.insecure_seed === null,
+    caveats: privacyCaveats(p),
   };
+}
+
+/** The charts as figures with their titles and captions. */
+export function figuresHtml(charts: Chart[]): string {
+  return charts.map((c) =>
+    `<figure id="chart-${c.id}"><h3>${escapeHtml(c.title)}</h3>${c.svg}<figcaption>${
+      escapeHtml(c.caption)
+    }</figcaption></figure>`
+  ).join("\n");
+}
+
+/** What the guarantee does not cover, under the statement. */
+export function caveatList(caveats: string[]): string {
+  return caveats.length
+    ? `<ul id="privacy-caveats">${
+      caveats.map((c) => `<li>Not covered: ${escapeHtml(c)}</li>`).join("")
+    }</ul>`
+    : "";
 }
 
 const NONE = {
@@ -125,7 +158,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
     ? "finished"
     : d.error
     ? "stopped"
-    : `in progress or interrupted (${d.steps.length} steps so far)`;
+    : `in progress or interrupted (${d.ledger.length} steps in the ledger so far)`;
   const warnings = reportWarnings(d);
   const stepTimes = d.steps.map((x) => x.step_s).filter(Number.isFinite);
   const split = (k: "forward_s" | "perturb_s" | "wait_s") =>
@@ -133,7 +166,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
   const lastVal = [...d.evals].reverse().find((e) => e.split === "val");
   const results: [string, string][] = [
     ["status", status],
-    ["steps", `${d.steps.length}${s ? ` of ${s.interrupted?.of ?? s.steps}` : ""}`],
+    ["steps (ledger)", `${d.ledger.length}${s ? ` of ${s.interrupted?.of ?? s.steps}` : ""}`],
     ["val accuracy", pct(s ? s.final.val_accuracy : lastVal?.accuracy)],
     ["test accuracy", pct(s?.final.test_accuracy)],
     ["val loss", fmt(s ? s.final.val_loss : lastVal?.loss)],
@@ -165,11 +198,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
     ],
     ["created", d.run.created ?? "-"],
   ];
-  const figures = charts.map((c) =>
-    `<figure id="chart-${c.id}"><h3>${escapeHtml(c.title)}</h3>${c.svg}<figcaption>${
-      escapeHtml(c.caption)
-    }</figcaption></figure>`
-  ).join("\n");
+  const figures = figuresHtml(charts);
   return `<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -181,6 +210,9 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
 </head>
 <body>
 <main>
+<p class="private" id="private-diagnostics">Private diagnostics: the losses, batch sizes, clipped
+fractions and timings of this report are ${escapeHtml(PRIVATE_NOTE)}.
+<code>dpzo report --public</code> renders a report from released values only, fit to publish.</p>
 <h1>dpzo run report</h1>
 <p class="muted">${escapeHtml(d.dir)} — ${escapeHtml(String(cfg.model ?? ""))} — generated ${
     escapeHtml(generated.toISOString())
@@ -189,6 +221,7 @@ export function reportHtml(d: RunData, charts: Chart[], generated = new Date()):
 <p class="statement${priv.private ? "" : " notprivate"}" id="privacy-statement">${
     escapeHtml(priv.text)
   }</p>
+${caveatList(priv.caveats)}
 ${d.error ? `<div class="error" id="run-error">The run stopped: ${escapeHtml(d.error)}</div>` : ""}
 ${
     warnings.length

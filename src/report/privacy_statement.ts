@@ -3,7 +3,11 @@
  * run report use, so that the three always say the same thing for the same parameters:
  *
  *   (3.9951, 1e-5)-DP for add/remove of one training example over 75000 steps with q=0.016,
- *   sigma=4.8 (accountant: PLD, pessimistic; discretisation error <= 0.0012)
+ *   sigma=4.8, discrete noise on a grid of C/853 (accountant: PLD, pessimistic, the larger of
+ *   the exact discrete and the continuous epsilon; discretisation error <= 0.0012)
+ *
+ * and, where they apply, by caveats (`privacyCaveats`), printed after it: passages shared by
+ * several examples (protected only as a group), and an early stop decided on un-noised losses.
  *
  * Epsilon is rounded UP (the safe direction) to 4 decimals.
  */
@@ -26,6 +30,14 @@ export interface PrivacyParams {
   noise: number;
   /** The accountant asked for ("prv" is answered by the PLD engine). */
   accountant: AccountantName;
+  /** The discrete mechanism's grid: C in grid units (absent: continuous noise). */
+  gridUnits?: number;
+  /** What one neighbour adds or removes (default: one training example). */
+  unit?: "example" | "context";
+  /** Example units over passages: the most training examples sharing one (a group). */
+  largestPassage?: number | null;
+  /** The run stops early on un-noised training losses (train.stop_on_loss). */
+  stopOnLoss?: boolean;
 }
 
 /** The accountant's answer for `p` (epsilon, its discretisation error, the engine used). */
@@ -35,6 +47,7 @@ export function guaranteeOf(p: PrivacyParams): EpsilonReport {
   const step: LedgerStepPrivacy = p.mechanism === "gaussian"
     ? { mechanism: "gaussian", q: p.q, sigma: p.noise }
     : { mechanism: "laplace", q: p.q, b: p.noise };
+  if (p.gridUnits !== undefined) step.gridUnits = p.gridUnits;
   return ledgerEpsilon([{ step, count: p.steps }], p.delta, p.accountant);
 }
 
@@ -57,10 +70,34 @@ export function fmtDelta(d: number): string {
   return d !== 0 && d < 1e-3 ? d.toExponential().replace(/e([+-])/, "e$1") : String(d);
 }
 
-export function accountantLabel(used: string, requested: AccountantName): string {
-  if (used === "pure") return "pure DP (Laplace, exact at delta = 0)";
-  if (used === "rdp") return "RDP";
-  return requested === "prv" ? "PLD (as prv), pessimistic" : "PLD, pessimistic";
+export function accountantLabel(
+  used: string,
+  requested: AccountantName,
+  discrete = false,
+): string {
+  const both = discrete ? ", the larger of the exact discrete and the continuous epsilon" : "";
+  if (used === "pure") return `pure DP (Laplace, exact at delta = 0)${both}`;
+  if (used === "rdp") return `RDP${both}`;
+  return `${requested === "prv" ? "PLD (as prv), pessimistic" : "PLD, pessimistic"}${both}`;
+}
+
+/** What the guarantee does not cover, one sentence each, to print after the statement. */
+export function privacyCaveats(p: Partial<PrivacyParams>): string[] {
+  const out: string[] = [];
+  const k = p.largestPassage;
+  if ((p.unit ?? "example") === "example" && k !== undefined && k !== null && k > 1) {
+    out.push(
+      `Up to ${k} training examples share a passage: a passage is protected only as a group ` +
+        `of ${k} examples (privacy.unit: context protects passages).`,
+    );
+  }
+  if (p.stopOnLoss) {
+    out.push(
+      "The early stop on a non-finite or blown-up training loss is decided on un-noised " +
+        "losses, which epsilon does not cover (train.stop_on_loss: false turns it off).",
+    );
+  }
+  return out;
 }
 
 /**
@@ -73,10 +110,14 @@ export function privacyStatement(p: PrivacyParams, g: EpsilonReport = guaranteeO
   const pure = g.epsilonPure !== undefined && p.delta > 0
     ? `; pure DP at delta = 0: epsilon ${fmtEps(g.epsilonPure)}`
     : "";
+  const who = p.unit === "context"
+    ? "one passage with all its training examples (privacy.unit: context)"
+    : "one training example";
+  const grid = p.gridUnits !== undefined ? `, discrete noise on a grid of C/${p.gridUnits}` : "";
   return `(${fmtEps(g.epsilon)}, ${
     fmtDelta(p.delta)
-  })-DP for add/remove of one training example over ${p.steps} steps with q=${p.q}, ${noiseName}=${p.noise} (accountant: ${
-    accountantLabel(g.accountant, p.accountant)
+  })-DP for add/remove of ${who} over ${p.steps} steps with q=${p.q}, ${noiseName}=${p.noise}${grid} (accountant: ${
+    accountantLabel(g.accountant, p.accountant, p.gridUnits !== undefined)
   }${g.accountant === "pld" ? `; discretisation error <= ${fmtErr(g.error)}` : ""}${pure})`;
 }
 
@@ -91,6 +132,10 @@ export function runPrivacyStatement(s: {
   sampling_rate: number;
   steps: number;
   insecure_seed?: number | null;
+  grid_units?: number;
+  privacy_unit?: "example" | "context";
+  largest_passage?: number | null;
+  stop_on_loss?: boolean;
 }): string {
   if (s.epsilon === null || s.delta === null || s.accountant === null) {
     return "none: a non-private run (privacy.enabled: false) gives no (epsilon, delta) guarantee";
@@ -103,8 +148,27 @@ export function runPrivacyStatement(s: {
     mechanism,
     noise: (mechanism === "gaussian" ? s.sigma : s.b) as number,
     accountant: s.accountant as AccountantName,
+    gridUnits: s.grid_units,
+    unit: s.privacy_unit,
+    largestPassage: s.largest_passage,
+    stopOnLoss: s.stop_on_loss,
   });
   return s.insecure_seed !== null && s.insecure_seed !== undefined
     ? `${text} — NOT PRIVATE: insecure_seed was set (sampling and noise are reproducible)`
     : text;
+}
+
+/** The caveats of a finished run, from its summary.json. */
+export function runPrivacyCaveats(s: {
+  epsilon: number | null;
+  privacy_unit?: "example" | "context";
+  largest_passage?: number | null;
+  stop_on_loss?: boolean;
+}): string[] {
+  if (s.epsilon === null) return [];
+  return privacyCaveats({
+    unit: s.privacy_unit,
+    largestPassage: s.largest_passage,
+    stopOnLoss: s.stop_on_loss,
+  });
 }

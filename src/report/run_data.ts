@@ -1,9 +1,10 @@
 /**
- * Reads a run directory (run.json, metrics.jsonl, summary.json when the run finished) into the
- * series a report plots. Tolerates a run in progress or one that stopped: only run.json is
- * required.
+ * Reads a run directory (run.json, ledger.jsonl, metrics.jsonl, summary.json when the run
+ * finished) into the series a report plots. Tolerates a run in progress or one that stopped:
+ * only run.json is required.
  */
 import type { RunWarning } from "./warnings.ts";
+import { type LedgerEntry, parseLedgerLine } from "../checkpoint/ledger.ts";
 
 export interface StepLine {
   step: number;
@@ -36,6 +37,8 @@ export interface RunData {
   run: any;
   // deno-lint-ignore no-explicit-any
   summary: any | null;
+  /** The released steps: what epsilon counts. */
+  ledger: LedgerEntry[];
   steps: StepLine[];
   evals: EvalLine[];
   warnings: RunWarning[];
@@ -79,5 +82,39 @@ export async function readRun(dir: string): Promise<RunData> {
     else if (m.event === "stopped") error = m.message;
     else if (typeof m.step === "number" && m.event === undefined) steps.push(m);
   }
-  return { dir, run, summary, steps, evals, warnings, error };
+  return {
+    dir,
+    run,
+    summary,
+    ledger: await readLedgerSoFar(`${dir}/ledger.jsonl`),
+    steps,
+    evals,
+    warnings,
+    error,
+  };
+}
+
+/**
+ * The verified entries of a ledger that may be growing: up to the first line that is not (yet)
+ * a whole valid entry.
+ */
+export async function readLedgerSoFar(path: string): Promise<LedgerEntry[]> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const out: LedgerEntry[] = [];
+  for (const [i, line] of text.split("\n").entries()) {
+    if (!line) break;
+    try {
+      const e = parseLedgerLine(line, `${path}:${i + 1}`);
+      if (e.step !== out.length + 1) break;
+      out.push(e);
+    } catch {
+      break;
+    }
+  }
+  return out;
 }

@@ -49,6 +49,12 @@ export interface MonitorOptions {
   recentWindow?: number;
   /** Stop when the recent mean loss exceeds this multiple of the reference (and by 1 nat). */
   blowUpFactor?: number;
+  /**
+   * Stop on a non-finite or blown-up loss (default true; train.stop_on_loss). The losses are
+   * not noised, so the stop is a decision on the training data the privacy statement declares;
+   * when false a blow-up is only warned about, once, and the run keeps to its plan.
+   */
+  stopOnLoss?: boolean;
 }
 
 /** A blow-up must also be this far above the reference (nats), so tiny losses do not trip it. */
@@ -73,6 +79,7 @@ export class RunMonitor {
       clipWindow: Math.max(5, Math.min(50, opts.steps)),
       recentWindow: 3,
       blowUpFactor: 3,
+      stopOnLoss: true,
       ...opts,
     };
   }
@@ -127,6 +134,7 @@ export class RunMonitor {
     }
     const loss = (m.loss_plus + m.loss_minus) / 2;
     if (m.batch_size > 0) {
+      if (!Number.isFinite(loss) && !o.stopOnLoss) return out;
       if (!Number.isFinite(loss)) {
         throw new LossBlowUpError(
           `step ${m.step}: the training loss is ${loss}: the learning rate train.lr = ${o.lr} ` +
@@ -142,15 +150,25 @@ export class RunMonitor {
         ref !== null && this.#recent.length === o.recentWindow && now > o.blowUpFactor * ref &&
         now > ref + BLOWUP_MARGIN
       ) {
-        throw new LossBlowUpError(
+        const message =
           `step ${m.step}: the training loss blew up (mean ${
             num(now)
           } over the last ${this.#recent.length} steps, more than ${o.blowUpFactor}x where it started, ${
             num(ref)
           }): the learning ` +
-            `rate train.lr = ${o.lr} is too large. The run stopped before the weights turned ` +
-            `into NaN; lower train.lr (e.g. --set train.lr=${num(o.lr / 10)}) and start a new run.`,
-        );
+          `rate train.lr = ${o.lr} is too large. The run stopped before the weights turned ` +
+          `into NaN; lower train.lr (e.g. --set train.lr=${num(o.lr / 10)}) and start a new run.`;
+        if (o.stopOnLoss) throw new LossBlowUpError(message);
+        if (!this.#said.has("loss_blowup")) {
+          this.#said.add("loss_blowup");
+          out.push({
+            step: m.step,
+            kind: "loss_blowup",
+            message: `WARNING: ${
+              message.replace("The run stopped before the weights turned into NaN; ", "")
+            } (train.stop_on_loss is false: the run goes on)`,
+          });
+        }
       }
       // The reference: the lowest running mean so far (a loss that blows up within the first
       // steps is still caught, and a loss that went down first is compared with its best).

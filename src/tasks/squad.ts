@@ -38,9 +38,9 @@ function answerRequest(
 }
 
 export function squadRequest(ex: SquadExample, tok: Tokenizer, maxLength: number): ExampleRequest {
-  return answerRequest(squadPrompt(ex), ex.answers, tok, maxLength);
+  return { ...answerRequest(squadPrompt(ex), ex.answers, tok, maxLength), passage: ex.context };
 }
 
 export function dropRequest(ex: DropExample, tok: Tokenizer, maxLength: number): ExampleRequest {
-  return answerRequest(dropPrompt(ex), ex.answers, tok, maxLength);
+  return { ...answerRequest(dropPrompt(ex), ex.answers, tok, maxLength), passage: ex.passage };
 }

@@ -29,6 +29,11 @@ export interface ExampleRequest {
    * Its one row is prompt + target; its one score reads the target tokens.
    */
   generation?: { prompt: number[]; answers: string[] };
+  /**
+   * SQuAD, DROP: the passage the question is about. Examples with the same passage are one
+   * privacy unit under `privacy.unit: context` (src/dpzo/privacy_units.ts).
+   */
+  passage?: string;
 }
 
 /** The tasks dpzo runs (the paper's: SST-2, QNLI, SQuAD, DROP). */
