@@ -152,7 +152,14 @@ Deno.test({
       assert.equal(a.code, 0, a.stderr);
       assert.deepEqual(
         [...Deno.readDirSync(only)].map((f) => f.name).sort(),
-        ["SHA256SUMS", "adapter_config.json", "adapter_model.safetensors"],
+        // The adapter, and what may be published beside it: the ledger and the list.
+        [
+          "SHA256SUMS",
+          "adapter_config.json",
+          "adapter_model.safetensors",
+          "ledger.jsonl",
+          "release.json",
+        ],
       );
       const s = await dpzo("score", "--model", only, "--input", input);
       assert.equal(s.code, 1);

@@ -202,8 +202,9 @@ Deno.test({
     assert.deepEqual(
       files.map((f) => f.slice(dir.length + 1)).sort(),
       [
-        "export/adapter_config.json",
-        "export/adapter_model.safetensors",
+        "export/SHA256SUMS",
+        "export/adapter/adapter_config.json",
+        "export/adapter/adapter_model.safetensors",
         "export/config.json",
         "export/generation_config.json",
         "export/ledger.jsonl",
