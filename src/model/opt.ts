@@ -43,6 +43,7 @@ import {
   layerNormTransposed,
 } from "../tensor/fused.ts";
 import { matMulRaw, nativeMatMul } from "../tensor/blas.ts";
+import { activeBackend, weightView } from "../tensor/backend.ts";
 import { HEAD_WIDTH, headLogProbs } from "../tensor/head.ts";
 
 /** Which part of the model a stage holds. Layers are [firstLayer, endLayer). */
@@ -398,9 +399,15 @@ export function embeddingRows(
   width: number,
   rows: Int32Array,
 ): tf.Tensor2D {
-  const out = float32Array(rows.length * width);
-  readRows(stage, PREFIX + name, width, rows, out);
-  return tf.tensor2d(out, [rows.length, width]);
+  if (activeBackend() === "tensorflow") {
+    const out = float32Array(rows.length * width);
+    readRows(stage, PREFIX + name, width, rows, out);
+    return tf.tensor2d(out, [rows.length, width]);
+  }
+  // Straight into the backend's memory: no JS copy per forward (it piled up as garbage).
+  const t = tf.fill([rows.length, width], 0) as tf.Tensor2D;
+  readRows(stage, PREFIX + name, width, rows, weightView(t));
+  return t;
 }
 
 /**
