@@ -9,6 +9,9 @@
  *   deno run -A bench/half_precision.ts [--model ../shared/fixtures/small-opt] [--steps 400]
  *     [--lr 1e-3] [--seed 3] [--eval-every 100] [--dtypes float32,bfloat16] [--private]
  *
+ * `--keep DIR` keeps each finished run's curve as DIR/<dtype>.json and reuses it when the same
+ * settings are run again, so an interrupted comparison restarts where it stopped.
+ *
  * Non-private (MeZO) by default, so that what is compared is the precision and not the noise;
  * `--private` runs the config's (8, 1e-5)-DP instead.
  */
@@ -28,6 +31,7 @@ const { values } = parseArgs({
     private: { type: "boolean", default: false },
     svg: { type: "string", default: "bench/results/half_precision.svg" },
     window: { type: "string", default: "50" },
+    keep: { type: "string" },
   },
 });
 
@@ -86,11 +90,33 @@ async function run(dtype: string): Promise<Curve> {
   };
 }
 
-const curves: Curve[] = [];
-for (const dtype of values.dtypes!.split(",")) {
+/** A finished run's curve, reused from `--keep DIR` when it was made with the same settings. */
+async function curveFor(dtype: string): Promise<Curve> {
+  const settings = { ...values, dtypes: undefined, svg: undefined, keep: undefined, dtype };
+  const file = values.keep ? `${values.keep}/${dtype}.json` : undefined;
+  if (file) {
+    try {
+      const kept = JSON.parse(await Deno.readTextFile(file));
+      if (JSON.stringify(kept.settings) === JSON.stringify(settings)) {
+        console.error(`${dtype}: reusing ${file}`);
+        return kept.curve;
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
   console.error(`training with ${dtype} weights ...`);
-  curves.push(await run(dtype));
+  const curve = await run(dtype);
+  if (file) {
+    await Deno.mkdir(values.keep!, { recursive: true });
+    await Deno.writeTextFile(`${file}.tmp`, JSON.stringify({ settings, curve }));
+    await Deno.rename(`${file}.tmp`, file);
+  }
+  return curve;
 }
+
+const curves: Curve[] = [];
+for (const dtype of values.dtypes!.split(",")) curves.push(await curveFor(dtype));
 
 const window = Number(values.window);
 console.log(
