@@ -17,7 +17,7 @@
  */
 import { parseArgs } from "node:util";
 import { renderSvg, rolling } from "../src/report/charts.ts";
-import { dpzo } from "../test/fixtures.ts";
+import { dpzoUnlimited as dpzo } from "../test/fixtures.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

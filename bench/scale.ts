@@ -13,7 +13,7 @@
  *     [--dtypes float32,bfloat16] [--steps 1] [--json]
  */
 import { parseArgs } from "node:util";
-import { dpzo } from "../test/fixtures.ts";
+import { dpzoUnlimited as dpzo } from "../test/fixtures.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
