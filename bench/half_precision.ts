@@ -8,6 +8,7 @@
  *
  *   deno run -A bench/half_precision.ts [--model ../shared/fixtures/small-opt] [--steps 400]
  *     [--lr 1e-3] [--seed 3] [--eval-every 100] [--dtypes float32,bfloat16] [--private]
+ *     [--train-examples 1000]
  *
  * `--keep DIR` keeps each finished run's curve as DIR/<dtype>.json and reuses it when the same
  * settings are run again, so an interrupted comparison restarts where it stopped.
@@ -32,6 +33,7 @@ const { values } = parseArgs({
     svg: { type: "string", default: "bench/results/half_precision.svg" },
     window: { type: "string", default: "50" },
     keep: { type: "string" },
+    "train-examples": { type: "string", default: "1000" },
   },
 });
 
@@ -67,6 +69,8 @@ async function run(dtype: string): Promise<Curve> {
     `train.lr=${values.lr}`,
     "--set",
     `train.eval_every=${values["eval-every"]}`,
+    "--set",
+    `task.train_examples=${values["train-examples"]}`,
     "--set",
     "task.val_examples=200",
     "--set",
@@ -120,7 +124,8 @@ for (const dtype of values.dtypes!.split(",")) curves.push(await curveFor(dtype)
 
 const window = Number(values.window);
 console.log(
-  `model ${values.model}, SST-2, full fine-tuning, ${values.steps} steps, lr ${values.lr}, ` +
+  `model ${values.model}, SST-2 (${values["train-examples"]} training examples), full ` +
+    `fine-tuning, ${values.steps} steps, lr ${values.lr}, ` +
     `seed ${values.seed}, ${values.private ? "(8, 1e-5)-DP" : "non-private (MeZO)"}`,
 );
 console.log(`\ntraining loss, mean over the ${window} steps up to:`);
