@@ -242,6 +242,7 @@ export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedul
     lr: config.train.lr,
     phi: config.train.phi,
     weightDecay: config.train.weight_decay,
+    directions: config.train.directions,
     q,
     privatization: plan
       ? {
