@@ -60,6 +60,8 @@ export interface PlanRequest {
   phi: number;
   lr: number;
   weightDecay: number;
+  /** Directions per step (train.directions; default 1): K seeds and coefficients, 2K - 1 more messages. */
+  directions?: number;
 }
 
 /** One stage of the plan; every replica group has the same. */
@@ -237,15 +239,25 @@ export function paramSyncBytesPerStep(req: PlanRequest): number {
   if (!keyed) useRunKey(run, new Uint8Array(32));
   try {
     const step = req.steps, seed = "18446744073709551615";
+    const K = req.directions ?? 1;
+    const extra = K > 1
+      ? {
+        seeds: { extra_seeds: Array.from({ length: K - 1 }, () => seed) },
+        coeffs: { extra_coeffs: Array.from({ length: K - 1 }, () => -req.lr * 0.123456789) },
+      }
+      : { seeds: {}, coeffs: {} };
     return [
-      encodeControl(run, { type: "step.begin", step, seed, phi: req.phi }),
-      encodeControl(run, { type: "step.flip", step }),
+      encodeControl(run, { type: "step.begin", step, seed, phi: req.phi, ...extra.seeds }),
+      // One flip per direction, one next between two directions.
+      ...Array.from({ length: K }, () => encodeControl(run, { type: "step.flip", step })),
+      ...Array.from({ length: K - 1 }, () => encodeControl(run, { type: "step.next", step })),
       encodeControl(run, {
         type: "step.update",
         step,
         coeff: req.phi - req.lr * 0.123456789,
         lr: req.lr,
         weight_decay: req.weightDecay,
+        ...extra.coeffs,
       }),
     ].reduce((n, m) => n + m.byteLength, 0);
   } finally {
@@ -502,6 +514,7 @@ export function planRequest(
     phi: c.train.phi,
     lr: c.train.lr,
     weightDecay: c.train.weight_decay,
+    directions: c.train.directions,
   };
 }
 

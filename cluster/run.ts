@@ -111,6 +111,8 @@ export interface RunSummary {
   largest_passage?: number | null;
   /** Whether an early stop on un-noised training losses was armed (train.stop_on_loss). */
   stop_on_loss?: boolean;
+  /** Directions per step (train.directions), when more than one. */
+  directions?: number;
   final: {
     val_accuracy: number | null;
     test_accuracy: number | null;
@@ -668,6 +670,7 @@ export async function coordinateRun(
           stop_on_loss: config.train.stop_on_loss,
         }
         : {}),
+      ...(config.train.directions > 1 ? { directions: config.train.directions } : {}),
       final: {
         val_accuracy: val ? n(val.accuracy) : null,
         test_accuracy: test ? n(test.accuracy) : null,
