@@ -176,8 +176,7 @@ export function privatizeDirections(
     at += size;
   }
   if (at !== n) throw new Error(`privatizeDirections: units cover ${at} of ${n} examples`);
-  const norm = (u: Float64Array) => Math.sqrt(u.reduce((a, x) => a + x * x, 0));
-  const norms = v.map(norm);
+  const norms = v.map(l2);
   const meanAbsG = v.length ? norms.reduce((a, x) => a + x, 0) / v.length : 0;
   if (!how.private) {
     const ghats = Array.from({ length: K }, (_, k) => {
@@ -191,23 +190,13 @@ export function privatizeDirections(
     throw new Error("privatizeDirections: K > 1 directions need the Gaussian mechanism");
   }
   const C = how.clip, D = how.gridUnits;
-  const radius = vectorClipUnits(D, K);
-  if (!(radius >= 1)) {
-    throw new Error(`privatizeDirections: grid of ${D} units too coarse for ${K} directions`);
-  }
   const units = new Array<number>(K).fill(0);
   let clipped = 0;
-  v.forEach((u, j) => {
-    // In grid units: x = u / C * D, scaled down to norm `radius` when longer.
-    const len = (norms[j] / C) * D;
-    if (len > radius) clipped++;
-    const scale = len > radius ? radius / len : 1;
-    for (let k = 0; k < K; k++) {
-      const x = (u[k] / C) * D * scale;
-      const r = stochasticRound(x, rng);
-      units[k] += Math.min(D, Math.max(-D, r)); // NaN (a non-finite loss) stays NaN
-    }
-  });
+  for (const u of v) {
+    const r = clipRoundVector(u, C, D, rng);
+    if (r.clipped) clipped++;
+    for (let k = 0; k < K; k++) units[k] += r.units[k];
+  }
   for (let k = 0; k < K; k++) units[k] += gridNoise(rng, "gaussian", how.noiseMultiplier, D);
   return {
     ghats: units.map((x) => releasedGhat(x, C, D, how.expectedBatchSize)),
@@ -215,4 +204,38 @@ export function privatizeDirections(
     clippedFraction: v.length ? clipped / v.length : 0,
     meanAbsG,
   };
+}
+
+function l2(u: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < u.length; i++) s += u[i] * u[i];
+  return Math.sqrt(s);
+}
+
+/**
+ * One unit's K-vector `u` in integer grid units (of C / D): scaled to L2 norm D - sqrt(K) units
+ * when longer, then each coordinate stochastically rounded. The result's L2 norm is below D
+ * (each coordinate moves by less than 1 unit), so adding or removing a unit shifts the integer
+ * sum by at most D in L2: the sensitivity the accounting assumes.
+ */
+export function clipRoundVector(
+  u: ArrayLike<number>,
+  C: number,
+  D: number,
+  rng: SecretRandom,
+): { units: number[]; clipped: boolean } {
+  const K = u.length;
+  const radius = vectorClipUnits(D, K);
+  if (!(radius >= 1)) {
+    throw new Error(`clipRoundVector: a grid of ${D} units is too coarse for ${K} directions`);
+  }
+  const len = (l2(u) / C) * D;
+  const clipped = len > radius;
+  const scale = clipped ? radius / len : 1;
+  const units: number[] = [];
+  for (let k = 0; k < K; k++) {
+    const r = stochasticRound((u[k] / C) * D * scale, rng);
+    units.push(Math.min(D, Math.max(-D, r))); // NaN (a non-finite loss) stays NaN
+  }
+  return { units, clipped };
 }
