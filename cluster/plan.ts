@@ -106,12 +106,14 @@ export interface RunPlan {
   stage_plan: PlanStage[];
   largest_worker_bytes: number;
   all_workers_bytes: number;
-  /** Hidden states between stages in a step: every example at seq_len, both passes. */
+  /** Hidden states between stages in a step: every example at seq_len, all 2K passes. */
   activation_bytes_per_step: number;
   /** One micro-batch's hidden states crossing one stage boundary. */
   activation_bytes_per_micro_batch: number;
   /** step.begin + step.flip + step.update as each worker receives them (the summary's figure). */
   param_sync_bytes_per_step_per_worker: number;
+  /** Directions per step (train.directions), when more than one. */
+  directions?: number;
   step_time: StepTimeEstimate | null;
 }
 
@@ -323,7 +325,8 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
   const micro = Math.ceil(Math.ceil(req.batchSize / req.microBatch) / R);
   const wire = req.activationDtype === "float32" ? 4 : 2;
   const perMicro = req.microBatch * req.seqLen * req.model.hiddenSize * wire;
-  const perStep = 2 * req.batchSize * req.seqLen * req.model.hiddenSize * wire * (K - 1);
+  const perStep = 2 * (req.directions ?? 1) * req.batchSize * req.seqLen * req.model.hiddenSize *
+    wire * (K - 1);
   const stepTime = speed
     ? estimateStepTime(req.model, {
       layers: stages.map((s) => s.end_layer - s.first_layer),
@@ -332,6 +335,7 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
       microBatch: req.microBatch,
       seqLen: req.seqLen,
       headPositions: req.microBatch * req.headPositionsPerExample,
+      directions: req.directions,
     }, speed)
     : null;
   return {
@@ -364,6 +368,7 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
     activation_bytes_per_step: perStep,
     activation_bytes_per_micro_batch: perMicro,
     param_sync_bytes_per_step_per_worker: paramSyncBytesPerStep(req),
+    ...((req.directions ?? 1) > 1 ? { directions: req.directions } : {}),
     step_time: stepTime,
   };
 }
@@ -440,10 +445,12 @@ export function formatPlan(p: RunPlan): string[] {
   const n = p.micro_batches_per_group_per_pass;
   const micro = `${n} micro-batch${n === 1 ? "" : "es"}`;
   const half = p.dtype === "float32" ? "" : " (more: half storage also widens and rounds)";
+  const k = p.directions ?? 1, fwd = 2 * k, passes = 4 * k - 1;
+  const dirs = k > 1 ? ` (${k} directions per step)` : "";
   out.push(
-    `step time, estimated: ${seconds(t.step_s)} = forward 2 x ${seconds(t.forward_s / 2)} ` +
-      `(${micro} per group through ${plural(p.stages, "stage")}) + perturbation 3 x ` +
-      `${seconds(t.perturbation_s / 3)}${half}; network not counted`,
+    `step time, estimated: ${seconds(t.step_s)} = forward ${fwd} x ${seconds(t.forward_s / fwd)} ` +
+      `(${micro} per group through ${plural(p.stages, "stage")}) + perturbation ${passes} x ` +
+      `${seconds(t.perturbation_s / passes)}${half}${dirs}; network not counted`,
   );
   out.push(
     `  measured on this machine (${plural(m.threads, "thread")}, ${m.matmul}): one decoder ` +
