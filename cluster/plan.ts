@@ -428,13 +428,17 @@ export function formatPlan(p: RunPlan): string[] {
     out.push(
       `activations between stages: ${formatBytes(p.activation_bytes_per_step)} per step ` +
         `(${p.batch_size} examples x ${p.seq_len} tokens x ${p.hidden_size} x ${wire} B, ` +
-        `${boundaries}, 2 passes; ${formatBytes(p.activation_bytes_per_micro_batch)} per ` +
+        `${boundaries}, ${2 * (p.directions ?? 1)} passes; ${
+          formatBytes(p.activation_bytes_per_micro_batch)
+        } per ` +
         `micro-batch and boundary)`,
     );
   }
   out.push(
     `parameter sync: ${p.param_sync_bytes_per_step_per_worker} B per step per worker (the seed ` +
-      `and scalars of step.begin, step.flip and step.update)`,
+      `and scalars of step.begin, step.flip${
+        (p.directions ?? 1) > 1 ? ", step.next" : ""
+      } and step.update)`,
   );
   const t = p.step_time;
   if (!t) {
