@@ -10,7 +10,8 @@
  * Validation accuracy and loss are recorded at equal forward-pass intervals. Writes, under --out:
  * directions.json (every eval point and each run's epsilon, sigma, wall time), directions.md (the
  * table), directions-accuracy.svg and directions-loss.svg (against training forward passes).
- * Results are written after every run, so a stopped sweep keeps what it has.
+ * Results are written after every run, so a stopped sweep keeps what it has, and a sweep run
+ * again with the same --out skips the runs its directions.json already holds.
  *
  *   deno run -A bench/directions.ts [--model ../shared/fixtures/small-opt]
  *     [--data ../shared/data/sst2] [--forwards 1600] [--steps 200] [--directions 1,2,4,8]
@@ -18,7 +19,6 @@
  */
 import { parseArgs } from "node:util";
 import { renderSvg } from "../src/report/charts.ts";
-import { dpzo } from "../test/fixtures.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -63,8 +63,27 @@ interface RunRow {
 
 const points: Point[] = [];
 const runs: RunRow[] = [];
+try {
+  const done = JSON.parse(await Deno.readTextFile(`${out}/directions.json`));
+  runs.push(...done.runs);
+  points.push(...done.points);
+} catch (e) {
+  if (!(e instanceof Deno.errors.NotFound)) throw e;
+}
+
+/** `deno task dpzo ARGS` from the repository root, without a time limit (runs take minutes). */
+async function dpzo(...args: string[]): Promise<{ code: number; stderr: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "dpzo", ...args],
+    cwd: new URL("..", import.meta.url).pathname,
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code: r.code, stderr: new TextDecoder().decode(r.stderr) };
+}
 
 async function run(regime: Point["regime"], K: number, steps: number): Promise<void> {
+  if (runs.some((r) => r.regime === regime && r.K === K && r.steps === steps)) return;
   const dir = await Deno.makeTempDir({ prefix: "dpzo-directions-" });
   // Evaluations at equal forward-pass intervals: every steps / evals steps.
   const every = Math.max(1, Math.round(steps / evals));
@@ -186,6 +205,7 @@ for (const K of Ks) await run("equal forwards", K, Math.round(F / (2 * K)));
 for (const K of Ks) {
   // A run of the first regime with S steps already is the same run.
   const same = runs.find((r) => r.regime === "equal forwards" && r.K === K && r.steps === S);
+  if (runs.some((r) => r.regime === "equal steps" && r.K === K)) continue;
   if (same) {
     runs.push({ ...same, regime: "equal steps" });
     for (const p of points.filter((p) => p.regime === "equal forwards" && p.K === K)) {
