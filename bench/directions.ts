@@ -15,7 +15,7 @@
  *
  *   deno run -A bench/directions.ts [--model ../shared/fixtures/small-opt]
  *     [--data ../shared/data/sst2] [--forwards 1600] [--steps 200] [--directions 1,2,4,8]
- *     [--epsilon 8] [--evals 5] [--lr 1e-3] [--seed 1] [--out bench/results]
+ *     [--epsilon 8] [--evals 5] [--lr 1e-3] [--seed 1] [--out bench/results] [--non-private]
  */
 import { parseArgs } from "node:util";
 import { renderSvg } from "../src/report/charts.ts";
@@ -34,6 +34,8 @@ const { values } = parseArgs({
     seed: { type: "string", default: "1" },
     val: { type: "string", default: "200" },
     out: { type: "string", default: "bench/results" },
+    /** MeZO with K directions (privacy.enabled: false): whether K finds more signal at all. */
+    "non-private": { type: "boolean", default: false },
   },
 });
 
@@ -54,7 +56,8 @@ interface RunRow {
   K: number;
   steps: number;
   forwards: number;
-  epsilon: number;
+  /** null: a non-private run. */
+  epsilon: number | null;
   sigma: number | null;
   val_accuracy: number;
   val_loss: number;
@@ -115,8 +118,9 @@ async function run(regime: Point["regime"], K: number, steps: number): Promise<v
     `task.val_examples=${values.val}`,
     "--set",
     "task.test_examples=16",
-    "--set",
-    `privacy.target_epsilon=${values.epsilon}`,
+    ...(values["non-private"]
+      ? ["--set", "privacy.enabled=false"]
+      : ["--set", `privacy.target_epsilon=${values.epsilon}`]),
   );
   const wall = (performance.now() - t0) / 1000;
   if (r.code !== 0) {
@@ -157,11 +161,11 @@ function table(): string {
     "val loss | wall s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   return head +
     runs.map((r) =>
-      `| ${r.regime} | ${r.K} | ${r.steps} | ${r.forwards} | ${r.epsilon.toFixed(3)} | ${
-        r.sigma === null ? "-" : r.sigma.toFixed(3)
-      } | ${(100 * r.val_accuracy).toFixed(1)}% | ${r.val_loss.toFixed(4)} | ${
-        r.wall_s.toFixed(0)
-      } |`
+      `| ${r.regime} | ${r.K} | ${r.steps} | ${r.forwards} | ${
+        r.epsilon === null ? "none" : r.epsilon.toFixed(3)
+      } | ${r.sigma === null ? "-" : r.sigma.toFixed(3)} | ${
+        (100 * r.val_accuracy).toFixed(1)
+      }% | ${r.val_loss.toFixed(4)} | ${r.wall_s.toFixed(0)} |`
     ).join("\n") + "\n";
 }
 
@@ -193,7 +197,9 @@ async function write(): Promise<void> {
   );
   await writeAtomic(
     `${out}/directions.md`,
-    `K directions per step at epsilon ${values.epsilon} (bench/directions.ts; ${values.model}, ` +
+    `K directions per step at ${
+      values["non-private"] ? "no privacy (MeZO)" : `epsilon ${values.epsilon}`
+    } (bench/directions.ts; ${values.model}, ` +
       `equal forwards ${F}, equal steps ${S}, lr ${values.lr}, seed ${values.seed})\n\n` +
       table(),
   );
