@@ -10,7 +10,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import { logProbsAt, type Stage, stageForward } from "../src/model/opt.ts";
 import { commitHalf } from "../src/model/weights.ts";
 import { narrowNearest, widen } from "../src/model/half.ts";
-import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
+import {
+  mezoDecayApplies,
+  type NamedTensor,
+  perturb,
+  perturbPasses,
+} from "../src/dpzo/perturbation.ts";
 import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
 import { type LedgerEntry, type StepPass, stepPasses } from "../src/checkpoint/ledger.ts";
@@ -111,6 +116,33 @@ export function applyPass(
   w.perturbSeconds += (performance.now() - t0) / 1000;
 }
 
+/**
+ * The update passes of a step of K > 1 directions: the last direction's restore + update (with
+ * the decay), then each extra direction's update. Float32 tensors take them in one sweep
+ * (`perturbPasses`: the same bits as the passes one by one, which replay applies); half-stored
+ * ones commit each pass with its own stochastic rounding (`applyPass`).
+ */
+export function applyUpdatePasses(
+  w: StageWorker,
+  passes: { seed: bigint; coeff: number }[],
+  decay: { lr: number; decay: number },
+): void {
+  const t0 = performance.now();
+  const weightDecay = decay.decay > 0
+    ? { lr: decay.lr, decay: decay.decay, appliesTo: mezoDecayApplies }
+    : undefined;
+  perturbPasses(
+    inPlaceTensors(w),
+    passes.map((p, i) => ({ ...p, weightDecay: i === 0 ? weightDecay : undefined })),
+  );
+  w.perturbSeconds += (performance.now() - t0) / 1000;
+  if (halfTensors(w).length === 0) return;
+  // The half-stored tensors (the float32 ones are done): applyPass on a view of only them.
+  const half = { ...w, trainable: halfTensors(w) };
+  passes.forEach((p, i) => applyPass(half, p.seed, p.coeff, true, i === 0 ? decay : undefined));
+  w.perturbSeconds = half.perturbSeconds;
+}
+
 /** Applies a control message; throws (without changing anything) when it is out of order. */
 export function handleControl(w: StageWorker, msg: ControlMessage): void {
   switch (msg.type) {
@@ -159,8 +191,18 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
             `${c.extra.length} extra directions`,
         );
       }
-      applyPass(w, c.seed, msg.coeff, true, { lr: msg.lr, decay: msg.weight_decay });
-      c.extra.forEach((seed, i) => applyPass(w, seed, coeffs[i], true));
+      if (c.extra.length === 0) {
+        applyPass(w, c.seed, msg.coeff, true, { lr: msg.lr, decay: msg.weight_decay });
+      } else {
+        applyUpdatePasses(
+          w,
+          [
+            { seed: c.seed, coeff: msg.coeff },
+            ...c.extra.map((seed, i) => ({ seed, coeff: coeffs[i] })),
+          ],
+          { lr: msg.lr, decay: msg.weight_decay },
+        );
+      }
       w.appliedStep = msg.step;
       w.phase = "idle";
       w.current = undefined;

@@ -8,6 +8,13 @@
  */
 import { strict as assert } from "node:assert";
 import { clipRoundVector, privatizeDirections } from "../src/dpzo/mechanism.ts";
+import {
+  FUSED_PIECE,
+  mezoDecayApplies,
+  type NamedTensor,
+  perturb,
+  perturbPasses,
+} from "../src/dpzo/perturbation.ts";
 import { insecureRandom } from "../src/dpzo/randomness.ts";
 import {
   encodeLedgerLine,
@@ -83,6 +90,33 @@ Deno.test("private K-vector: one noise per coordinate, ghat_k = sum_units_k (C/D
     () => privatizeDirections(g, { ...how, mechanism: "laplace" }, insecureRandom(5)),
     /Gaussian/,
   );
+});
+
+Deno.test("K update passes in one sweep give the bits of the passes one by one (JS and WASM)", () => {
+  const sizes: [string, number][] = [
+    ["a.weight", FUSED_PIECE + 4 * 1000 + 3], // cut in pieces; not a multiple of 4
+    ["a.bias", 37],
+    ["b.weight", 5000],
+    ["b.layer_norm.weight", 64],
+  ];
+  const base = sizes.map(([name, n]) => ({
+    name,
+    data: Float32Array.from({ length: n }, (_, i) => Math.sin(i + name.length)),
+  }));
+  const copy = (): NamedTensor[] => base.map((t) => ({ name: t.name, data: t.data.slice() }));
+  const weightDecay = { lr: 0.01, decay: 0.1, appliesTo: mezoDecayApplies };
+  const passes = [
+    { seed: 11n, coeff: 0.00093, weightDecay },
+    { seed: 12n, coeff: -1.7e-5 },
+    { seed: 13n, coeff: 2.3e-4 },
+  ];
+  for (const impl of ["js", "auto"] as const) {
+    const one = copy(), fused = copy();
+    for (const p of passes) perturb(one, p.seed, p.coeff, { impl, weightDecay: p.weightDecay });
+    perturbPasses(fused, passes, { impl });
+    one.forEach((t, i) => assert.deepEqual(fused[i].data, t.data, `${impl} ${t.name}`));
+    assert.notDeepEqual(one[0].data, base[0].data);
+  }
 });
 
 function entryK2(): LedgerEntry {
