@@ -6,6 +6,10 @@
  *   begin(step, seed, phi) -> + forward -> flip -> - forward -> clip, noise, ghat
  *   -> ledger append (durable) -> update(step, coeff = phi - lr * ghat)
  *
+ * With K > 1 directions (DP-AggZO, `schedule.directions`) the + / - forwards run once per
+ * direction (next moves to the next one), the K-vector is clipped and noised as one release
+ * (privatizeDirections), and update carries the K coefficients.
+ *
  * Faults (a worker lost, the server gone): a step interrupted before its ledger append released
  * nothing, so it is aborted — it spends no privacy and is not in the ledger — and, once the
  * transport has recovered (every slot back at the ledger's last step), retried: with the CSPRNG
@@ -29,8 +33,9 @@ import {
   poissonSample,
   type Privatization,
   privatize,
+  privatizeDirections,
 } from "../src/dpzo/mechanism.ts";
-import type { LedgerEntry, LedgerSink } from "../src/checkpoint/ledger.ts";
+import { extraUpdateCoeff, type LedgerEntry, type LedgerSink } from "../src/checkpoint/ledger.ts";
 import { RunInterrupted, throwIfStopped, unlessStopped } from "./interruption.ts";
 
 /** Everything the coordinator decides a run by. */
@@ -39,6 +44,8 @@ export interface Schedule {
   lr: number;
   phi: number;
   weightDecay: number;
+  /** Directions per step, K (DP-AggZO); 1 (the default) is DP-ZO. */
+  directions?: number;
   /** Poisson sampling rate q = expected batch size / n (of passages with context units). */
   q: number;
   privatization: Privatization;
@@ -326,27 +333,57 @@ export async function trainStep(
     return r;
   };
   const fwd = (ms: number) => (forwardMs += ms), pert = (ms: number) => (perturbMs += ms);
+  // K > 1: the extra directions' seeds, drawn after the step seed (K = 1 draws as before).
+  const K = s.directions ?? 1;
+  const extraSeeds = Array.from({ length: K - 1 }, () => rng.u64());
   await timed(
     () =>
       unreleased(
-        transport.broadcast({ type: "step.begin", step, seed: seed.toString(), phi: s.phi }),
+        transport.broadcast({
+          type: "step.begin",
+          step,
+          seed: seed.toString(),
+          phi: s.phi,
+          ...(K > 1 ? { extra_seeds: extraSeeds.map(String) } : {}),
+        }),
       ),
     pert,
   );
-  const plus = loss(
-    await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: 1 })), fwd),
-  );
-  await timed(() => unreleased(transport.broadcast({ type: "step.flip", step })), pert);
-  const minus = loss(
-    await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: -1 })), fwd),
-  );
+  // One (+, -) pair of forwards per direction, in the order [...extra, seed].
+  const plusAll: Float64Array[] = [], minusAll: Float64Array[] = [];
+  for (let k = 0; k < K; k++) {
+    if (k > 0) {
+      await timed(() => unreleased(transport.broadcast({ type: "step.next", step })), pert);
+    }
+    plusAll.push(loss(
+      await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: 1 })), fwd),
+    ));
+    await timed(() => unreleased(transport.broadcast({ type: "step.flip", step })), pert);
+    minusAll.push(loss(
+      await timed(() => unreleased(scoreExamples(transport, batch, { ...common, sign: -1 })), fwd),
+    ));
+  }
+  // The last direction (seed) is the ledger's top-level one; metrics report its losses.
+  const plus = plusAll[K - 1], minus = minusAll[K - 1];
 
-  const g = finiteDifferences(plus, minus, s.phi);
   const p = s.privatization;
   const stopOnLoss = !p.private || s.stopOnLoss !== false;
-  if (!stopOnLoss) g.forEach((v, i) => (g[i] = Number.isFinite(v) ? v : 0));
-  const est = privatize(g, p, rng, sampled.map((u) => u.length));
-  if (!Number.isFinite(est.ghat)) {
+  const gAll = plusAll.map((pl, k) => {
+    const g = finiteDifferences(pl, minusAll[k], s.phi);
+    if (!stopOnLoss) g.forEach((v, i) => (g[i] = Number.isFinite(v) ? v : 0));
+    return g;
+  });
+  const sizes = sampled.map((u) => u.length);
+  const vec = K > 1 ? privatizeDirections(gAll, p, rng, sizes) : undefined;
+  const est = vec
+    ? {
+      ghat: vec.ghats[K - 1],
+      sumUnits: vec.sumUnits?.[K - 1],
+      clippedFraction: vec.clippedFraction,
+      meanAbsG: vec.meanAbsG,
+    }
+    : privatize(gAll[0], p, rng, sizes);
+  if (!Number.isFinite(est.ghat) || (vec && !vec.ghats.every(Number.isFinite))) {
     // Only with stopOnLoss (or a non-private run): a decision on un-noised losses.
     await transport.broadcast({ type: "step.abort", step });
     const [lossPlus, lossMinus] = [mean(plus), mean(minus)];
@@ -360,10 +397,8 @@ export async function trainStep(
       );
     }
     throw new Error(
-      `step ${step}: the projected gradient is ${est.ghat} (losses ${mean(plus)} / ${
-        mean(minus)
-      }); ` +
-        `lower train.lr or train.phi`,
+      `step ${step}: the projected gradient is ${vec ? vec.ghats.join(", ") : est.ghat} ` +
+        `(losses ${mean(plus)} / ${mean(minus)}); lower train.lr or train.phi`,
     );
   }
   // Only released values and public settings: no wall-clock time (it reveals batch sizes).
@@ -388,6 +423,16 @@ export async function trainStep(
         unit: s.unit ?? "example",
       }
       : {}),
+    ...(vec
+      ? {
+        extra_directions: extraSeeds.map((x, k) => ({
+          seed: x.toString(),
+          ghat: vec.ghats[k],
+          ...(vec.sumUnits ? { sum_units: vec.sumUnits[k] } : {}),
+          update_coeff: extraUpdateCoeff(s.lr, vec.ghats[k]),
+        })),
+      }
+      : {}),
   };
   // Durable BEFORE release: the update (which reveals ghat) goes out only after the append.
   throwIfStopped(inp.stop, step - 1, s.steps);
@@ -402,6 +447,9 @@ export async function trainStep(
         coeff: entry.update_coeff,
         lr: s.lr,
         weight_decay: s.weightDecay,
+        ...(entry.extra_directions
+          ? { extra_coeffs: entry.extra_directions.map((d) => d.update_coeff) }
+          : {}),
       }),
       inp.stop,
       step,

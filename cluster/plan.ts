@@ -60,6 +60,8 @@ export interface PlanRequest {
   phi: number;
   lr: number;
   weightDecay: number;
+  /** Directions per step (train.directions; default 1): K seeds and coefficients, 2K - 1 more messages. */
+  directions?: number;
 }
 
 /** One stage of the plan; every replica group has the same. */
@@ -104,12 +106,14 @@ export interface RunPlan {
   stage_plan: PlanStage[];
   largest_worker_bytes: number;
   all_workers_bytes: number;
-  /** Hidden states between stages in a step: every example at seq_len, both passes. */
+  /** Hidden states between stages in a step: every example at seq_len, all 2K passes. */
   activation_bytes_per_step: number;
   /** One micro-batch's hidden states crossing one stage boundary. */
   activation_bytes_per_micro_batch: number;
   /** step.begin + step.flip + step.update as each worker receives them (the summary's figure). */
   param_sync_bytes_per_step_per_worker: number;
+  /** Directions per step (train.directions), when more than one. */
+  directions?: number;
   step_time: StepTimeEstimate | null;
 }
 
@@ -237,15 +241,25 @@ export function paramSyncBytesPerStep(req: PlanRequest): number {
   if (!keyed) useRunKey(run, new Uint8Array(32));
   try {
     const step = req.steps, seed = "18446744073709551615";
+    const K = req.directions ?? 1;
+    const extra = K > 1
+      ? {
+        seeds: { extra_seeds: Array.from({ length: K - 1 }, () => seed) },
+        coeffs: { extra_coeffs: Array.from({ length: K - 1 }, () => -req.lr * 0.123456789) },
+      }
+      : { seeds: {}, coeffs: {} };
     return [
-      encodeControl(run, { type: "step.begin", step, seed, phi: req.phi }),
-      encodeControl(run, { type: "step.flip", step }),
+      encodeControl(run, { type: "step.begin", step, seed, phi: req.phi, ...extra.seeds }),
+      // One flip per direction, one next between two directions.
+      ...Array.from({ length: K }, () => encodeControl(run, { type: "step.flip", step })),
+      ...Array.from({ length: K - 1 }, () => encodeControl(run, { type: "step.next", step })),
       encodeControl(run, {
         type: "step.update",
         step,
         coeff: req.phi - req.lr * 0.123456789,
         lr: req.lr,
         weight_decay: req.weightDecay,
+        ...extra.coeffs,
       }),
     ].reduce((n, m) => n + m.byteLength, 0);
   } finally {
@@ -311,7 +325,8 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
   const micro = Math.ceil(Math.ceil(req.batchSize / req.microBatch) / R);
   const wire = req.activationDtype === "float32" ? 4 : 2;
   const perMicro = req.microBatch * req.seqLen * req.model.hiddenSize * wire;
-  const perStep = 2 * req.batchSize * req.seqLen * req.model.hiddenSize * wire * (K - 1);
+  const perStep = 2 * (req.directions ?? 1) * req.batchSize * req.seqLen * req.model.hiddenSize *
+    wire * (K - 1);
   const stepTime = speed
     ? estimateStepTime(req.model, {
       layers: stages.map((s) => s.end_layer - s.first_layer),
@@ -320,6 +335,7 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
       microBatch: req.microBatch,
       seqLen: req.seqLen,
       headPositions: req.microBatch * req.headPositionsPerExample,
+      directions: req.directions,
     }, speed)
     : null;
   return {
@@ -352,6 +368,7 @@ export function planRun(req: PlanRequest, speed?: MachineSpeed): RunPlan {
     activation_bytes_per_step: perStep,
     activation_bytes_per_micro_batch: perMicro,
     param_sync_bytes_per_step_per_worker: paramSyncBytesPerStep(req),
+    ...((req.directions ?? 1) > 1 ? { directions: req.directions } : {}),
     step_time: stepTime,
   };
 }
@@ -411,13 +428,17 @@ export function formatPlan(p: RunPlan): string[] {
     out.push(
       `activations between stages: ${formatBytes(p.activation_bytes_per_step)} per step ` +
         `(${p.batch_size} examples x ${p.seq_len} tokens x ${p.hidden_size} x ${wire} B, ` +
-        `${boundaries}, 2 passes; ${formatBytes(p.activation_bytes_per_micro_batch)} per ` +
+        `${boundaries}, ${2 * (p.directions ?? 1)} passes; ${
+          formatBytes(p.activation_bytes_per_micro_batch)
+        } per ` +
         `micro-batch and boundary)`,
     );
   }
   out.push(
     `parameter sync: ${p.param_sync_bytes_per_step_per_worker} B per step per worker (the seed ` +
-      `and scalars of step.begin, step.flip and step.update)`,
+      `and scalars of step.begin, step.flip${
+        (p.directions ?? 1) > 1 ? ", step.next" : ""
+      } and step.update)`,
   );
   const t = p.step_time;
   if (!t) {
@@ -428,10 +449,12 @@ export function formatPlan(p: RunPlan): string[] {
   const n = p.micro_batches_per_group_per_pass;
   const micro = `${n} micro-batch${n === 1 ? "" : "es"}`;
   const half = p.dtype === "float32" ? "" : " (more: half storage also widens and rounds)";
+  const k = p.directions ?? 1, fwd = 2 * k, passes = 4 * k - 1;
+  const dirs = k > 1 ? ` (${k} directions per step)` : "";
   out.push(
-    `step time, estimated: ${seconds(t.step_s)} = forward 2 x ${seconds(t.forward_s / 2)} ` +
-      `(${micro} per group through ${plural(p.stages, "stage")}) + perturbation 3 x ` +
-      `${seconds(t.perturbation_s / 3)}${half}; network not counted`,
+    `step time, estimated: ${seconds(t.step_s)} = forward ${fwd} x ${seconds(t.forward_s / fwd)} ` +
+      `(${micro} per group through ${plural(p.stages, "stage")}) + perturbation ${passes} x ` +
+      `${seconds(t.perturbation_s / passes)}${half}${dirs}; network not counted`,
   );
   out.push(
     `  measured on this machine (${plural(m.threads, "thread")}, ${m.matmul}): one decoder ` +
@@ -502,6 +525,7 @@ export function planRequest(
     phi: c.train.phi,
     lr: c.train.lr,
     weightDecay: c.train.weight_decay,
+    directions: c.train.directions,
   };
 }
 

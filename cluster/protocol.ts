@@ -5,7 +5,8 @@
  * msgpackr.
  *
  * Parameter sync per worker per step is three small control messages (begin, flip, update):
- * a seed and scalars, whatever the model size.
+ * a seed and scalars, whatever the model size. A step of K > 1 directions (DP-AggZO) adds K - 1
+ * seeds to begin, K - 1 coefficients to update and 2 (K - 1) messages (next, flip): O(K) scalars.
  */
 import { z } from "zod";
 import { Packr } from "msgpackr";
@@ -13,25 +14,38 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 
 export const PROTOCOL_VERSION = 1;
 
-/** Every worker: theta += phi z(seed). */
+/**
+ * Every worker: theta += phi z(seed). With K > 1 directions `extra_seeds` are the K - 1
+ * directions evaluated before `seed`, and the first of them is perturbed instead.
+ */
 export const StepBegin = z.object({
   type: z.literal("step.begin"),
   step: z.number().int().positive(),
   seed: z.string().regex(/^\d+$/),
   phi: z.number().positive(),
+  extra_seeds: z.array(z.string().regex(/^\d+$/)).min(1).max(1023).optional(),
+});
+/** K > 1 directions, after a - pass: restore that direction (+phi), perturb the next (+phi). */
+export const StepNext = z.object({
+  type: z.literal("step.next"),
+  step: z.number().int().positive(),
 });
 /** Every worker, after the + pass: theta -= 2 phi z(seed). */
 export const StepFlip = z.object({
   type: z.literal("step.flip"),
   step: z.number().int().positive(),
 });
-/** Every worker: theta += coeff z(seed) (restore and update in one pass), optional decay. */
+/**
+ * Every worker: theta += coeff z(seed) (restore and update in one pass), optional decay; with
+ * K > 1 directions then theta += extra_coeffs[k] z(extra_seeds[k]) for each earlier direction.
+ */
 export const StepUpdate = z.object({
   type: z.literal("step.update"),
   step: z.number().int().positive(),
   coeff: z.number(),
   lr: z.number().nonnegative(),
   weight_decay: z.number().nonnegative(),
+  extra_coeffs: z.array(z.number()).min(1).max(1023).optional(),
 });
 /**
  * Every worker: step `step` will not be released; get to exactly "steps 1..step-1 of the
@@ -49,6 +63,7 @@ export const ControlMessage = z.discriminatedUnion("type", [
   StepFlip,
   StepUpdate,
   StepAbort,
+  StepNext,
 ]);
 export type ControlMessage = z.infer<typeof ControlMessage>;
 
@@ -414,14 +429,16 @@ const CONTROL_CODES = {
   "step.flip": 2,
   "step.update": 3,
   "step.abort": 4,
+  "step.next": 5,
 } as const;
 
+/** A one-direction step's messages are the tuples of before; K > 1 appends one array field. */
 export function encodeControl(run: string, m: ControlMessage): Uint8Array {
   const head = [PROTOCOL_VERSION, run, CONTROL_CODES[m.type], m.step];
   const tuple = m.type === "step.begin"
-    ? [...head, m.seed, m.phi]
+    ? [...head, m.seed, m.phi, ...(m.extra_seeds ? [m.extra_seeds] : [])]
     : m.type === "step.update"
-    ? [...head, m.coeff, m.lr, m.weight_decay]
+    ? [...head, m.coeff, m.lr, m.weight_decay, ...(m.extra_coeffs ? [m.extra_coeffs] : [])]
     : head;
   return seal(run, "coordinator", packr.pack(tuple));
 }
@@ -430,7 +447,13 @@ const ControlTuple = z.tuple([z.number(), z.string(), z.number().int(), z.unknow
   z.unknown(),
 );
 /** Fields after the step, per control code: a tuple of another length is dropped. */
-const CONTROL_FIELDS: Record<number, number> = { 1: 2, 2: 0, 3: 3, 4: 0 };
+const CONTROL_FIELDS: Record<number, number[]> = {
+  1: [2, 3],
+  2: [0],
+  3: [3, 4],
+  4: [0],
+  5: [0],
+};
 
 /**
  * Decodes and validates a control message (only the coordinator sends them: with a run key the
@@ -466,15 +489,28 @@ export function decodeControl(
     log(`protocol: dropped control message: run ${r}, this process serves ${run}`);
     return null;
   }
-  if (code in CONTROL_FIELDS && rest.length !== CONTROL_FIELDS[code]) {
+  if (code in CONTROL_FIELDS && !CONTROL_FIELDS[code].includes(rest.length)) {
     log(`protocol: dropped control message: ${rest.length} fields after the step for code ${code}`);
     return null;
   }
   const type = Object.entries(CONTROL_CODES).find(([, c]) => c === code)?.[0];
   const obj = type === "step.begin"
-    ? { type, step, seed: rest[0], phi: rest[1] }
+    ? {
+      type,
+      step,
+      seed: rest[0],
+      phi: rest[1],
+      ...(rest.length > 2 ? { extra_seeds: rest[2] } : {}),
+    }
     : type === "step.update"
-    ? { type, step, coeff: rest[0], lr: rest[1], weight_decay: rest[2] }
+    ? {
+      type,
+      step,
+      coeff: rest[0],
+      lr: rest[1],
+      weight_decay: rest[2],
+      ...(rest.length > 3 ? { extra_coeffs: rest[3] } : {}),
+    }
     : { type, step };
   const m = ControlMessage.safeParse(obj);
   if (!m.success) {

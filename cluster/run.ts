@@ -111,6 +111,8 @@ export interface RunSummary {
   largest_passage?: number | null;
   /** Whether an early stop on un-noised training losses was armed (train.stop_on_loss). */
   stop_on_loss?: boolean;
+  /** Directions per step (train.directions), when more than one. */
+  directions?: number;
   final: {
     val_accuracy: number | null;
     test_accuracy: number | null;
@@ -242,6 +244,7 @@ export function scheduleOf(config: RunConfig, plan: PrivacyPlan | null): Schedul
     lr: config.train.lr,
     phi: config.train.phi,
     weightDecay: config.train.weight_decay,
+    directions: config.train.directions,
     q,
     privatization: plan
       ? {
@@ -667,6 +670,7 @@ export async function coordinateRun(
           stop_on_loss: config.train.stop_on_loss,
         }
         : {}),
+      ...(config.train.directions > 1 ? { directions: config.train.directions } : {}),
       final: {
         val_accuracy: val ? n(val.accuracy) : null,
         test_accuracy: test ? n(test.accuracy) : null,

@@ -159,9 +159,9 @@ export function measureMachine(model: OptConfig, tokens: number): MachineSpeed {
 /** The estimated time of a step of a plan (see the module comment). */
 export interface StepTimeEstimate {
   step_s: number;
-  /** Both forward passes of the step. */
+  /** Both forward passes of the step (2K with K directions). */
   forward_s: number;
-  /** The three perturbation passes. */
+  /** The three perturbation passes (4K - 1 with K directions). */
   perturbation_s: number;
   /** One micro-batch through each stage. */
   stage_micro_batch_s: number[];
@@ -183,6 +183,8 @@ export interface StepShape {
   seqLen: number;
   /** Positions of a micro-batch that go through the LM head. */
   headPositions: number;
+  /** Directions per step (train.directions): 2K forwards, 4K - 1 perturbation passes. */
+  directions?: number;
 }
 
 export function estimateStepTime(
@@ -198,8 +200,10 @@ export function estimateStepTime(
   const stage = shape.layers.map((l, k) => l * layer + (k === K - 1 ? head : 0));
   const pass = stage.reduce((a, b) => a + b, 0) +
     (shape.microBatchesPerGroup - 1) * Math.max(...stage);
-  const forward = 2 * pass;
-  const perturbation = (3 * Math.max(...shape.trainable)) / speed.perturb_params_per_s;
+  const dirs = shape.directions ?? 1;
+  const forward = 2 * dirs * pass;
+  const perturbation = ((4 * dirs - 1) * Math.max(...shape.trainable)) /
+    speed.perturb_params_per_s;
   return {
     step_s: forward + perturbation,
     forward_s: forward,

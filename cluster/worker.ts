@@ -2,18 +2,23 @@
  * A stage worker: owns a contiguous slice of the model, perturbs and updates only that slice in
  * place, runs its part of the forward pass, and (as the last stage) turns features into scores.
  *
- * Its step state machine accepts control messages in order — begin(t), flip(t), update(t) or
- * abort(t) — and refuses anything else, so a duplicated or stray message can never apply a
- * pass twice.
+ * Its step state machine accepts control messages in order — begin(t), flip(t), then for a
+ * step of K > 1 directions (next(t), flip(t)) K - 1 times, then update(t) or abort(t) — and
+ * refuses anything else, so a duplicated or stray message can never apply a pass twice.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { logProbsAt, type Stage, stageForward } from "../src/model/opt.ts";
 import { commitHalf } from "../src/model/weights.ts";
 import { narrowNearest, widen } from "../src/model/half.ts";
-import { mezoDecayApplies, type NamedTensor, perturb } from "../src/dpzo/perturbation.ts";
+import {
+  mezoDecayApplies,
+  type NamedTensor,
+  perturb,
+  perturbPasses,
+} from "../src/dpzo/perturbation.ts";
 import { tensorDigest } from "../src/checkpoint/weights_hash.ts";
 import type { ControlMessage, ForwardRequest, ForwardResult } from "./protocol.ts";
-import { type LedgerEntry, stepPasses } from "../src/checkpoint/ledger.ts";
+import { type LedgerEntry, type StepPass, stepPasses } from "../src/checkpoint/ledger.ts";
 import { combineDigests } from "../src/checkpoint/weights_hash.ts";
 import { readSnapshot, snapshotSteps, writeSnapshot } from "../src/checkpoint/snapshot.ts";
 
@@ -24,9 +29,32 @@ export interface StageWorker {
   /** Last step whose update was applied. */
   appliedStep: number;
   phase: "idle" | "plus" | "minus";
-  current?: { step: number; seed: bigint; phi: number };
+  current?: InFlight;
   /** Seconds spent in perturbation passes (for metrics). */
   perturbSeconds: number;
+}
+
+/**
+ * The step in flight: `seed` is its last direction (the one whose restore is fused with the
+ * update), `extra` the directions evaluated before it (K > 1), `at` the index of the direction
+ * in force in the evaluation order [...extra, seed].
+ */
+export interface InFlight {
+  step: number;
+  seed: bigint;
+  phi: number;
+  extra: bigint[];
+  at: number;
+}
+
+/** The seed of the direction in force. */
+function inForce(c: InFlight): bigint {
+  return c.at < c.extra.length ? c.extra[c.at] : c.seed;
+}
+
+/** Passes of the step in flight already applied (its index in `stepPasses`). */
+function passesDone(w: StageWorker): number {
+  return 3 * w.current!.at + (w.phase === "plus" ? 1 : 2);
 }
 
 export function createStageWorker(stage: Stage, trainable: string[], appliedStep = 0): StageWorker {
@@ -88,6 +116,33 @@ export function applyPass(
   w.perturbSeconds += (performance.now() - t0) / 1000;
 }
 
+/**
+ * The update passes of a step of K > 1 directions: the last direction's restore + update (with
+ * the decay), then each extra direction's update. Float32 tensors take them in one sweep
+ * (`perturbPasses`: the same bits as the passes one by one, which replay applies); half-stored
+ * ones commit each pass with its own stochastic rounding (`applyPass`).
+ */
+export function applyUpdatePasses(
+  w: StageWorker,
+  passes: { seed: bigint; coeff: number }[],
+  decay: { lr: number; decay: number },
+): void {
+  const t0 = performance.now();
+  const weightDecay = decay.decay > 0
+    ? { lr: decay.lr, decay: decay.decay, appliesTo: mezoDecayApplies }
+    : undefined;
+  perturbPasses(
+    inPlaceTensors(w),
+    passes.map((p, i) => ({ ...p, weightDecay: i === 0 ? weightDecay : undefined })),
+  );
+  w.perturbSeconds += (performance.now() - t0) / 1000;
+  if (halfTensors(w).length === 0) return;
+  // The half-stored tensors (the float32 ones are done): applyPass on a view of only them.
+  const half = { ...w, trainable: halfTensors(w) };
+  passes.forEach((p, i) => applyPass(half, p.seed, p.coeff, true, i === 0 ? decay : undefined));
+  w.perturbSeconds = half.perturbSeconds;
+}
+
 /** Applies a control message; throws (without changing anything) when it is out of order. */
 export function handleControl(w: StageWorker, msg: ControlMessage): void {
   switch (msg.type) {
@@ -97,9 +152,10 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
           `worker: step.begin ${msg.step} out of order (applied ${w.appliedStep}, ${w.phase})`,
         );
       }
-      const seed = BigInt(msg.seed);
-      applyPass(w, seed, msg.phi, false);
-      w.current = { step: msg.step, seed, phi: msg.phi };
+      const extra = (msg.extra_seeds ?? []).map((s) => BigInt(s));
+      const cur: InFlight = { step: msg.step, seed: BigInt(msg.seed), phi: msg.phi, extra, at: 0 };
+      applyPass(w, inForce(cur), msg.phi, false);
+      w.current = cur;
       w.phase = "plus";
       return;
     }
@@ -107,15 +163,46 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
       if (w.phase !== "plus" || w.current?.step !== msg.step) {
         throw new Error(`worker: step.flip ${msg.step} out of order (${w.phase})`);
       }
-      applyPass(w, w.current.seed, -2 * w.current.phi, false);
+      applyPass(w, inForce(w.current), -2 * w.current.phi, false);
       w.phase = "minus";
       return;
     }
+    case "step.next": {
+      const c = w.current;
+      if (w.phase !== "minus" || c?.step !== msg.step || c.at >= c.extra.length) {
+        throw new Error(`worker: step.next ${msg.step} out of order (${w.phase})`);
+      }
+      // Restore the direction just measured, then perturb along the next one.
+      applyPass(w, inForce(c), c.phi, false);
+      c.at++;
+      applyPass(w, inForce(c), c.phi, false);
+      w.phase = "plus";
+      return;
+    }
     case "step.update": {
-      if (w.phase !== "minus" || w.current?.step !== msg.step) {
+      const c = w.current;
+      if (w.phase !== "minus" || c?.step !== msg.step || c.at !== c.extra.length) {
         throw new Error(`worker: step.update ${msg.step} out of order (${w.phase})`);
       }
-      applyPass(w, w.current.seed, msg.coeff, true, { lr: msg.lr, decay: msg.weight_decay });
+      const coeffs = msg.extra_coeffs ?? [];
+      if (coeffs.length !== c.extra.length) {
+        throw new Error(
+          `worker: step.update ${msg.step} has ${coeffs.length} extra coefficients for ` +
+            `${c.extra.length} extra directions`,
+        );
+      }
+      if (c.extra.length === 0) {
+        applyPass(w, c.seed, msg.coeff, true, { lr: msg.lr, decay: msg.weight_decay });
+      } else {
+        applyUpdatePasses(
+          w,
+          [
+            { seed: c.seed, coeff: msg.coeff },
+            ...c.extra.map((seed, i) => ({ seed, coeff: coeffs[i] })),
+          ],
+          { lr: msg.lr, decay: msg.weight_decay },
+        );
+      }
       w.appliedStep = msg.step;
       w.phase = "idle";
       w.current = undefined;
@@ -123,10 +210,11 @@ export function handleControl(w: StageWorker, msg: ControlMessage): void {
     }
     case "step.abort": {
       if (w.current?.step !== msg.step) return; // nothing of that step was applied here
-      // Undo exactly the passes applied so far, in reverse: the weights return to theta up to
-      // float32 rounding, which a later replay reproduces (it performs the same passes).
-      if (w.phase === "minus") applyPass(w, w.current.seed, 2 * w.current.phi, false);
-      applyPass(w, w.current.seed, -w.current.phi, false);
+      // Undo exactly the passes of the direction in force, in reverse (earlier directions were
+      // restored by their own passes): the weights return to theta up to float32 rounding.
+      const seed = inForce(w.current);
+      if (w.phase === "minus") applyPass(w, seed, 2 * w.current.phi, false);
+      applyPass(w, seed, -w.current.phi, false);
       w.phase = "idle";
       w.current = undefined;
       return;
@@ -169,14 +257,18 @@ export function forwardStage(
 
 /** Applies the passes of one released step (the ledger's coefficients), from `from` on. */
 export function applyEntryPasses(w: StageWorker, e: LedgerEntry, from = 0): void {
-  const seed = BigInt(e.seed);
-  const passes = stepPasses(e);
-  // The last pass is the update (restore and update in one).
-  passes.forEach((pass, i) => {
+  stepPasses(e).forEach((pass: StepPass, i) => {
     if (i < from) return;
     const decay = pass.decay ? { lr: e.lr, decay: e.weight_decay } : undefined;
-    applyPass(w, seed, pass.coeff, i === passes.length - 1, decay);
+    applyPass(w, pass.seed, pass.coeff, pass.update, decay);
   });
+}
+
+/** Whether a ledger entry is the step in flight (same step, seeds and phi). */
+function sameStep(e: LedgerEntry, c: InFlight): boolean {
+  const extra = (e.extra_directions ?? []).map((d) => BigInt(d.seed));
+  return BigInt(e.seed) === c.seed && e.phi === c.phi && extra.length === c.extra.length &&
+    extra.every((s, i) => s === c.extra[i]);
 }
 
 /**
@@ -203,10 +295,8 @@ export async function syncWorker(
   if (w.phase !== "idle") {
     const cur = w.current!;
     const e = cur.step <= L ? await entry(cur.step) : undefined;
-    if (
-      e && cur.step === w.appliedStep + 1 && BigInt(e.seed) === cur.seed && e.phi === cur.phi
-    ) {
-      applyEntryPasses(w, e, w.phase === "plus" ? 1 : 2);
+    if (e && cur.step === w.appliedStep + 1 && sameStep(e, cur)) {
+      applyEntryPasses(w, e, passesDone(w));
       w.appliedStep = cur.step;
       w.phase = "idle";
       w.current = undefined;

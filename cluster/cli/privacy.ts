@@ -1,7 +1,7 @@
 /**
  * `dpzo privacy --sampling-rate Q --steps T --delta D (--sigma S | --b B | --epsilon E)
  *  [--mechanism gaussian|laplace] [--accountant pld|prv|rdp] [--grid-units N | --continuous]
- *  [--unit example|context] [--json]`
+ *  [--unit example|context] [--directions K] [--json]`
  *
  * With a noise level: the (epsilon, delta) guarantee of T Poisson-subsampled steps.
  * With --epsilon: the least noise (sigma, or Laplace scale b) that meets (epsilon, delta),
@@ -12,6 +12,10 @@
  * with that noise uses (or `--grid-units`): the answer is what `dpzo train` states for the same
  * q, T, delta and noise. `--continuous` gives the continuous mechanism, the reference that the
  * discrete epsilon never goes below.
+ *
+ * `--directions K` (train.directions, DP-AggZO) leaves epsilon as it is: a step of K directions
+ * is one Gaussian release of an L2-clipped K-vector of sensitivity C (src/report/
+ * privacy_statement.ts); the sentence says so. Laplace with K > 1 is refused, as in a run.
  */
 import { Command, Option } from "@commander-js/extra-typings";
 import { z } from "zod";
@@ -69,8 +73,18 @@ export const PrivacyFlags = z.object({
   ),
   continuous: z.boolean().optional(),
   unit: z.enum(["example", "context"], { error: "--unit must be example or context" }).optional(),
+  directions: optionalNumber("--directions", "4").refine(
+    (k) => k === undefined || (Number.isInteger(k) && k >= 1 && k <= 64),
+    { error: "--directions must be a whole number from 1 to 64 (train.directions), e.g. 4" },
+  ),
   json: z.boolean().optional(),
 }).superRefine((o, ctx) => {
+  if (o.mechanism === "laplace" && (o.directions ?? 1) > 1) {
+    ctx.addIssue({
+      code: "custom",
+      message: "--directions above 1 needs --mechanism gaussian (Laplace would need an L1 clip)",
+    });
+  }
   if (o.continuous && o.gridUnits !== undefined) {
     ctx.addIssue({
       code: "custom",
@@ -116,10 +130,19 @@ export function runPrivacy(
 ): { json: Record<string, unknown>; text: string } {
   const { samplingRate: q, steps, delta, mechanism, accountant } = query;
   const noiseName = mechanism === "gaussian" ? "sigma" : "b";
-  const base = { delta, sampling_rate: q, steps, mechanism };
+  const base = {
+    delta,
+    sampling_rate: q,
+    steps,
+    mechanism,
+    ...((query.directions ?? 1) > 1 ? { directions: query.directions } : {}),
+  };
   const requested = accountant === "prv" ? { accountant_requested: "prv" } : {};
   const discrete = !query.continuous;
-  const unit = query.unit === "context" ? { unit: "context" as const } : {};
+  const unit = {
+    ...(query.unit === "context" ? { unit: "context" as const } : {}),
+    ...((query.directions ?? 1) > 1 ? { directions: query.directions } : {}),
+  };
   const gridOf = (noise: number) =>
     discrete ? { gridUnits: query.gridUnits ?? gridUnits(noise) } : {};
   if (query.epsilon !== undefined) {
@@ -211,6 +234,10 @@ export function privacyCommand() {
     .addOption(
       new Option("--unit <unit>", "what one neighbour is: a training example, or a passage")
         .choices(["example", "context"] as const),
+    )
+    .option(
+      "--directions <K>",
+      "directions per step (train.directions): the same epsilon, one Gaussian release per step",
     )
     .option("--json", "print one JSON line")
     .action((opts) => {

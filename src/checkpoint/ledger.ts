@@ -12,6 +12,12 @@
  * ghat (a fixed function of it), the update coefficient, and q, the noise, the clip and the grid.
  * No wall-clock time: the time between appends depends on the batch size (format 2; older
  * ledgers with a `time` field still replay, see isLegacyEntry).
+ *
+ * A step of K > 1 directions (DP-AggZO, `train.directions`) also carries `extra_directions`:
+ * the K - 1 directions evaluated before the top-level one, each with its public seed, its
+ * released coordinate of the noisy sum and its update coefficient `-(lr * ghat)`. The top-level
+ * seed, ghat, sum_units and update_coeff are the step's last direction, whose restore is fused
+ * with the update exactly as in a one-direction step; so a K = 1 line is unchanged.
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
@@ -45,11 +51,39 @@ export const LedgerEntrySchema = z.object({
    * the append, which told empty batches from full ones): read, for replay; never written.
    */
   time: z.string().optional(),
+  /** Steps of K > 1 directions: the K - 1 directions before the top-level one, in order. */
+  extra_directions: z.array(
+    z.object({
+      seed: z.string().regex(/^\d+$/),
+      ghat: z.number(),
+      sum_units: z.number().int().optional(),
+      /** -(lr * ghat): this direction's update pass (its restore was a pass of its own). */
+      update_coeff: z.number(),
+    }).strict(),
+  ).min(1).optional(),
 }).strict().superRefine((e, ctx) => {
   const issue = (path: string, message: string) =>
     ctx.addIssue({ code: "custom", path: [path], message });
   if (e.update_coeff !== e.phi - e.lr * e.ghat) {
     issue("update_coeff", "is not phi - lr * ghat: the line was altered");
+  }
+  for (const [i, d] of (e.extra_directions ?? []).entries()) {
+    if (d.update_coeff !== extraUpdateCoeff(e.lr, d.ghat)) {
+      issue("extra_directions", `${i}: update_coeff is not -(lr * ghat): the line was altered`);
+    }
+    if (e.mechanism !== "none" && e.grid_units !== undefined) {
+      const { clip, grid_units, expected_batch } = e;
+      if (
+        d.sum_units === undefined || clip === undefined || expected_batch === undefined ||
+        d.ghat !== (d.sum_units * (clip / grid_units)) / expected_batch
+      ) {
+        issue(
+          "extra_directions",
+          `${i}: ghat is not sum_units * (clip / grid_units) / ` +
+            `expected_batch: the line was altered`,
+        );
+      }
+    }
   }
   // A private step without a grid is from a ledger before format 2 (isLegacyEntry).
   if (e.mechanism === "none" || e.grid_units === undefined) return;
@@ -180,14 +214,50 @@ export async function readLedger(path: string): Promise<LedgerEntry[]> {
   return entries;
 }
 
+/** The update coefficient of a direction other than a step's last: -(lr * ghat). */
+export function extraUpdateCoeff(lr: number, ghat: number): number {
+  return -(lr * ghat);
+}
+
+/** Number of directions of a step (DP-AggZO's K; 1 for DP-ZO). */
+export function entryDirections(e: LedgerEntry): number {
+  return 1 + (e.extra_directions?.length ?? 0);
+}
+
+/** One in-place pass of a step: theta += coeff z(seed); `update` marks the committing passes. */
+export interface StepPass {
+  seed: bigint;
+  coeff: number;
+  /** MeZO weight decay in this pass (only the step's first update pass). */
+  decay: boolean;
+  /** An update pass (restore + update, or a further direction's update), not a perturbation. */
+  update: boolean;
+}
+
 /**
- * The three in-place passes of a released step, in order: +phi, -2 phi, then the fused restore
- * and update. Live workers and replay both apply exactly these coefficients.
+ * The in-place passes of a released step, in order. One direction: +phi, -2 phi, then the fused
+ * restore and update. K directions: for each extra direction +phi, -2 phi, +phi (restored before
+ * the next is perturbed, so one perturbation is in force at a time and memory stays flat); then
+ * the last direction's +phi, -2 phi and fused restore + update (with the decay); then the extra
+ * directions' updates, in order. Live workers and replay both apply exactly these coefficients.
  */
-export function stepPasses(e: LedgerEntry): { coeff: number; decay: boolean }[] {
-  return [
-    { coeff: e.phi, decay: false },
-    { coeff: -2 * e.phi, decay: false },
-    { coeff: e.update_coeff, decay: e.weight_decay > 0 },
-  ];
+export function stepPasses(e: LedgerEntry): StepPass[] {
+  const extra = e.extra_directions ?? [];
+  const out: StepPass[] = [];
+  const perturbation = (seed: bigint, coeff: number) =>
+    out.push({ seed, coeff, decay: false, update: false });
+  for (const d of extra) {
+    const s = BigInt(d.seed);
+    perturbation(s, e.phi);
+    perturbation(s, -2 * e.phi);
+    perturbation(s, e.phi);
+  }
+  const seed = BigInt(e.seed);
+  perturbation(seed, e.phi);
+  perturbation(seed, -2 * e.phi);
+  out.push({ seed, coeff: e.update_coeff, decay: e.weight_decay > 0, update: true });
+  for (const d of extra) {
+    out.push({ seed: BigInt(d.seed), coeff: d.update_coeff, decay: false, update: true });
+  }
+  return out;
 }

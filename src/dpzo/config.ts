@@ -74,6 +74,12 @@ const Train = z.object({
    * statement says so; false keeps every step to the plan (a non-finite g_i then counts 0).
    */
   stop_on_loss: z.boolean().default(true),
+  /**
+   * Directions per step, K (DP-AggZO, Bao et al. 2025): 2K forwards per step, each example's
+   * K-vector of finite differences clipped in L2 to privacy.clip and noised as one Gaussian
+   * release of sensitivity C (the same epsilon per step as K = 1). 1 is DP-ZO, as before.
+   */
+  directions: z.number().int().min(1).max(64).default(1),
 }).strict();
 
 /** Sharding over NATS (`dpzo launch`): K pipeline stages x R replica groups. */
@@ -173,6 +179,13 @@ export function parseRunConfig(
           `(sigma for gaussian, b for laplace), or privacy.enabled: false for a non-private run`,
       );
     }
+  }
+  if (c.privacy.enabled && c.privacy.mechanism === "laplace" && c.train.directions > 1) {
+    throw new UsageError(
+      `${source}: train.directions: ${c.train.directions} directions need the Gaussian ` +
+        `mechanism (Laplace would need an L1 clip and its own sensitivity); use ` +
+        `privacy.mechanism: gaussian or train.directions: 1`,
+    );
   }
   if (c.privacy.unit === "context" && c.task.name !== "squad" && c.task.name !== "drop") {
     throw new UsageError(

@@ -31,6 +31,12 @@
  * into a CHUNK scratch and updates in a JS loop. Both give the same bits (tested); NaN payloads
  * are the only thing not pinned.
  *
+ * Several passes in one sweep (`perturbPasses`, the K updates of a step of K directions): the
+ * tensors are cut into pieces of FUSED_PIECE elements and every pass runs over a piece before the
+ * next piece, so the weights stream through memory once while the piece stays in cache. Each
+ * element still receives the passes in order with the same float32 operations, so the result is
+ * bit for bit that of the passes one after the other (tested): replay may use either.
+ *
  * Tied weights: pass one buffer once, under its canonical name (OPT's `lm_head.weight` is
  * `model.decoder.embed_tokens.weight`); two stages each holding a copy both pass it, under that
  * name, and stay equal.
@@ -263,4 +269,51 @@ export function runPerturbCommand(k: ZKernel, args: Float64Array, counter: Int32
     };
   };
   runSegments(k, keys, args[0], args[1], args[22], segmentAt, counter);
+}
+
+/** Elements of a piece in `perturbPasses` (1 MiB of float32; a multiple of WASM_CHUNK). */
+export const FUSED_PIECE = 16 * WASM_CHUNK;
+
+/** One pass of `perturbPasses`: theta += coeff z(seed), with optional decay. */
+export interface Pass {
+  seed: bigint;
+  coeff: number;
+  weightDecay?: WeightDecay;
+}
+
+/**
+ * The passes `passes`, in order, over `tensors`, in one sweep over memory (module doc): the same
+ * bits as `perturb` called once per pass.
+ */
+export function perturbPasses(
+  tensors: readonly NamedTensor[],
+  passes: readonly Pass[],
+  opts: Omit<PerturbOptions, "weightDecay"> = {},
+): void {
+  if (passes.length === 1 || tensors.length === 0) {
+    for (const p of passes) {
+      perturb(tensors, p.seed, p.coeff, { ...opts, weightDecay: p.weightDecay });
+    }
+    return;
+  }
+  // Groups of pieces of at most FUSED_PIECE elements in all, no tensor twice in a group.
+  const groups: NamedTensor[][] = [];
+  let group: NamedTensor[] = [], size = 0;
+  const flush = () => {
+    if (group.length) groups.push(group);
+    group = [];
+    size = 0;
+  };
+  for (const t of tensors) {
+    for (let lo = 0; lo < t.data.length; lo += FUSED_PIECE) {
+      const piece = t.data.subarray(lo, Math.min(t.data.length, lo + FUSED_PIECE));
+      if (size + piece.length > FUSED_PIECE || group.some((g) => g.name === t.name)) flush();
+      group.push({ name: t.name, data: piece, start: (t.start ?? 0) + lo });
+      size += piece.length;
+    }
+  }
+  flush();
+  for (const g of groups) {
+    for (const p of passes) perturb(g, p.seed, p.coeff, { ...opts, weightDecay: p.weightDecay });
+  }
 }

@@ -83,6 +83,7 @@ export function reportPrivacyStatement(
     gridUnits: plan.gridUnits,
     unit: plan.unit,
     stopOnLoss: d.run.config?.train?.stop_on_loss,
+    directions: d.run.config?.train?.directions,
   };
   return {
     text: `so far (the run has not finished): ${privacyStatement(p)}`,

@@ -10,6 +10,11 @@
  * several examples (protected only as a group), and an early stop decided on un-noised losses.
  *
  * Epsilon is rounded UP (the safe direction) to 4 decimals.
+ *
+ * K > 1 directions per step (DP-AggZO) change nothing in the accounting: a step releases one
+ * K-vector, each unit's contribution clipped in L2 to C, with independent noise of std sigma C
+ * per coordinate: one Gaussian mechanism of sensitivity C, whose privacy loss is that of the
+ * one-dimensional one (rotation invariance). The sentence says so (`directionsNote`).
  */
 import {
   type AccountantName,
@@ -38,6 +43,15 @@ export interface PrivacyParams {
   largestPassage?: number | null;
   /** The run stops early on un-noised training losses (train.stop_on_loss). */
   stopOnLoss?: boolean;
+  /** Directions per step, K (train.directions); 1 when absent. The epsilon does not depend on it. */
+  directions?: number;
+}
+
+/** The words for K > 1 directions per step ("" for one): why epsilon is that of K = 1. */
+export function directionsNote(k: number | undefined): string {
+  if (k === undefined || k <= 1) return "";
+  return `, ${k} directions per step (each step one Gaussian release of a ${k}-vector ` +
+    `clipped in L2 to C, sensitivity C: the epsilon of one direction)`;
 }
 
 /** The accountant's answer for `p` (epsilon, its discretisation error, the engine used). */
@@ -116,9 +130,11 @@ export function privacyStatement(p: PrivacyParams, g: EpsilonReport = guaranteeO
   const grid = p.gridUnits !== undefined ? `, discrete noise on a grid of C/${p.gridUnits}` : "";
   return `(${fmtEps(g.epsilon)}, ${
     fmtDelta(p.delta)
-  })-DP for add/remove of ${who} over ${p.steps} steps with q=${p.q}, ${noiseName}=${p.noise}${grid} (accountant: ${
-    accountantLabel(g.accountant, p.accountant, p.gridUnits !== undefined)
-  }${g.accountant === "pld" ? `; discretisation error <= ${fmtErr(g.error)}` : ""}${pure})`;
+  })-DP for add/remove of ${who} over ${p.steps} steps with q=${p.q}, ${noiseName}=${p.noise}${grid}${
+    directionsNote(p.directions)
+  } (accountant: ${accountantLabel(g.accountant, p.accountant, p.gridUnits !== undefined)}${
+    g.accountant === "pld" ? `; discretisation error <= ${fmtErr(g.error)}` : ""
+  }${pure})`;
 }
 
 /** The same sentence for a finished run, from its summary.json. */
@@ -136,6 +152,7 @@ export function runPrivacyStatement(s: {
   privacy_unit?: "example" | "context";
   largest_passage?: number | null;
   stop_on_loss?: boolean;
+  directions?: number;
 }): string {
   if (s.epsilon === null || s.delta === null || s.accountant === null) {
     return "none: a non-private run (privacy.enabled: false) gives no (epsilon, delta) guarantee";
@@ -152,6 +169,7 @@ export function runPrivacyStatement(s: {
     unit: s.privacy_unit,
     largestPassage: s.largest_passage,
     stopOnLoss: s.stop_on_loss,
+    directions: s.directions,
   });
   return s.insecure_seed !== null && s.insecure_seed !== undefined
     ? `${text} — NOT PRIVATE: insecure_seed was set (sampling and noise are reproducible)`

@@ -75,6 +75,7 @@ export async function publicReportHtml(d: PublicRun, generated = new Date()): Pr
       accountant: plan.accountant,
       gridUnits: plan.gridUnits,
       unit: plan.unit,
+      directions: cfg.train?.directions,
     });
     isPrivate = cfg.insecure_seed === null || cfg.insecure_seed === undefined;
     if (!isPrivate) {
