@@ -27,7 +27,7 @@ import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { localWorkerThreads } from "./plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
-import { freePort, pumpLines, startNatsServer } from "./nats_server.ts";
+import { freePort, type NatsServer, pumpLines, startNatsServer } from "./nats_server.ts";
 import {
   installRunKey,
   localUsers,
@@ -252,6 +252,26 @@ function portIsFree(port: number): boolean {
   }
 }
 
+/**
+ * Starts the launcher's nats-server again, retrying for a while: its port may still be held for
+ * a moment by the dead server's sockets.
+ */
+async function restartServer(
+  start: () => Promise<NatsServer>,
+  log: (line: string) => void,
+): Promise<NatsServer> {
+  const deadline = Date.now() + 30_000;
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await start();
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      if (attempt === 1) log(`launch: nats-server did not start again yet; retrying`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 /** "killed by SIGKILL" / "exited with code 3". */
 function describeExit(s: Deno.CommandStatus): string {
   return s.signal ? `was killed by ${s.signal}` : `exited with code ${s.code}`;
@@ -305,7 +325,9 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
     }
   }
 
-  let server: Awaited<ReturnType<typeof startNatsServer>> | undefined;
+  let server: NatsServer | undefined;
+  /** Starts the launcher's nats-server (again): the same port, store, users and permissions. */
+  let startServer: (() => Promise<NatsServer>) | undefined;
   let url = opts.nats;
   // A resumed run keeps its run key: the ledger stream's entries are tagged with it.
   const runKey = opts.security?.runKey ?? previous?.runKey ?? toHex(newRunKey());
@@ -335,12 +357,14 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         worker: { user: users.worker.user, password: users.worker.password },
       },
     });
-    server = await startNatsServer({
-      storeDir,
-      port,
-      log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
-      users: [users.coordinator, users.worker],
-    });
+    startServer = () =>
+      startNatsServer({
+        storeDir,
+        port,
+        log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
+        users: [users.coordinator, users.worker],
+      });
+    server = await startServer();
     url = server.url;
     coordSecurity = { user: users.coordinator.user, password: users.coordinator.password, runKey };
     workerSecurity = { user: users.worker.user, password: users.worker.password, runKey };
@@ -369,6 +393,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         ? ` (credentials and run key: set -a; . ${runDir}/${NATS_STORE_DIR}/worker.env)`
         : " (with the same credentials and DPZO_RUN_KEY)"),
   );
+  if (server) log(`launch: nats-server is pid ${server.process.pid}`);
 
   const children: Child[] = [];
   // The workers on this machine share its cores: each gets its share of helper threads
@@ -466,16 +491,42 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
   let code = 1;
   try {
     let coord = startCoordinator(opts.resume === true);
-    let coordRestarted = false;
+    let coordRestarts = 0, serverRestarts = 0;
     const workers = Array.from({ length: stages * replicas }, (_, i) => startWorker(i));
     const restarts = workers.map(() => 0);
     for (;;) {
-      // The first of: the coordinator ends, a worker process ends, or Ctrl-C.
+      // The first of: the coordinator ends, a worker process ends, nats-server ends, or Ctrl-C.
       const first = await Promise.race([
         interruption,
         coord.status.then((s) => ({ coord: s })),
         ...workers.flatMap((w, i) => w.done ? [] : [w.status.then((s) => ({ worker: i, s }))]),
+        ...(server ? [server.status.then((s) => ({ server: s }))] : []),
       ]);
+      if (first !== "signal" && "server" in first) {
+        if (interrupted) continue;
+        // The launcher's own nats-server died: started again on the same port, JetStream store
+        // (the ledger and run metadata streams) and users; every process reconnects by itself.
+        const dead = server!;
+        if (serverRestarts >= maxRestarts) {
+          log(
+            `launch: nats-server (pid ${dead.process.pid}) ${describeExit(first.server)}; no ` +
+              `restarts left (--max-restarts ${maxRestarts}); stopping the run`,
+          );
+          await killAll();
+          code = 1;
+          break;
+        }
+        serverRestarts++;
+        log(
+          `launch: nats-server (pid ${dead.process.pid}) ${describeExit(first.server)}; ` +
+            `restarting it on ${url} with the same JetStream store and users (restart ` +
+            `${serverRestarts} of ${maxRestarts}); the coordinator and workers reconnect`,
+        );
+        await dead.stop();
+        server = await restartServer(startServer!, log);
+        log(`launch: nats-server is pid ${server.process.pid}`);
+        continue;
+      }
       if (first !== "signal" && !("coord" in first && first.coord.success)) await settle();
       if (first === "signal" || interrupted) {
         log(
@@ -532,19 +583,26 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         if (interrupted) await killAll();
         break;
       }
-      // Killed (not failed with an error): once, a coordinator in resume mode takes over.
-      const resumable = s.signal !== null && !coordRestarted &&
+      // Killed (not failed with an error): a coordinator in resume mode takes over.
+      const resumable = s.signal !== null && coordRestarts < maxRestarts &&
         await Deno.stat(`${runDir}/run.json`).then(() => true, () => false);
       if (!resumable) {
         code = s.code;
-        log(`launch: the coordinator ${describeExit(s)}; stopping the workers`);
+        log(
+          `launch: the coordinator ${describeExit(s)}` +
+            (s.signal !== null && coordRestarts >= maxRestarts
+              ? ` and has no restarts left (--max-restarts ${maxRestarts})`
+              : "") +
+            "; stopping the workers",
+        );
         await killAll();
         break;
       }
-      coordRestarted = true;
+      coordRestarts++;
       log(
-        `launch: the coordinator (pid ${coord.proc.pid}) ${describeExit(s)}; restarting it once ` +
-          `from the ledger (dpzo coordinate --resume ${runDir}); the workers re-join it`,
+        `launch: the coordinator (pid ${coord.proc.pid}) ${describeExit(s)}; restarting it ` +
+          `from the ledger (dpzo coordinate --resume ${runDir}; restart ${coordRestarts} of ` +
+          `${maxRestarts}); the workers re-join it`,
       );
       coord = startCoordinator(true);
       // Workers that left meanwhile (e.g. on a shutdown before the kill) are started again.

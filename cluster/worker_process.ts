@@ -14,12 +14,7 @@
  * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), the worker
  * joins again, keeping its slice when it gets the same slot back.
  */
-import {
-  connect,
-  type Msg,
-  type NatsConnection,
-  type NodeConnectionOptions,
-} from "@nats-io/transport-node";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { z } from "zod";
 import { parseRunConfig } from "../src/dpzo/config.ts";
@@ -31,6 +26,7 @@ import {
   Assignment,
   Chunk,
   chunkPayload,
+  CoordinatorBeat,
   copyBytes,
   decode,
   decodeBlob,
@@ -49,6 +45,8 @@ import {
 } from "./protocol.ts";
 import { loadRunStage } from "./run.ts";
 import { connectOptions, type NatsSecurity } from "./nats_security.ts";
+import { connectRetrying, watchConnection } from "./nats_connect.ts";
+import { startHeartbeatThread } from "./heartbeat.ts";
 import {
   createStageWorker,
   forwardStage,
@@ -77,30 +75,6 @@ export interface WorkerOptions {
 }
 
 const Meta = z.object({ config: z.unknown(), plan: z.unknown() });
-
-async function connectWithRetry(
-  url: string,
-  name: string,
-  deadline: number,
-  security: Partial<NodeConnectionOptions> = {},
-) {
-  for (;;) {
-    try {
-      return await connect({ servers: url, name, maxReconnectAttempts: 10, ...security });
-    } catch (e) {
-      // Wrong credentials or certificates do not get better by waiting.
-      if (
-        /authori[sz]ation|authentication|certificate|tls|permission/i.test((e as Error).message)
-      ) {
-        throw new Error(`NATS at ${url} refused this worker: ${(e as Error).message}`);
-      }
-      if (Date.now() > deadline) {
-        throw new Error(`cannot reach NATS at ${url}: ${(e as Error).message}`);
-      }
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}
 
 /** Asks the coordinator for a slot until it answers. */
 async function join(
@@ -155,13 +129,24 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
   const send = (body: unknown) => encode(run, body, "worker");
   const id = opts.workerId ??
     `${Deno.hostname().split(".")[0]}-${Deno.pid}-${crypto.randomUUID().slice(0, 4)}`;
-  const deadline = Date.now() + (opts.joinTimeoutMs ?? 600_000);
-  const nc = await connectWithRetry(
+  // A refused first connection is retried (the server may start later or be restarting),
+  // with a line every few seconds naming the URL; so is a lost one, for as long as it takes.
+  const nc = await connectRetrying(
     opts.url,
     `dpzo-worker-${id}`,
-    deadline,
     connectOptions(opts.url, opts.security ?? {}, log),
+    log,
+    `worker ${id}`,
   );
+  const deadline = Date.now() + (opts.joinTimeoutMs ?? 600_000);
+  watchConnection(nc, opts.url, log, `worker ${id}`);
+  // Subscribed for as long as this connection lives: the coordinator's probes there get "no
+  // responders" from the server the moment this process is gone (a slot freed in seconds).
+  nc.subscribe(S.alive(id), {
+    callback: (err, msg) => {
+      if (!err && msg.reply) msg.respond();
+    },
+  });
   const maxChunk = Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   /** The fields that name a forward's result (or error) for the coordinator. */
   const resultOf = (p: { rid: number; step: number; micro: number; sign: number }) => ({
@@ -171,12 +156,22 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     micro: p.micro,
     sign: p.sign,
   });
-  // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive.
+  // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive. They
+  // come from a thread of their own (a long forward holds this one) and, as a fallback, from here.
+  const heartbeatMs = opts.heartbeatMs ?? 1000;
   const beat = setInterval(() => {
     try {
       nc.publish(S.heartbeat, send({ worker: id }));
     } catch { /* closing */ }
-  }, opts.heartbeatMs ?? 1000);
+  }, heartbeatMs);
+  const beatThread = startHeartbeatThread({
+    url: opts.url,
+    run,
+    worker: id,
+    intervalMs: heartbeatMs,
+    security: opts.security ?? {},
+    log: (l) => log(`worker ${id}: ${l}`),
+  });
   let w: StageWorker | undefined;
   try {
     let a = await join(nc, opts, id, deadline);
@@ -426,15 +421,30 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
-    // A new coordinator epoch (the coordinator was restarted, `--resume`): join it again.
+    // A new coordinator epoch (the coordinator was restarted, `--resume`), or a coordinator
+    // that no longer lists this worker (it was declared lost while alive, e.g. cut off from the
+    // server for longer than the heartbeat timeout): join it again, asking for the same slot.
     let rejoining = false;
+    let unlisted = 0;
     nc.subscribe(S.coordinator, {
       callback: (err, msg) => {
         if (err || rejoining || !a.ok) return;
-        const hb = decode(msg.data, run, z.object({ epoch: z.string() }), log, "coordinator");
-        if (!hb || hb.epoch === a.epoch || a.epoch === undefined) return;
+        const hb = decode(msg.data, run, CoordinatorBeat, log, "coordinator");
+        if (!hb || a.epoch === undefined) return;
+        let why: string;
+        if (hb.epoch !== a.epoch) {
+          why = `a new coordinator (epoch ${hb.epoch.slice(0, 8)})`;
+        } else if (hb.workers && !hb.workers.includes(id)) {
+          // Twice in a row: a beat sent just before this worker's assignment does not count.
+          if (++unlisted < 2) return;
+          why = "the coordinator no longer holds a slot for this worker";
+        } else {
+          unlisted = 0;
+          return;
+        }
+        unlisted = 0;
         rejoining = true;
-        log(`${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`);
+        log(`${me}: ${why}; joining it again`);
         queue = queue.then(async () => {
           const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
           const next = await join(nc, opts, id, Date.now() + 600_000, held);
@@ -473,6 +483,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     log(`${me}: run ${run} finished`);
   } finally {
     clearInterval(beat);
+    await beatThread.stop();
     if (!nc.isClosed()) await nc.drain().catch(() => {});
   }
 }
