@@ -3,9 +3,10 @@
  * free loopback port, JetStream on, its store in the run directory), then the coordinator and
  * K x R stage workers as processes of this machine, prefixes their log lines, and stops them
  * all on Ctrl-C or when the run fails. A worker process that dies is started again (a bounded
- * number of times per slot), a coordinator killed by a signal is restarted once from the
- * ledger, and `dpzo launch --resume RUN_DIR` continues a launch whose machine went down. Under
- * Slurm (`--slurm`) each task takes one role.
+ * number of times per slot), a coordinator killed by a signal is restarted from the ledger, the
+ * launcher's nats-server is restarted on the same port and store, and `dpzo launch --resume
+ * RUN_DIR` continues a launch whose machine went down. Under Slurm (`--slurm`) each task takes
+ * one role.
  *
  * The coordinator process is `prepareRun` + `coordinateRun` over the NATS transport: the same
  * coordinator as `dpzo train`, only the transport differs.
@@ -288,8 +289,10 @@ function describeExit(s: Deno.CommandStatus): string {
  * Faults: a worker process that dies while the coordinator runs is started again with the same
  * arguments (up to `maxRestarts` times per slot): it joins as a replacement, takes the slot its
  * predecessor freed and replays the ledger. A coordinator killed by a signal is started again
- * once in resume mode (`dpzo coordinate --resume`): the workers re-join it. A coordinator that
- * exits with an error, or a slot out of restarts, stops the whole run as before.
+ * in resume mode (`dpzo coordinate --resume`, up to `maxRestarts` times): the workers re-join it.
+ * The launcher's own nats-server, if it dies, is started again (up to `maxRestarts` times) on the
+ * same port, JetStream store, users and permissions: every process reconnects by itself. A
+ * coordinator that exits with an error, or anything out of restarts, stops the whole run.
  */
 export async function launchLocal(opts: LaunchOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => console.error(l));
