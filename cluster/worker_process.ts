@@ -112,7 +112,7 @@ async function join(
       // A spare: every slot is taken now; it takes the first one a lost worker frees.
       if (!waited) log(`worker ${id}: ${a.error}; waiting as a spare for a free slot`);
       waited = true;
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 500));
       continue;
     }
     if (!a.ok) throw new Error(`the coordinator refused this worker: ${a.error}`);

@@ -209,7 +209,7 @@ Deno.test({
 
 Deno.test({
   ...opts,
-  name: "(c) kill -9 of the coordinator under dpzo launch: resumed once, the same weights",
+  name: "(c) kill -9 of the coordinator under dpzo launch: resumed, the same weights",
   fn: () =>
     withTmp(async (tmp) => {
       const dir = `${tmp}/c`;

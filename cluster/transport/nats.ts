@@ -512,7 +512,10 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     );
   }
 
-  /** Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives. */
+  /**
+   * Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives; cut
+   * short when a worker is lost meanwhile (a dead one among `expected` never answers).
+   */
   function gatherSome<T extends { worker: string }>(
     subject: string,
     data: Uint8Array,
@@ -523,10 +526,16 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   ): Promise<Map<string, T>> {
     return collect(subject, data, schema, what, expected, async (all) => {
       let timer: ReturnType<typeof setTimeout> | undefined;
+      let onLoss: (() => void) | undefined;
       try {
-        await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+        await Promise.race([
+          all,
+          new Promise<void>((r) => (timer = setTimeout(r, ms))),
+          new Promise<void>((r) => failListeners.add(onLoss = () => r())),
+        ]);
       } finally {
         clearTimeout(timer);
+        failListeners.delete(onLoss!);
       }
     });
   }
