@@ -169,6 +169,11 @@ interface Child {
   proc: Deno.ChildProcess;
   status: Promise<Deno.CommandStatus>;
   done: boolean;
+  /**
+   * Its exit has been dealt with. Not the same as `done`: two processes may end at once (a
+   * double fault), and the one not handled first must still be seen by the next round.
+   */
+  handled: boolean;
   pumps: Promise<unknown>;
 }
 
@@ -421,7 +426,14 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         ...securityEnv(security, true),
       },
     }).spawn();
-    const c: Child = { name, proc, status: proc.status, done: false, pumps: Promise.resolve() };
+    const c: Child = {
+      name,
+      proc,
+      status: proc.status,
+      done: false,
+      handled: false,
+      pumps: Promise.resolve(),
+    };
     c.status.then(() => (c.done = true));
     const pad = name.padEnd(9);
     c.pumps = Promise.all([
@@ -502,7 +514,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       const first = await Promise.race([
         interruption,
         coord.status.then((s) => ({ coord: s })),
-        ...workers.flatMap((w, i) => w.done ? [] : [w.status.then((s) => ({ worker: i, s }))]),
+        ...workers.flatMap((w, i) => w.handled ? [] : [w.status.then((s) => ({ worker: i, s }))]),
         ...(server ? [server.status.then((s) => ({ server: s }))] : []),
       ]);
       if (first !== "signal" && "server" in first) {
@@ -553,6 +565,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       }
       if ("worker" in first) {
         const i = first.worker, w = workers[i];
+        w.handled = true;
         if (first.s.success) continue; // it left on the coordinator's shutdown message
         if (coord.done) continue; // the coordinator's exit decides (next round)
         if (restarts[i] >= maxRestarts) {
