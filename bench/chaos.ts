@@ -230,6 +230,13 @@ interface Done {
 }
 const done: Done[] = [];
 let lastWorkerKill: { slot: number; pid: number } | undefined;
+// Time from each kill to the next released step (the ledger grows past what it held).
+const poll = setInterval(() => {
+  const n = ledgerLines(chaosDir), now = performance.now();
+  for (const d of done) {
+    if (d.nextStepS === undefined && n > d.ledger) d.nextStepS = (now - d.at) / 1000;
+  }
+}, 50);
 for (const f of plan) {
   if (f.duringReplay) {
     // The replacement of the worker just killed: once the launcher has started it and it has a
@@ -277,13 +284,6 @@ for (const f of plan) {
   }
   if (killed.length) done.push({ fault: f, killed, at, ledger });
 }
-// Time from each kill to the next released step (the ledger grows past what it held).
-const poll = setInterval(() => {
-  const n = ledgerLines(chaosDir), now = performance.now();
-  for (const d of done) {
-    if (d.nextStepS === undefined && n > d.ledger) d.nextStepS = (now - d.at) / 1000;
-  }
-}, 50);
 const status = await l.status;
 clearInterval(poll);
 const chaosWall = (performance.now() - t0) / 1000;

@@ -123,7 +123,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
    * After this process (re)connects, how long before "no responders" counts: the workers
    * reconnect and subscribe again at their own pace after a server restart.
    */
-  const PROBE_GRACE_MS = 5000;
+  const PROBE_GRACE_MS = 3000;
 
   // The run's metadata (config + plan) in JetStream: a worker needs only the URL and run id.
   const jsm = await jetstreamManager(nc);
