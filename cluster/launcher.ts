@@ -28,6 +28,7 @@ import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { localWorkerThreads } from "./plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
+import { retryTransient } from "./nats_connect.ts";
 import { freePort, type NatsServer, pumpLines, startNatsServer } from "./nats_server.ts";
 import {
   installRunKey,
@@ -113,11 +114,16 @@ async function coordinateContext(
   let ledger: StreamLedger | undefined;
   try {
     // The ledger is the run's JetStream stream (acknowledged before release) and ledger.jsonl.
-    const opened = await StreamLedger.open(
-      transport.connection,
-      opts.run,
-      `${config.run_dir}/ledger.jsonl`,
-      { resume: ctx.resume === true, log },
+    const opened = await retryTransient(
+      () =>
+        StreamLedger.open(
+          transport.connection,
+          opts.run,
+          `${config.run_dir}/ledger.jsonl`,
+          { resume: ctx.resume === true, log },
+        ),
+      "coordinator: opening the ledger stream",
+      log,
     );
     ledger = opened.ledger;
     // Ctrl-C while waiting for the workers: nothing of the run has changed.

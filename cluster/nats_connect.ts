@@ -117,3 +117,33 @@ export function watchConnection(
     }
   })().catch(() => {}).finally(stopTimer);
 }
+
+/** An error that a server restart explains (the request can be made again once it is back). */
+export function isTransient(e: unknown): boolean {
+  return /disconnect|timeout|timed out|connection|no responders|503|closed|not enabled|refused/i
+    .test((e as Error)?.message ?? "") || isNoResponders(e);
+}
+
+/**
+ * `f()`, made again while it fails with a transient error (nats-server restarting, JetStream
+ * still recovering its streams), for up to `ms`; one line says what is retried.
+ */
+export async function retryTransient<T>(
+  f: () => Promise<T>,
+  what: string,
+  log: (line: string) => void,
+  ms = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  let said = false;
+  for (;;) {
+    try {
+      return await f();
+    } catch (e) {
+      if (!isTransient(e) || Date.now() > deadline) throw e;
+      if (!said) log(`${what}: ${(e as Error).message}; retrying while nats-server comes back`);
+      said = true;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}

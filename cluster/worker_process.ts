@@ -45,7 +45,7 @@ import {
 } from "./protocol.ts";
 import { loadRunStage } from "./run.ts";
 import { connectOptions, type NatsSecurity } from "./nats_security.ts";
-import { connectRetrying, watchConnection } from "./nats_connect.ts";
+import { connectRetrying, retryTransient, watchConnection } from "./nats_connect.ts";
 import { startHeartbeatThread } from "./heartbeat.ts";
 import {
   createStageWorker,
@@ -183,8 +183,12 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     );
 
     // The run's config from JetStream, validated like a config file.
-    const jsm = await jetstreamManager(nc);
-    const stored = await jsm.streams.getMessage(S.stream, { last_by_subj: S.meta });
+    const stored = await retryTransient(
+      async () =>
+        await (await jetstreamManager(nc)).streams.getMessage(S.stream, { last_by_subj: S.meta }),
+      `worker ${id}: reading the run's config`,
+      log,
+    );
     if (!stored) throw new Error(`run ${run}: no config in stream ${S.stream}`);
     const meta = decode(stored.data, run, Meta, log, "run metadata", "coordinator");
     if (!meta) throw new Error(`run ${run}: the stored run metadata is invalid`);
@@ -195,7 +199,11 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     const entry = async (step: number) => {
       let e = entries.get(step);
       if (!e) {
-        const got = await streamEntry(nc, run, step);
+        const got = await retryTransient(
+          () => streamEntry(nc, run, step),
+          `worker ${id}: ledger step ${step}`,
+          log,
+        );
         if (!got) throw new Error(`the ledger stream of run ${run} has no step ${step}`);
         entries.set(step, e = got);
       }

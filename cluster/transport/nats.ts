@@ -27,7 +27,12 @@ import type { RunConfig } from "../../src/dpzo/config.ts";
 import type { OptConfig } from "../../src/model/config.ts";
 import type { StagePlan } from "../stage_plan.ts";
 import { connectOptions, type NatsSecurity } from "../nats_security.ts";
-import { connectRetrying, isNoResponders, watchConnection } from "../nats_connect.ts";
+import {
+  connectRetrying,
+  isNoResponders,
+  retryTransient,
+  watchConnection,
+} from "../nats_connect.ts";
 import {
   Ack,
   Chunk,
@@ -126,12 +131,19 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   const PROBE_GRACE_MS = 3000;
 
   // The run's metadata (config + plan) in JetStream: a worker needs only the URL and run id.
-  const jsm = await jetstreamManager(nc);
-  try {
-    await jsm.streams.delete(S.stream);
-  } catch { /* no previous stream of that name */ }
-  await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
-  await jetstream(nc).publish(S.meta, send({ config: opts.config, plan }));
+  // Made again while nats-server restarts (a coordinator restarted during an outage).
+  await retryTransient(
+    async () => {
+      const jsm = await jetstreamManager(nc);
+      try {
+        await jsm.streams.delete(S.stream);
+      } catch { /* no previous stream of that name */ }
+      await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
+      await jetstream(nc).publish(S.meta, send({ config: opts.config, plan }));
+    },
+    "coordinator: publishing the run's metadata",
+    log,
+  );
 
   const slots: Slot[] = [];
   for (let g = 0; g < plan.groups; g++) {
