@@ -8,6 +8,9 @@
  *   time from each kill to the run's next released step, extra wall time per fault, and whether
  *   the final weights hash, the ledger and epsilon equal the undisturbed run's.
  *
+ * "kill -> next step" is the time from a kill to the first step released after the coordinator
+ * recovered from it (a step already being stored when the kill came does not count).
+ *
  * Faults are triggered by ledger progress (a kill at step s happens once the ledger holds s
  * steps), so the schedule means the same on a fast or a loaded machine. Run:
  *
@@ -230,12 +233,12 @@ interface Done {
 }
 const done: Done[] = [];
 let lastWorkerKill: { slot: number; pid: number } | undefined;
-// Time from each kill to the next released step (the ledger grows past what it held).
+// When the ledger grew: with the log's recovery lines, the time from each kill to the first step
+// released after the run recovered from it.
+const growth: { t: number; n: number }[] = [];
 const poll = setInterval(() => {
-  const n = ledgerLines(chaosDir), now = performance.now();
-  for (const d of done) {
-    if (d.nextStepS === undefined && n > d.ledger) d.nextStepS = (now - d.at) / 1000;
-  }
+  const n = ledgerLines(chaosDir);
+  if (n !== growth.at(-1)?.n) growth.push({ t: performance.now(), n });
 }, 50);
 for (const f of plan) {
   if (f.duringReplay) {
@@ -320,6 +323,16 @@ const aborted = l.lines.filter((x) => /step \d+ interrupted .*not released: abor
   .length;
 const completed = l.lines.filter((x) => /step \d+ interrupted .*it is in the ledger/.test(x.line))
   .length;
+// A step already on its way to the ledger when the kill came does not count: the first step
+// after the coordinator's next "recovered" / "all workers ready" line does.
+const recoveredAt = l.lines.filter((x) =>
+  /coordinator: recovered: every worker|coordinator: all \d+ workers ready/.test(x.line)
+).map((x) => x.t);
+for (const d of done) {
+  const rec = recoveredAt.find((t) => t > d.at);
+  const next = rec === undefined ? undefined : growth.find((g) => g.t > rec && g.n > d.ledger);
+  if (next) d.nextStepS = (next.t - d.at) / 1000;
+}
 const kills = done.reduce((n, d) => n + d.killed.length, 0);
 const survived = status.success ? done.filter((d) => d.nextStepS !== undefined).length : 0;
 const lastEnd = done.at(-1);
@@ -329,7 +342,7 @@ if (lastEnd && lastEnd.nextStepS === undefined && status.success) {
 }
 
 console.log("");
-console.log(" #  at step  killed                                   next step after");
+console.log(" #  at step  killed                                   first step after recovery");
 done.forEach((d, i) =>
   console.log(
     `${String(i + 1).padStart(2)}  ${String(d.ledger).padStart(7)}  ${

@@ -11,8 +11,14 @@
  * up to the step the coordinator names, and reports the hash of its slice. `step.abort(t)` brings
  * it to exactly step t - 1 (`syncWorker`: a step the ledger holds is completed, one it does not
  * is undone by reloading the slice and replaying — never by subtraction, which is not exact).
- * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), the worker
- * joins again, keeping its slice when it gets the same slot back.
+ * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), or no longer
+ * lists this worker (it was declared lost while alive), the worker joins again, keeping its slice
+ * when it gets the same slot back.
+ *
+ * Liveness: the connection reconnects without limit (nats-server restarted; a line every few
+ * seconds names the URL); heartbeats come from a thread of their own (cluster/heartbeat.ts); and
+ * the worker's own `alive` subject, subscribed for as long as its connection lives, lets the
+ * coordinator see within seconds that the process is gone.
  */
 import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";

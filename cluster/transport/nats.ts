@@ -8,9 +8,11 @@
  * heartbeats, and so does the coordinator (with its epoch: workers of a restarted coordinator
  * join it again, keeping their slices).
  *
- * Faults: a worker silent for `heartbeatTimeoutMs`, or the connection to the server dropping,
- * interrupts whatever is in flight with a `TransportFault`; the lost worker's slot is freed for
- * a replacement (a restarted `dpzo worker` or a spare). `recover(ledger)` then sends
+ * Faults: a worker whose connection closed (its `alive` subject has no responders: the process
+ * ended), a worker silent for `heartbeatTimeoutMs` (a host that vanished), or the connection to
+ * the server dropping interrupts whatever is in flight with a `TransportFault`; the lost worker's
+ * slot is freed for a replacement (a restarted `dpzo worker` or a spare). The connection
+ * reconnects without limit (a restarted server); while a recovery waits, it says for what. `recover(ledger)` then sends
  * step.abort(L + 1) to every worker — each gets to exactly the ledger's step L — waits for
  * replacements to load their slice and replay the ledger, checks that replicas of a stage report
  * the same slice hash, and resolves; the coordinator retries or continues.
