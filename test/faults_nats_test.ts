@@ -239,6 +239,13 @@ Deno.test({
       w2.child.kill("SIGKILL");
       await w2.status;
       assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
+      // Until a replacement comes, the coordinator says every few seconds what it waits for.
+      await waitFor(
+        "the coordinator's waiting line",
+        () =>
+          /recovering for \d+ s: waiting for group 0 stage \d \(no worker\)/.test(coord.output()),
+        30_000,
+      );
       const w3 = worker(server.url, "fa", "w3");
       await finished(coord);
       // Noticed by its closed connection (the heartbeat timeout is 10 minutes).
