@@ -12,7 +12,8 @@
  * ended), a worker silent for `heartbeatTimeoutMs` (a host that vanished), or the connection to
  * the server dropping interrupts whatever is in flight with a `TransportFault`; the lost worker's
  * slot is freed for a replacement (a restarted `dpzo worker` or a spare). The connection
- * reconnects without limit (a restarted server); while a recovery waits, it says for what. `recover(ledger)` then sends
+ * reconnects without limit (a restarted server); while a recovery waits, it says for what.
+ * `recover(ledger)` then sends
  * step.abort(L + 1) to every worker — each gets to exactly the ledger's step L — waits for
  * replacements to load their slice and replay the ledger, checks that replicas of a stage report
  * the same slice hash, and resolves; the coordinator retries or continues.
@@ -88,8 +89,6 @@ interface Slot {
   lastSeen: number;
   /** The slice hash it reported at `ledgerStep` (recovery compares replicas). */
   digest?: string;
-  /** Its process id (from its hello). */
-  pid?: number;
   /** Consecutive "alive" probes that the server answered with "no responders". */
   gone: number;
   /** An "alive" probe is in flight. */
@@ -242,7 +241,6 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     }
     slot.worker = h.worker;
     slot.host = h.host;
-    slot.pid = h.pid;
     slot.gone = 0;
     slot.lastSeen = Date.now();
     log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
