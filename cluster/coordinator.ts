@@ -490,16 +490,23 @@ function mean(a: Float64Array): number {
 export async function train(inp: TrainInputs): Promise<void> {
   const s = inp.schedule;
   const valSet = s.evalExamples ? inp.val.slice(0, s.evalExamples) : inp.val;
-  const evalAt = async (step: number) => {
-    const r = await (inp.task ?? classificationTask).evaluate(inp.transport, valSet, {
-      step,
-      padId: inp.padId,
-      microBatch: s.microBatch,
-    });
-    await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
-  };
   const entries = inp.entries ?? (inp.entries = []);
   const log = inp.log ?? ((l: string) => console.error(l));
+  const evalAt = async (step: number) => {
+    const r = await afterRecovery(
+      inp.transport,
+      entries,
+      () =>
+        (inp.task ?? classificationTask).evaluate(inp.transport, valSet, {
+          step,
+          padId: inp.padId,
+          microBatch: s.microBatch,
+        }),
+      `evaluation at step ${step}`,
+      log,
+    );
+    await inp.hooks?.onEval?.({ step, split: "val", ...r, examples: valSet.length });
+  };
   const first = entries.length + 1;
   if (s.evalEvery > 0 && first === 1 && valSet.length) await evalAt(0);
   for (let step = first; step <= s.steps; step++) {
@@ -534,6 +541,29 @@ export async function train(inp: TrainInputs): Promise<void> {
       s.evalEvery > 0 && step % s.evalEvery === 0 && step < s.steps && valSet.length && !stopping
     ) {
       await evalAt(step);
+    }
+  }
+}
+
+/**
+ * `f()` (an evaluation, the final hashes: nothing released), made again after the transport
+ * recovered when a fault interrupts it: every worker back at the ledger's last step.
+ */
+export async function afterRecovery<T>(
+  transport: Transport,
+  entries: readonly LedgerEntry[],
+  f: () => Promise<T>,
+  what: string,
+  log: (line: string) => void,
+  maxRetries = 5,
+): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await f();
+    } catch (e) {
+      if (!(e instanceof TransportFault) || !transport.recover || attempt >= maxRetries) throw e;
+      log(`coordinator: ${what} interrupted (${e.message}); made again after recovery`);
+      await transport.recover(entries);
     }
   }
 }

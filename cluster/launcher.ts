@@ -3,9 +3,10 @@
  * free loopback port, JetStream on, its store in the run directory), then the coordinator and
  * K x R stage workers as processes of this machine, prefixes their log lines, and stops them
  * all on Ctrl-C or when the run fails. A worker process that dies is started again (a bounded
- * number of times per slot), a coordinator killed by a signal is restarted once from the
- * ledger, and `dpzo launch --resume RUN_DIR` continues a launch whose machine went down. Under
- * Slurm (`--slurm`) each task takes one role.
+ * number of times per slot), a coordinator killed by a signal is restarted from the ledger, the
+ * launcher's nats-server is restarted on the same port and store, and `dpzo launch --resume
+ * RUN_DIR` continues a launch whose machine went down. Under Slurm (`--slurm`) each task takes
+ * one role.
  *
  * The coordinator process is `prepareRun` + `coordinateRun` over the NATS transport: the same
  * coordinator as `dpzo train`, only the transport differs.
@@ -27,7 +28,8 @@ import { StreamLedger } from "./ledger_stream.ts";
 import { planStages } from "./stage_plan.ts";
 import { localWorkerThreads } from "./plan.ts";
 import { openNatsCoordinator } from "./transport/nats.ts";
-import { freePort, pumpLines, startNatsServer } from "./nats_server.ts";
+import { retryTransient } from "./nats_connect.ts";
+import { freePort, type NatsServer, pumpLines, startNatsServer } from "./nats_server.ts";
 import {
   installRunKey,
   localUsers,
@@ -112,11 +114,16 @@ async function coordinateContext(
   let ledger: StreamLedger | undefined;
   try {
     // The ledger is the run's JetStream stream (acknowledged before release) and ledger.jsonl.
-    const opened = await StreamLedger.open(
-      transport.connection,
-      opts.run,
-      `${config.run_dir}/ledger.jsonl`,
-      { resume: ctx.resume === true, log },
+    const opened = await retryTransient(
+      () =>
+        StreamLedger.open(
+          transport.connection,
+          opts.run,
+          `${config.run_dir}/ledger.jsonl`,
+          { resume: ctx.resume === true, log },
+        ),
+      "coordinator: opening the ledger stream",
+      log,
     );
     ledger = opened.ledger;
     // Ctrl-C while waiting for the workers: nothing of the run has changed.
@@ -168,6 +175,11 @@ interface Child {
   proc: Deno.ChildProcess;
   status: Promise<Deno.CommandStatus>;
   done: boolean;
+  /**
+   * Its exit has been dealt with. Not the same as `done`: two processes may end at once (a
+   * double fault), and the one not handled first must still be seen by the next round.
+   */
+  handled: boolean;
   pumps: Promise<unknown>;
 }
 
@@ -252,6 +264,26 @@ function portIsFree(port: number): boolean {
   }
 }
 
+/**
+ * Starts the launcher's nats-server again, retrying for a while: its port may still be held for
+ * a moment by the dead server's sockets.
+ */
+async function restartServer(
+  start: () => Promise<NatsServer>,
+  log: (line: string) => void,
+): Promise<NatsServer> {
+  const deadline = Date.now() + 30_000;
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await start();
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      if (attempt === 1) log(`launch: nats-server did not start again yet; retrying`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 /** "killed by SIGKILL" / "exited with code 3". */
 function describeExit(s: Deno.CommandStatus): string {
   return s.signal ? `was killed by ${s.signal}` : `exited with code ${s.code}`;
@@ -268,8 +300,10 @@ function describeExit(s: Deno.CommandStatus): string {
  * Faults: a worker process that dies while the coordinator runs is started again with the same
  * arguments (up to `maxRestarts` times per slot): it joins as a replacement, takes the slot its
  * predecessor freed and replays the ledger. A coordinator killed by a signal is started again
- * once in resume mode (`dpzo coordinate --resume`): the workers re-join it. A coordinator that
- * exits with an error, or a slot out of restarts, stops the whole run as before.
+ * in resume mode (`dpzo coordinate --resume`, up to `maxRestarts` times): the workers re-join it.
+ * The launcher's own nats-server, if it dies, is started again (up to `maxRestarts` times) on the
+ * same port, JetStream store, users and permissions: every process reconnects by itself. A
+ * coordinator that exits with an error, or anything out of restarts, stops the whole run.
  */
 export async function launchLocal(opts: LaunchOptions): Promise<number> {
   const log = opts.log ?? ((l: string) => console.error(l));
@@ -305,7 +339,9 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
     }
   }
 
-  let server: Awaited<ReturnType<typeof startNatsServer>> | undefined;
+  let server: NatsServer | undefined;
+  /** Starts the launcher's nats-server (again): the same port, store, users and permissions. */
+  let startServer: (() => Promise<NatsServer>) | undefined;
   let url = opts.nats;
   // A resumed run keeps its run key: the ledger stream's entries are tagged with it.
   const runKey = opts.security?.runKey ?? previous?.runKey ?? toHex(newRunKey());
@@ -335,12 +371,14 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         worker: { user: users.worker.user, password: users.worker.password },
       },
     });
-    server = await startNatsServer({
-      storeDir,
-      port,
-      log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
-      users: [users.coordinator, users.worker],
-    });
+    startServer = () =>
+      startNatsServer({
+        storeDir,
+        port,
+        log: (l) => serverLog.writeSync(enc.encode(l + "\n")),
+        users: [users.coordinator, users.worker],
+      });
+    server = await startServer();
     url = server.url;
     coordSecurity = { user: users.coordinator.user, password: users.coordinator.password, runKey };
     workerSecurity = { user: users.worker.user, password: users.worker.password, runKey };
@@ -369,6 +407,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         ? ` (credentials and run key: set -a; . ${runDir}/${NATS_STORE_DIR}/worker.env)`
         : " (with the same credentials and DPZO_RUN_KEY)"),
   );
+  if (server) log(`launch: nats-server is pid ${server.process.pid}`);
 
   const children: Child[] = [];
   // The workers on this machine share its cores: each gets its share of helper threads
@@ -393,7 +432,14 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         ...securityEnv(security, true),
       },
     }).spawn();
-    const c: Child = { name, proc, status: proc.status, done: false, pumps: Promise.resolve() };
+    const c: Child = {
+      name,
+      proc,
+      status: proc.status,
+      done: false,
+      handled: false,
+      pumps: Promise.resolve(),
+    };
     c.status.then(() => (c.done = true));
     const pad = name.padEnd(9);
     c.pumps = Promise.all([
@@ -466,16 +512,42 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
   let code = 1;
   try {
     let coord = startCoordinator(opts.resume === true);
-    let coordRestarted = false;
+    let coordRestarts = 0, serverRestarts = 0;
     const workers = Array.from({ length: stages * replicas }, (_, i) => startWorker(i));
     const restarts = workers.map(() => 0);
     for (;;) {
-      // The first of: the coordinator ends, a worker process ends, or Ctrl-C.
+      // The first of: the coordinator ends, a worker process ends, nats-server ends, or Ctrl-C.
       const first = await Promise.race([
         interruption,
         coord.status.then((s) => ({ coord: s })),
-        ...workers.flatMap((w, i) => w.done ? [] : [w.status.then((s) => ({ worker: i, s }))]),
+        ...workers.flatMap((w, i) => w.handled ? [] : [w.status.then((s) => ({ worker: i, s }))]),
+        ...(server ? [server.status.then((s) => ({ server: s }))] : []),
       ]);
+      if (first !== "signal" && "server" in first) {
+        if (interrupted) continue;
+        // The launcher's own nats-server died: started again on the same port, JetStream store
+        // (the ledger and run metadata streams) and users; every process reconnects by itself.
+        const dead = server!;
+        if (serverRestarts >= maxRestarts) {
+          log(
+            `launch: nats-server (pid ${dead.process.pid}) ${describeExit(first.server)}; no ` +
+              `restarts left (--max-restarts ${maxRestarts}); stopping the run`,
+          );
+          await killAll();
+          code = 1;
+          break;
+        }
+        serverRestarts++;
+        log(
+          `launch: nats-server (pid ${dead.process.pid}) ${describeExit(first.server)}; ` +
+            `restarting it on ${url} with the same JetStream store and users (restart ` +
+            `${serverRestarts} of ${maxRestarts}); the coordinator and workers reconnect`,
+        );
+        await dead.stop();
+        server = await restartServer(startServer!, log);
+        log(`launch: nats-server is pid ${server.process.pid}`);
+        continue;
+      }
       if (first !== "signal" && !("coord" in first && first.coord.success)) await settle();
       if (first === "signal" || interrupted) {
         log(
@@ -499,6 +571,7 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
       }
       if ("worker" in first) {
         const i = first.worker, w = workers[i];
+        w.handled = true;
         if (first.s.success) continue; // it left on the coordinator's shutdown message
         if (coord.done) continue; // the coordinator's exit decides (next round)
         if (restarts[i] >= maxRestarts) {
@@ -532,19 +605,26 @@ export async function launchLocal(opts: LaunchOptions): Promise<number> {
         if (interrupted) await killAll();
         break;
       }
-      // Killed (not failed with an error): once, a coordinator in resume mode takes over.
-      const resumable = s.signal !== null && !coordRestarted &&
+      // Killed (not failed with an error): a coordinator in resume mode takes over.
+      const resumable = s.signal !== null && coordRestarts < maxRestarts &&
         await Deno.stat(`${runDir}/run.json`).then(() => true, () => false);
       if (!resumable) {
         code = s.code;
-        log(`launch: the coordinator ${describeExit(s)}; stopping the workers`);
+        log(
+          `launch: the coordinator ${describeExit(s)}` +
+            (s.signal !== null && coordRestarts >= maxRestarts
+              ? ` and has no restarts left (--max-restarts ${maxRestarts})`
+              : "") +
+            "; stopping the workers",
+        );
         await killAll();
         break;
       }
-      coordRestarted = true;
+      coordRestarts++;
       log(
-        `launch: the coordinator (pid ${coord.proc.pid}) ${describeExit(s)}; restarting it once ` +
-          `from the ledger (dpzo coordinate --resume ${runDir}); the workers re-join it`,
+        `launch: the coordinator (pid ${coord.proc.pid}) ${describeExit(s)}; restarting it ` +
+          `from the ledger (dpzo coordinate --resume ${runDir}; restart ${coordRestarts} of ` +
+          `${maxRestarts}); the workers re-join it`,
       );
       coord = startCoordinator(true);
       // Workers that left meanwhile (e.g. on a shutdown before the kill) are started again.

@@ -20,6 +20,8 @@ export interface NatsServer {
   url: string;
   port: number;
   process: Deno.ChildProcess;
+  /** Settles when the server process ends (stopped, crashed or killed). */
+  status: Promise<Deno.CommandStatus>;
   stop(): Promise<void>;
 }
 
@@ -111,6 +113,7 @@ export async function startNatsServer(opts: {
     url,
     port,
     process: child,
+    status,
     async stop() {
       if (!exited) {
         try {

@@ -117,6 +117,11 @@ export function subjects(run: string) {
     /** A worker has loaded its slice (or failed to). */
     ready: `${p}.ready`,
     heartbeat: `${p}.heartbeat`,
+    /**
+     * A worker's own subject, subscribed on its connection for as long as it lives: a request
+     * there answered "no responders" by the server means the worker's connection is gone.
+     */
+    alive: (worker: string) => `${p}.alive.${worker.replace(/[^A-Za-z0-9_-]/g, "_")}`,
     /** The coordinator's heartbeat (its epoch): a worker that sees a new one joins it again. */
     coordinator: `${p}.coordinator`,
     /** Control broadcast (step.begin / flip / update / abort); each worker acks on the reply. */
@@ -273,6 +278,14 @@ export const Ready = z.object({
   matmul: z.string().max(200).optional(),
 });
 export const Heartbeat = z.object({ worker: z.string() });
+/**
+ * The coordinator's heartbeat: its epoch (a new one after a restart) and the workers that hold a
+ * slot (a live worker missing from it was declared lost and joins again).
+ */
+export const CoordinatorBeat = z.object({
+  epoch: z.string(),
+  workers: z.array(z.string()).max(65536).optional(),
+});
 export const Ack = z.object({
   worker: z.string(),
   ok: z.boolean(),

@@ -47,6 +47,7 @@ import { describeBackend, initBackend } from "../src/tensor/backend.ts";
 import { createStageWorker, saveSnapshot, type StageWorker, syncWorker } from "./worker.ts";
 import { inProcessTransport } from "./transport/in_process.ts";
 import {
+  afterRecovery,
   classificationTask,
   type CoordinatorTask,
   type EvalResult,
@@ -565,9 +566,12 @@ export async function coordinateRun(
     progress.done();
     const evalOpts = { step: schedule.steps, padId, microBatch: schedule.microBatch };
     throwIfStopped(opts.interrupt, entries.length, schedule.steps);
-    val = await task.evaluate(transport, data.val, evalOpts);
+    // A worker lost meanwhile: recovered, then evaluated again (nothing is released here).
+    const again = <T>(f: () => Promise<T>, what: string) =>
+      afterRecovery(transport, entries, f, what, log);
+    val = await again(() => task.evaluate(transport, data.val, evalOpts), "final evaluation");
     throwIfStopped(opts.interrupt, entries.length, schedule.steps);
-    test = await task.evaluate(transport, data.test, evalOpts);
+    test = await again(() => task.evaluate(transport, data.test, evalOpts), "test evaluation");
   } catch (e) {
     // Record why the run stopped and still write the report: the curves show what went wrong.
     progress.done();
@@ -640,7 +644,10 @@ export async function coordinateRun(
   ): Promise<RunSummary> {
     // Every step counted is a ledger entry (what was released), interrupted or not.
     const steps = entries.length;
-    const workers = stopped ? undefined : await transport.workerStats?.();
+    const stats = transport.workerStats?.bind(transport);
+    const workers = stopped || !stats
+      ? undefined
+      : await afterRecovery(transport, entries, stats, "worker statistics", log);
     const eps = plan
       ? (steps ? ledgerGuarantee(entries, plan.delta, plan.accountant) : { epsilon: 0, error: 0 })
       : null;
@@ -682,9 +689,10 @@ export async function coordinateRun(
       },
       train_loss_first: avg(losses.slice(0, window)),
       train_loss_last: avg(losses.slice(-window)),
-      final_weights_sha256: stopped
-        ? null
-        : weightsSha256(modelOrder(config, ctx.model), await transport.digests()),
+      final_weights_sha256: stopped ? null : weightsSha256(
+        modelOrder(config, ctx.model),
+        await afterRecovery(transport, entries, () => transport.digests(), "weights hash", log),
+      ),
       param_sync_bytes_per_step_per_worker: perStep(
         earlier.param_sync_bytes + mine.param_sync_bytes,
         counted,

@@ -11,15 +11,16 @@
  * up to the step the coordinator names, and reports the hash of its slice. `step.abort(t)` brings
  * it to exactly step t - 1 (`syncWorker`: a step the ledger holds is completed, one it does not
  * is undone by reloading the slice and replaying — never by subtraction, which is not exact).
- * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), the worker
- * joins again, keeping its slice when it gets the same slot back.
+ * When the coordinator's heartbeat shows a new epoch (the coordinator was restarted), or no longer
+ * lists this worker (it was declared lost while alive), the worker joins again, keeping its slice
+ * when it gets the same slot back.
+ *
+ * Liveness: the connection reconnects without limit (nats-server restarted; a line every few
+ * seconds names the URL); heartbeats come from a thread of their own (cluster/heartbeat.ts); and
+ * the worker's own `alive` subject, subscribed for as long as its connection lives, lets the
+ * coordinator see within seconds that the process is gone.
  */
-import {
-  connect,
-  type Msg,
-  type NatsConnection,
-  type NodeConnectionOptions,
-} from "@nats-io/transport-node";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { z } from "zod";
 import { parseRunConfig } from "../src/dpzo/config.ts";
@@ -31,6 +32,7 @@ import {
   Assignment,
   Chunk,
   chunkPayload,
+  CoordinatorBeat,
   copyBytes,
   decode,
   decodeBlob,
@@ -49,6 +51,8 @@ import {
 } from "./protocol.ts";
 import { loadRunStage } from "./run.ts";
 import { connectOptions, type NatsSecurity } from "./nats_security.ts";
+import { connectRetrying, retryTransient, watchConnection } from "./nats_connect.ts";
+import { startHeartbeatThread } from "./heartbeat.ts";
 import {
   createStageWorker,
   forwardStage,
@@ -77,30 +81,6 @@ export interface WorkerOptions {
 }
 
 const Meta = z.object({ config: z.unknown(), plan: z.unknown() });
-
-async function connectWithRetry(
-  url: string,
-  name: string,
-  deadline: number,
-  security: Partial<NodeConnectionOptions> = {},
-) {
-  for (;;) {
-    try {
-      return await connect({ servers: url, name, maxReconnectAttempts: 10, ...security });
-    } catch (e) {
-      // Wrong credentials or certificates do not get better by waiting.
-      if (
-        /authori[sz]ation|authentication|certificate|tls|permission/i.test((e as Error).message)
-      ) {
-        throw new Error(`NATS at ${url} refused this worker: ${(e as Error).message}`);
-      }
-      if (Date.now() > deadline) {
-        throw new Error(`cannot reach NATS at ${url}: ${(e as Error).message}`);
-      }
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}
 
 /** Asks the coordinator for a slot until it answers. */
 async function join(
@@ -138,7 +118,7 @@ async function join(
       // A spare: every slot is taken now; it takes the first one a lost worker frees.
       if (!waited) log(`worker ${id}: ${a.error}; waiting as a spare for a free slot`);
       waited = true;
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 500));
       continue;
     }
     if (!a.ok) throw new Error(`the coordinator refused this worker: ${a.error}`);
@@ -155,13 +135,24 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
   const send = (body: unknown) => encode(run, body, "worker");
   const id = opts.workerId ??
     `${Deno.hostname().split(".")[0]}-${Deno.pid}-${crypto.randomUUID().slice(0, 4)}`;
-  const deadline = Date.now() + (opts.joinTimeoutMs ?? 600_000);
-  const nc = await connectWithRetry(
+  // A refused first connection is retried (the server may start later or be restarting),
+  // with a line every few seconds naming the URL; so is a lost one, for as long as it takes.
+  const nc = await connectRetrying(
     opts.url,
     `dpzo-worker-${id}`,
-    deadline,
     connectOptions(opts.url, opts.security ?? {}, log),
+    log,
+    `worker ${id}`,
   );
+  const deadline = Date.now() + (opts.joinTimeoutMs ?? 600_000);
+  watchConnection(nc, opts.url, log, `worker ${id}`);
+  // Subscribed for as long as this connection lives: the coordinator's probes there get "no
+  // responders" from the server the moment this process is gone (a slot freed in seconds).
+  nc.subscribe(S.alive(id), {
+    callback: (err, msg) => {
+      if (!err && msg.reply) msg.respond();
+    },
+  });
   const maxChunk = Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   /** The fields that name a forward's result (or error) for the coordinator. */
   const resultOf = (p: { rid: number; step: number; micro: number; sign: number }) => ({
@@ -171,12 +162,22 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     micro: p.micro,
     sign: p.sign,
   });
-  // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive.
+  // Heartbeats from the start: a worker loading its slice or replaying the ledger is alive. They
+  // come from a thread of their own (a long forward holds this one) and, as a fallback, from here.
+  const heartbeatMs = opts.heartbeatMs ?? 1000;
   const beat = setInterval(() => {
     try {
       nc.publish(S.heartbeat, send({ worker: id }));
     } catch { /* closing */ }
-  }, opts.heartbeatMs ?? 1000);
+  }, heartbeatMs);
+  const beatThread = startHeartbeatThread({
+    url: opts.url,
+    run,
+    worker: id,
+    intervalMs: heartbeatMs,
+    security: opts.security ?? {},
+    log: (l) => log(`worker ${id}: ${l}`),
+  });
   let w: StageWorker | undefined;
   try {
     let a = await join(nc, opts, id, deadline);
@@ -188,8 +189,12 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     );
 
     // The run's config from JetStream, validated like a config file.
-    const jsm = await jetstreamManager(nc);
-    const stored = await jsm.streams.getMessage(S.stream, { last_by_subj: S.meta });
+    const stored = await retryTransient(
+      async () =>
+        await (await jetstreamManager(nc)).streams.getMessage(S.stream, { last_by_subj: S.meta }),
+      `worker ${id}: reading the run's config`,
+      log,
+    );
     if (!stored) throw new Error(`run ${run}: no config in stream ${S.stream}`);
     const meta = decode(stored.data, run, Meta, log, "run metadata", "coordinator");
     if (!meta) throw new Error(`run ${run}: the stored run metadata is invalid`);
@@ -200,7 +205,11 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     const entry = async (step: number) => {
       let e = entries.get(step);
       if (!e) {
-        const got = await streamEntry(nc, run, step);
+        const got = await retryTransient(
+          () => streamEntry(nc, run, step),
+          `worker ${id}: ledger step ${step}`,
+          log,
+        );
         if (!got) throw new Error(`the ledger stream of run ${run} has no step ${step}`);
         entries.set(step, e = got);
       }
@@ -426,15 +435,30 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
-    // A new coordinator epoch (the coordinator was restarted, `--resume`): join it again.
+    // A new coordinator epoch (the coordinator was restarted, `--resume`), or a coordinator
+    // that no longer lists this worker (it was declared lost while alive, e.g. cut off from the
+    // server for longer than the heartbeat timeout): join it again, asking for the same slot.
     let rejoining = false;
+    let unlisted = 0;
     nc.subscribe(S.coordinator, {
       callback: (err, msg) => {
         if (err || rejoining || !a.ok) return;
-        const hb = decode(msg.data, run, z.object({ epoch: z.string() }), log, "coordinator");
-        if (!hb || hb.epoch === a.epoch || a.epoch === undefined) return;
+        const hb = decode(msg.data, run, CoordinatorBeat, log, "coordinator");
+        if (!hb || a.epoch === undefined) return;
+        let why: string;
+        if (hb.epoch !== a.epoch) {
+          why = `a new coordinator (epoch ${hb.epoch.slice(0, 8)})`;
+        } else if (hb.workers && !hb.workers.includes(id)) {
+          // Twice in a row: a beat sent just before this worker's assignment does not count.
+          if (++unlisted < 2) return;
+          why = "the coordinator no longer holds a slot for this worker";
+        } else {
+          unlisted = 0;
+          return;
+        }
+        unlisted = 0;
         rejoining = true;
-        log(`${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`);
+        log(`${me}: ${why}; joining it again`);
         queue = queue.then(async () => {
           const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
           const next = await join(nc, opts, id, Date.now() + 600_000, held);
@@ -473,6 +497,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     log(`${me}: run ${run} finished`);
   } finally {
     clearInterval(beat);
+    await beatThread.stop();
     if (!nc.isClosed()) await nc.drain().catch(() => {});
   }
 }

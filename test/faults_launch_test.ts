@@ -8,8 +8,13 @@
  * (b) the whole launcher process group killed mid-run (a crashed machine: nats-server,
  *     coordinator and workers at once), then `dpzo launch --resume RUN_DIR`: the same final
  *     weights and ledger;
- * (c) `kill -9` of the coordinator process: the launcher restarts it once in resume mode and the
- *     workers re-join it; the same final weights and ledger.
+ * (c) `kill -9` of the coordinator process: the launcher restarts it in resume mode and the
+ *     workers re-join it; the same final weights and ledger;
+ * (d) `kill -9` of the launcher's nats-server: the launcher starts it again on the same port,
+ *     store and users, every process reconnects; the same final weights and ledger.
+ *
+ * The heartbeat timeout is 10 minutes, beyond what these tests allow: a killed worker is noticed
+ * by its closed connection within seconds.
  *
  * The launcher runs in its own process group (setsid), so a test can kill all of it at once and
  * always cleans up every process it started.
@@ -48,7 +53,7 @@ const common = [
   "--set",
   "mode={type: full}",
   "--set",
-  "cluster.heartbeat_timeout_s=3",
+  "cluster.heartbeat_timeout_s=600",
   // Snapshots every 4 steps: a replacement restores the newest one and replays the rest.
   "--set",
   "train.snapshot_every=4",
@@ -173,6 +178,7 @@ Deno.test({
         ),
       );
       assert.notEqual(pidOf(l, "worker 1"), pid);
+      assert.match(out, /lost: its connection to nats-server closed/);
       assert.match(out, /recovered: every worker at ledger step/);
       await assertSameAsReference(tmp, dir);
     }),
@@ -203,7 +209,7 @@ Deno.test({
 
 Deno.test({
   ...opts,
-  name: "(c) kill -9 of the coordinator under dpzo launch: resumed once, the same weights",
+  name: "(c) kill -9 of the coordinator under dpzo launch: resumed, the same weights",
   fn: () =>
     withTmp(async (tmp) => {
       const dir = `${tmp}/c`;
@@ -217,6 +223,35 @@ Deno.test({
       const out = l.output();
       assert.match(out, /launch: the coordinator \(pid \d+\) was killed by SIGKILL; restarting/);
       assert.match(out, /a new coordinator \(epoch \w+\); joining it again/);
+      await assertSameAsReference(tmp, dir);
+    }),
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "(d) kill -9 of the launcher's nats-server: started again, everyone reconnects, same weights",
+  fn: () =>
+    withTmp(async (tmp) => {
+      const dir = `${tmp}/d`;
+      const l = launch(dir);
+      await waitFor("4 ledger lines", async () => (await ledgerLines(dir)) >= 4);
+      const pid = pidOf(l, "nats-server");
+      assert.ok(pid, l.output());
+      Deno.kill(pid, "SIGKILL");
+      assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
+      await finished(l);
+      const out = l.output();
+      assert.match(
+        out,
+        new RegExp(
+          `launch: nats-server \\(pid ${pid}\\) was killed by SIGKILL; restarting it on ` +
+            `nats://127\\.0\\.0\\.1:\\d+ with the same JetStream store and users`,
+        ),
+      );
+      assert.notEqual(pidOf(l, "nats-server"), pid);
+      assert.match(out, /coordinator: reconnected to nats-server/);
+      assert.match(out, /worker \S+: reconnected to nats-server/);
       await assertSameAsReference(tmp, dir);
     }),
 });

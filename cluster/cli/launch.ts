@@ -145,7 +145,8 @@ export function launchCommand() {
     .option("--set <key=value>", "override a config field (repeatable)", collect, [] as string[])
     .option(
       "--max-restarts <n>",
-      "how often a worker process that died is started again, per worker slot",
+      "how often a process that died is started again: per worker slot, the coordinator, " +
+        "the launcher's nats-server",
       "3",
     )
     .option("--slurm", "one role per Slurm task: task 0 coordinator, tasks 1..K*R workers")

@@ -8,9 +8,12 @@
  * heartbeats, and so does the coordinator (with its epoch: workers of a restarted coordinator
  * join it again, keeping their slices).
  *
- * Faults: a worker silent for `heartbeatTimeoutMs`, or the connection to the server dropping,
- * interrupts whatever is in flight with a `TransportFault`; the lost worker's slot is freed for
- * a replacement (a restarted `dpzo worker` or a spare). `recover(ledger)` then sends
+ * Faults: a worker whose connection closed (its `alive` subject has no responders: the process
+ * ended), a worker silent for `heartbeatTimeoutMs` (a host that vanished), or the connection to
+ * the server dropping interrupts whatever is in flight with a `TransportFault`; the lost worker's
+ * slot is freed for a replacement (a restarted `dpzo worker` or a spare). The connection
+ * reconnects without limit (a restarted server); while a recovery waits, it says for what.
+ * `recover(ledger)` then sends
  * step.abort(L + 1) to every worker — each gets to exactly the ledger's step L — waits for
  * replacements to load their slice and replay the ledger, checks that replicas of a stage report
  * the same slice hash, and resolves; the coordinator retries or continues.
@@ -20,13 +23,19 @@
  * batches go to stage 0 of a group, activations from stage k to stage k+1 (chunked under the
  * server's max_payload), and the last stage publishes the scores back.
  */
-import { connect, createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { z } from "zod";
 import type { RunConfig } from "../../src/dpzo/config.ts";
 import type { OptConfig } from "../../src/model/config.ts";
 import type { StagePlan } from "../stage_plan.ts";
 import { connectOptions, type NatsSecurity } from "../nats_security.ts";
+import {
+  connectRetrying,
+  isNoResponders,
+  retryTransient,
+  watchConnection,
+} from "../nats_connect.ts";
 import {
   Ack,
   Chunk,
@@ -80,6 +89,10 @@ interface Slot {
   lastSeen: number;
   /** The slice hash it reported at `ledgerStep` (recovery compares replicas). */
   digest?: string;
+  /** Consecutive "alive" probes that the server answered with "no responders". */
+  gone: number;
+  /** An "alive" probe is in flight. */
+  probing: boolean;
 }
 
 export interface NatsTransport extends Transport {
@@ -98,28 +111,45 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   const S = subjects(run);
   /** A message of this run from the coordinator. */
   const send = (body: unknown) => encode(run, body, "coordinator");
-  const nc = await connect({
-    servers: opts.url,
-    name: `dpzo-coordinator-${run}`,
-    ...connectOptions(opts.url, opts.security ?? {}, log),
-  });
+  // Retried while the server is unreachable (at start, and across restarts of it).
+  const nc = await connectRetrying(
+    opts.url,
+    `dpzo-coordinator-${run}`,
+    connectOptions(opts.url, opts.security ?? {}, log),
+    log,
+    "coordinator",
+  );
   const maxChunk = opts.maxChunkBytes ?? Math.max(1024, (nc.info?.max_payload ?? 1 << 20) - 4096);
   const opTimeout = opts.opTimeoutMs ?? 600_000;
-  const hbTimeout = opts.heartbeatTimeoutMs ?? 120_000;
+  const hbTimeout = opts.heartbeatTimeoutMs ?? 30_000;
   const MONITOR_MS = 1000;
+  /** How often the coordinator says what a recovery (or the start) still waits for. */
+  const WAITING_MS = 5000;
+  /**
+   * After this process (re)connects, how long before "no responders" counts: the workers
+   * reconnect and subscribe again at their own pace after a server restart.
+   */
+  const PROBE_GRACE_MS = 3000;
 
   // The run's metadata (config + plan) in JetStream: a worker needs only the URL and run id.
-  const jsm = await jetstreamManager(nc);
-  try {
-    await jsm.streams.delete(S.stream);
-  } catch { /* no previous stream of that name */ }
-  await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
-  await jetstream(nc).publish(S.meta, send({ config: opts.config, plan }));
+  // Made again while nats-server restarts (a coordinator restarted during an outage).
+  await retryTransient(
+    async () => {
+      const jsm = await jetstreamManager(nc);
+      try {
+        await jsm.streams.delete(S.stream);
+      } catch { /* no previous stream of that name */ }
+      await jsm.streams.add({ name: S.stream, subjects: [S.meta], max_msgs_per_subject: 1 });
+      await jetstream(nc).publish(S.meta, send({ config: opts.config, plan }));
+    },
+    "coordinator: publishing the run's metadata",
+    log,
+  );
 
   const slots: Slot[] = [];
   for (let g = 0; g < plan.groups; g++) {
     for (let k = 0; k < plan.stages; k++) {
-      slots.push({ group: g, stage: k, ready: false, lastSeen: 0 });
+      slots.push({ group: g, stage: k, ready: false, lastSeen: 0, gone: 0, probing: false });
     }
   }
   const label = (s: Slot) => `worker ${s.worker} (group ${s.group}, stage ${s.stage})`;
@@ -181,6 +211,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     s.worker = undefined;
     s.ready = false;
     s.digest = undefined;
+    s.gone = 0;
     resetReady();
     fault(new TransportFault(what));
   };
@@ -210,6 +241,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     }
     slot.worker = h.worker;
     slot.host = h.host;
+    slot.gone = 0;
     slot.lastSeen = Date.now();
     log(`coordinator: ${label(slot)} on ${h.host} (pid ${h.pid}) joined`);
     msg.respond(send({
@@ -287,11 +319,41 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     },
   });
   let lastTick = Date.now();
+  let connectedSince = Date.now();
+  /**
+   * Fast failure detection: a request on a worker's own subject (which it subscribes for as long
+   * as its connection lives) that the server answers "no responders" means that connection is
+   * gone: the process exited, was killed, or lost the server. Twice in a row, with no heartbeat
+   * for a few seconds (its heartbeat thread has a connection of its own), frees the slot at once
+   * instead of after the heartbeat timeout. A worker that is only busy does not answer, which
+   * is not "no responders".
+   */
+  const probe = (s: Slot) => {
+    const worker = s.worker;
+    if (worker === undefined || s.probing) return;
+    s.probing = true;
+    nc.request(S.alive(worker), undefined, { timeout: 2000 }).then(
+      () => (s.gone = 0),
+      (e) => {
+        if (s.worker !== worker) return;
+        if (!isNoResponders(e)) return void (s.gone = 0);
+        const now = Date.now();
+        if (!connected || now - connectedSince < PROBE_GRACE_MS) return;
+        if (++s.gone >= 2 && now - s.lastSeen > 2500) {
+          lose(s, "its connection to nats-server closed (the process ended or lost the server)");
+        }
+      },
+    ).finally(() => (s.probing = false));
+  };
   const monitor = setInterval(() => {
-    // The coordinator's own heartbeat: workers of a restarted coordinator see a new epoch.
+    // The coordinator's own heartbeat: workers of a restarted coordinator see a new epoch, and
+    // a live worker it declared lost sees that it no longer holds a slot.
     if (connected) {
       try {
-        nc.publish(S.coordinator, send({ epoch }));
+        nc.publish(
+          S.coordinator,
+          send({ epoch, workers: slots.flatMap((s) => (s.worker ? [s.worker] : [])) }),
+        );
       } catch { /* closing */ }
     }
     const now = Date.now();
@@ -306,20 +368,27 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       if (connected && s.worker !== undefined && now - s.lastSeen > hbTimeout) {
         lose(s, `no heartbeat for ${((now - s.lastSeen) / 1000).toFixed(1)} s`);
       }
+      if (connected) probe(s);
     }
   }, MONITOR_MS);
-  (async () => {
-    for await (const st of nc.status()) {
-      if (st.type === "disconnect") {
-        connected = false;
-        fault(new TransportFault("connection to nats-server lost; reconnecting"));
-      } else if (st.type === "reconnect") {
-        connected = true;
-        log("coordinator: reconnected to nats-server");
-        for (const s of slots) s.lastSeen = Date.now();
+  watchConnection(nc, opts.url, log, "coordinator", (up) => {
+    connected = up;
+    if (up) {
+      connectedSince = Date.now();
+      for (const s of slots) {
+        s.lastSeen = Date.now();
+        s.gone = 0;
       }
+    } else {
+      fault(new TransportFault("connection to nats-server lost; reconnecting"));
     }
-  })().catch(() => {});
+  });
+
+  /** "group 0 stage 1 (no worker)", "group 1 stage 0 (worker w3, loading)": what is awaited. */
+  const awaited = (s: Slot, doing: string) =>
+    `group ${s.group} stage ${s.stage} (${
+      s.worker ? `worker ${s.worker}, ${doing}` : "no worker"
+    })`;
 
   // Results of forwards, by request id.
   const pending = new Map<
@@ -392,6 +461,7 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     what: string,
     expected: Set<string>,
     until: (all: Promise<void>) => Promise<void>,
+    sayWaiting = false,
   ): Promise<Map<string, T>> {
     const got = new Map<string, T>();
     const inbox = createInbox();
@@ -406,10 +476,26 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         if (got.size === expected.size) resolve();
       },
     });
+    // A step held up by a worker says so every few seconds (who, and for how long).
+    const t0 = Date.now();
+    const saying = sayWaiting
+      ? setInterval(() => {
+        const missing = slots.filter((s) =>
+          s.worker && expected.has(s.worker) && !got.has(s.worker)
+        );
+        if (!missing.length) return;
+        log(
+          `coordinator: ${what}: waiting ${((Date.now() - t0) / 1000).toFixed(0)} s for ` +
+            missing.map((s) => awaited(s, "no answer yet")).join(", ") +
+            (connected ? "" : `; nats-server at ${opts.url} unreachable`),
+        );
+      }, 2 * WAITING_MS)
+      : undefined;
     try {
       nc.publish(subject, data, { reply: inbox });
       await until(all);
     } finally {
+      clearInterval(saying);
       sub.unsubscribe();
     }
     return got;
@@ -427,10 +513,21 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       throw new TransportFault(`${what}: ${missing.map(label).join(", ")} not ready`);
     }
     const expected = new Set(slots.map((s) => s.worker!));
-    return await collect(subject, data, schema, what, expected, (all) => guarded(all, what));
+    return await collect(
+      subject,
+      data,
+      schema,
+      what,
+      expected,
+      (all) => guarded(all, what),
+      true,
+    );
   }
 
-  /** Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives. */
+  /**
+   * Like `gather` for recovery: the replies of `expected` within `ms`, whatever arrives; cut
+   * short when a worker is lost meanwhile (a dead one among `expected` never answers).
+   */
   function gatherSome<T extends { worker: string }>(
     subject: string,
     data: Uint8Array,
@@ -441,10 +538,16 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
   ): Promise<Map<string, T>> {
     return collect(subject, data, schema, what, expected, async (all) => {
       let timer: ReturnType<typeof setTimeout> | undefined;
+      let onLoss: (() => void) | undefined;
       try {
-        await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+        await Promise.race([
+          all,
+          new Promise<void>((r) => (timer = setTimeout(r, ms))),
+          new Promise<void>((r) => failListeners.add(onLoss = () => r())),
+        ]);
       } finally {
         clearTimeout(timer);
+        failListeners.delete(onLoss!);
       }
     });
   }
@@ -461,6 +564,16 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       for (const msg of early.splice(0)) answerHello(msg);
       const ms = opts.readyTimeoutMs ?? 600_000;
       const deadline = Date.now() + ms;
+      const t0 = Date.now();
+      const saying = setInterval(() => {
+        const missing = slots.filter((s) => !s.ready);
+        if (!missing.length) return;
+        log(
+          `coordinator: waiting ${((Date.now() - t0) / 1000).toFixed(0)} s for ` +
+            missing.map((s) => awaited(s, "loading its slice")).join(", ") +
+            (connected ? "" : `; nats-server at ${opts.url} unreachable`),
+        );
+      }, 2 * WAITING_MS);
       try {
         while (!slots.every((s) => s.ready)) {
           try {
@@ -478,6 +591,8 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
           `${(e as Error).message}; not ready: ${missing.join(", ")}. ` +
             `Start workers with: dpzo worker --nats ${opts.url} --run ${run}`,
         );
+      } finally {
+        clearInterval(saying);
       }
     },
     async broadcast(msg: ControlMessage) {
@@ -501,6 +616,8 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         s.digest = undefined;
       }
       resetReady();
+      const t0 = Date.now();
+      let saidAt = t0;
       // step.abort(L + 1): every worker gets to exactly step L (idempotent, so resent freely).
       const abort = encodeControl(run, { type: "step.abort", step: L + 1 });
       for (let round = 0;; round++) {
@@ -537,6 +654,18 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
         if (slots.every((s) => s.ready)) break;
         if (round === 0) {
           log(`coordinator: recovering: waiting for every slot to be back at step ${L}`);
+        }
+        if (Date.now() - saidAt >= WAITING_MS) {
+          saidAt = Date.now();
+          const missing = slots.filter((s) => !s.ready);
+          log(
+            `coordinator: recovering for ${((saidAt - t0) / 1000).toFixed(0)} s: waiting for ` +
+              missing.map((s) => awaited(s, `replaying to step ${L}`)).join(", ") +
+              (connected ? "" : `; nats-server at ${opts.url} unreachable`) +
+              (missing.some((s) => !s.worker)
+                ? `; a worker joins with: dpzo worker --nats ${opts.url} --run ${run}`
+                : ""),
+          );
         }
         let timer: ReturnType<typeof setTimeout> | undefined;
         await Promise.race([allReady, new Promise((r) => (timer = setTimeout(r, 1000)))]);

@@ -92,9 +92,12 @@ const Cluster = z.object({
   micro_batch: z.number().int().positive().default(16),
   /**
    * A stage worker silent this long is lost: the step in flight is aborted and the coordinator
-   * waits for a replacement (`dpzo worker`, or the launcher restarts it).
+   * waits for a replacement (`dpzo worker`, or the launcher restarts it). The last resort, for a
+   * host that vanishes without closing its connection: a worker whose process ends is noticed
+   * within seconds by its closed connection, and heartbeats come from a thread of their own, so
+   * a long forward pass does not count as silence.
    */
-  heartbeat_timeout_s: z.number().positive().default(120),
+  heartbeat_timeout_s: z.number().positive().default(30),
 }).strict();
 
 export const RunConfigSchema = z.object({

@@ -52,7 +52,7 @@ const EXAMPLES: Record<string, string> = {
   "cluster.replicas": "1",
   "cluster.activation_dtype": "float32",
   "cluster.micro_batch": "16",
-  "cluster.heartbeat_timeout_s": "120",
+  "cluster.heartbeat_timeout_s": "30",
 };
 
 // deno-lint-ignore no-explicit-any
