@@ -153,19 +153,19 @@ const rows = curves.flatMap((c, i) => [
   ...smoothed[i].map((loss, k) => ({
     step: c.train[k].step,
     value: loss,
-    series: `${c.dtype}: training loss (${window}-step mean)`,
+    series: `${c.dtype} train`,
   })),
-  ...c.evals.map((e) => ({ step: e.step, value: e.loss, series: `${c.dtype}: validation loss` })),
+  ...c.evals.map((e) => ({ step: e.step, value: e.loss, series: `${c.dtype} validation` })),
 ]);
 const svg = await renderSvg({
-  title: `SST-2, full fine-tuning: ${curves.map((c) => c.dtype).join(" vs ")} weights`,
+  title: `SST-2, full fine-tuning: training loss (${window}-step mean) and validation loss`,
   data: { values: rows },
   mark: { type: "line", point: false, strokeWidth: 1.5 },
   encoding: {
     x: { field: "step", type: "quantitative", title: "step" },
     y: { field: "value", type: "quantitative", title: "loss (nats)", scale: { zero: false } },
     color: { field: "series", type: "nominal", title: null },
-    strokeDash: { field: "series", type: "nominal", legend: null },
+    strokeDash: { field: "series", type: "nominal", title: null },
   },
 });
 await Deno.mkdir(new URL(".", `file://${Deno.cwd()}/${values.svg}`).pathname, { recursive: true });
