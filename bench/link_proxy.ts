@@ -16,7 +16,7 @@
  * CLI (commands on stdin: `stall SECONDS`, `drop`, `shape RTT_MS MBIT|off`, `bytes`, `quit`):
  *
  *   deno run -A bench/link_proxy.ts --target 127.0.0.1:4222 [--port 0] [--rtt-ms 50]
- *     [--mbit 10] [--burst-kib 16]
+ *     [--mbit 10] [--burst-kib 0]
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -26,7 +26,10 @@ export interface LinkShape {
   delayMs: number;
   /** Bandwidth of each direction in Mbit/s (10^6 bit/s); undefined: not capped. */
   mbit?: number;
-  /** Bytes the bucket may hold (a burst sent at once); default 16 KiB. */
+  /**
+   * Bytes the bucket may hold (a burst sent at once after a quiet time); default 0: every byte
+   * takes its time on the wire, as on a real link of that rate.
+   */
   burstBytes?: number;
 }
 
@@ -90,7 +93,7 @@ export function startLinkProxy(
     const now = performance.now();
     if (!shape.mbit) return now;
     const bytesPerMs = shape.mbit * 1e6 / 8 / 1000;
-    const burst = shape.burstBytes ?? 16 * 1024;
+    const burst = shape.burstBytes ?? 0;
     lane.free = Math.max(lane.free, now - burst / bytesPerMs) + n / bytesPerMs;
     return Math.max(now, lane.free);
   };
@@ -225,7 +228,7 @@ const Cli = z.object({
   port: z.coerce.number().int().min(0).max(65535),
   "rtt-ms": z.coerce.number().nonnegative(),
   mbit: z.coerce.number().positive().optional(),
-  "burst-kib": z.coerce.number().positive(),
+  "burst-kib": z.coerce.number().nonnegative(),
 });
 
 if (import.meta.main) {
@@ -236,7 +239,7 @@ if (import.meta.main) {
       port: { type: "string", default: "0" },
       "rtt-ms": { type: "string", default: "0" },
       mbit: { type: "string" },
-      "burst-kib": { type: "string", default: "16" },
+      "burst-kib": { type: "string", default: "0" },
     },
   });
   const parsed = Cli.safeParse(values);
@@ -251,7 +254,7 @@ if (import.meta.main) {
     port: o.port,
     delayMs: o["rtt-ms"] / 2,
     mbit: o.mbit,
-    burstBytes: Math.round(o["burst-kib"] * 1024),
+    burstBytes: Math.round(o["burst-kib"] * 1024) || undefined,
   });
   console.log(
     `link_proxy: 127.0.0.1:${link.port} -> ${o.target}, round trip +${o["rtt-ms"]} ms, ` +

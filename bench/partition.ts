@@ -6,7 +6,7 @@
  * undisturbed, every step once. Prints the timings and what the coordinator said:
  *
  *   deno run -A bench/partition.ts [--steps 60] [--at 15] [--stall-s 30]
- *     [--heartbeat-timeout-s S] [--topology K=2|R=2|K=2xR=2] [--verbose]
+ *     [--heartbeat-timeout-s S] [--topology K=2|R=2|K=2xR=2] [--timeout-s 300] [--verbose]
  *
  * With a heartbeat timeout under the stall the coordinator declares the worker lost mid-stall;
  * the worker must then join again (or a replacement take its slot) and replay the ledger.
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     "stall-s": { type: "string", default: "30" },
     "heartbeat-timeout-s": { type: "string" },
     topology: { type: "string", default: "K=2" },
+    "timeout-s": { type: "string", default: "300" },
     verbose: { type: "boolean", default: false },
   },
 });
@@ -33,6 +34,7 @@ const Flags = z.object({
   "stall-s": z.coerce.number().positive(),
   "heartbeat-timeout-s": z.coerce.number().positive().optional(),
   topology: z.enum(["K=2", "R=2", "K=2xR=2"]),
+  "timeout-s": z.coerce.number().positive(),
 }).refine((f) => f.at < f.steps, { error: "--at must be below --steps", path: ["at"] });
 const parsed = Flags.safeParse(values);
 if (!parsed.success) {
@@ -52,6 +54,7 @@ const sets = [
   "task.val_examples=4",
   "task.test_examples=4",
   "insecure_seed=11",
+  "cluster.micro_batch=8",
   ...topology.sets,
   ...(o["heartbeat-timeout-s"] ? [`cluster.heartbeat_timeout_s=${o["heartbeat-timeout-s"]}`] : []),
 ];
@@ -115,6 +118,7 @@ const cut: ProxiedRunResult = await proxiedRun({
   shape: null,
   echo,
   started: (links) => (watcher = watch(links)),
+  timeoutS: o["timeout-s"],
 });
 watching = false;
 await watcher;

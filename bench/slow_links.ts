@@ -7,7 +7,7 @@
  * Prints a markdown table (the README's "Slow links") and the bytes per step:
  *
  *   deno run -A bench/slow_links.ts [--steps 20] [--rtt-ms 50] [--rates 100,10,1]
- *     [--only R=2,K=2,K=2 f16] [--verbose]
+ *     [--only R=2,K=2,K=2 f16] [--f16-rates 1] [--micro-batch 8] [--verbose]
  *
  * Figures are the median `step_s` (metrics.jsonl) over the steps after the first; every run of
  * a topology ends with the same final_weights_sha256 whatever the link (checked).
@@ -25,6 +25,7 @@ const { values } = parseArgs({
     rates: { type: "string", default: "100,10,1" },
     only: { type: "string", default: "R=2,K=2,K=2 f16" },
     "f16-rates": { type: "string", default: "1" },
+    "micro-batch": { type: "string", default: "8" },
     verbose: { type: "boolean", default: false },
   },
 });
@@ -36,6 +37,7 @@ const Flags = z.object({
   "rtt-ms": z.coerce.number().nonnegative(),
   rates: Rates,
   "f16-rates": Rates,
+  "micro-batch": z.coerce.number().int().positive(),
   only: z.string(),
 });
 const parsed = Flags.safeParse(values);
@@ -63,12 +65,18 @@ const common = [
   "task.val_examples=4",
   "task.test_examples=4",
   "insecure_seed=11",
+  // Two micro-batches per expected batch of 16: both replica groups work, two are in flight
+  // down a pipeline.
+  `cluster.micro_batch=${o["micro-batch"]}`,
 ];
 const rows: string[] = [];
 const bytesRows: string[] = [];
 const kib = (b: number) => (b / 1024).toFixed(1);
 console.log(
-  `tiny-opt (configs/tiny-sst2.yaml), ${o.steps} steps, batch 16, ${navigator.hardwareConcurrency} ` +
+  `tiny-opt (configs/tiny-sst2.yaml), ${o.steps} steps, batch 16, micro-batch ${
+    o["micro-batch"]
+  }, ` +
+    `${navigator.hardwareConcurrency} ` +
     `cores; each worker behind its own link, the coordinator direct`,
 );
 for (const t of topologies) {
