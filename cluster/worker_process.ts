@@ -426,15 +426,22 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
-    // A new coordinator epoch (the coordinator was restarted, `--resume`): join it again.
+    // A new coordinator epoch (the coordinator was restarted, `--resume`), or the coordinator
+    // gave this worker up (its heartbeats were cut off past the timeout): join it again.
     let rejoining = false;
+    const CoordinatorBeat = z.object({ epoch: z.string(), lost: z.string().optional() });
     nc.subscribe(S.coordinator, {
       callback: (err, msg) => {
         if (err || rejoining || !a.ok) return;
-        const hb = decode(msg.data, run, z.object({ epoch: z.string() }), log, "coordinator");
-        if (!hb || hb.epoch === a.epoch || a.epoch === undefined) return;
+        const hb = decode(msg.data, run, CoordinatorBeat, log, "coordinator");
+        const lost = hb?.lost === id;
+        if (!hb || (!lost && (hb.epoch === a.epoch || a.epoch === undefined))) return;
         rejoining = true;
-        log(`${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`);
+        log(
+          lost
+            ? `${me}: the coordinator gave this worker up (no heartbeat reached it); joining again`
+            : `${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`,
+        );
         queue = queue.then(async () => {
           const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
           const next = await join(nc, opts, id, Date.now() + 600_000, held);

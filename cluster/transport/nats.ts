@@ -284,6 +284,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       const h = decode(msg.data, run, Heartbeat, log, "heartbeat", "worker");
       const slot = h && slots.find((s) => s.worker === h.worker);
       if (slot) slot.lastSeen = Date.now();
+      // A worker given up on (silent past the timeout: a partition that healed) still beats:
+      // tell it, and it joins again, taking its slot back if no replacement has.
+      else if (h && connected) nc.publish(S.coordinator, send({ epoch, lost: h.worker }));
     },
   });
   let lastTick = Date.now();
