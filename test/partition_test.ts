@@ -1,0 +1,88 @@
+/**
+ * A partition longer than the heartbeat timeout, that heals: K = 2 over a real nats-server, each
+ * worker behind its own link (bench/link_proxy.ts); after step 3 the last stage's link forwards
+ * nothing for 6 s with `cluster.heartbeat_timeout_s: 2`. The coordinator gives that worker up
+ * and aborts the step; when the link heals the worker hears it was given up, joins again, takes
+ * its slot back and replays the ledger; the run ends with every step once and the weights of
+ * `dpzo train` in one process. (Before, the worker stayed orphaned and the run waited forever.)
+ */
+import { strict as assert } from "node:assert";
+import { proxiedRun } from "../bench/proxied_cluster.ts";
+import type { LinkProxy } from "../bench/link_proxy.ts";
+import {
+  DATA,
+  dpzo,
+  FIXTURES,
+  lacks,
+  ledgerLines,
+  ledgerOf,
+  missing,
+  readJson,
+} from "./fixtures.ts";
+
+const sets = [
+  "train.steps=8",
+  "train.eval_every=0",
+  "task.val_examples=4",
+  "task.test_examples=4",
+  "insecure_seed=5",
+  "cluster.micro_batch=8",
+];
+
+Deno.test({
+  name: "a worker cut off past the heartbeat timeout joins again; nothing is lost",
+  ignore: lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "dpzo-partition-" });
+    try {
+      const runDir = `${dir}/cut`;
+      let watching = true, stalled = false;
+      const watch = async (links: LinkProxy[]) => {
+        while (watching && !stalled) {
+          if ((await ledgerLines(runDir)) >= 3) {
+            stalled = true;
+            links[1].stall(6000);
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      let watcher = Promise.resolve();
+      const cut = await proxiedRun({
+        run: "cut",
+        runDir,
+        sets: [...sets, "cluster.stages=2", "cluster.heartbeat_timeout_s=2"],
+        workers: 2,
+        shape: null,
+        started: (links) => (watcher = watch(links)),
+        timeoutS: 120,
+      });
+      watching = false;
+      await watcher;
+      const log = cut.log.join("\n");
+      assert.equal(cut.code, 0, log);
+      assert.ok(stalled, "the link was stalled");
+      assert.match(log, /lost: no heartbeat/, "the coordinator gave the worker up");
+      assert.match(log, /gave this worker up .*joining again/, "the worker joined again");
+      assert.equal(cut.restarts, 0, "no worker process was started again");
+
+      const one = await dpzo(
+        "train",
+        "--config",
+        "configs/tiny-sst2.yaml",
+        "--quiet",
+        ...[...sets, `run_dir=${dir}/one`].flatMap((s) => ["--set", s]),
+      );
+      assert.equal(one.code, 0, one.stderr);
+      assert.deepEqual((await ledgerOf(runDir)).map((e) => e.step), [1, 2, 3, 4, 5, 6, 7, 8]);
+      assert.deepEqual(await ledgerOf(runDir), await ledgerOf(`${dir}/one`));
+      assert.equal(
+        readJson(`${runDir}/summary.json`).final_weights_sha256,
+        readJson(`${dir}/one/summary.json`).final_weights_sha256,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
