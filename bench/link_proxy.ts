@@ -5,9 +5,10 @@
  * survives). For tests and benchmarks on machines whose kernel has no netem.
  *
  * A link of `delayMs` one way and `mbit` Mbit/s: each piece of at most 4 KiB read from one side
- * leaves when the direction's bucket holds its bytes (serialization), and is written to the
- * other side `delayMs` later (propagation), in order. The reader waits for the bucket, so a
- * fast sender is held back by TCP as on a real link. Module use:
+ * leaves once its bytes have had their time on the wire at that rate (serialization; a token
+ * bucket, empty by default, so no burst) and is written to the other side `delayMs` later
+ * (propagation), in order. The reader waits for the wire, so a fast sender is held back by TCP
+ * as on a real link. Module use:
  *
  *   const link = await startLinkProxy({ target: "127.0.0.1:4222", delayMs: 25, mbit: 10 });
  *   // connect to nats://127.0.0.1:${link.port}; link.stall(30_000); link.drop(); link.bytes
@@ -292,5 +293,11 @@ if (import.meta.main) {
       }
     }
   }
-  await link.close();
+  // stdin closed (started in the background): run until a signal.
+  const stop = async () => {
+    await link.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
 }
