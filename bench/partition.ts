@@ -6,10 +6,13 @@
  * undisturbed, every step once. Prints the timings and what the coordinator said:
  *
  *   deno run -A bench/partition.ts [--steps 60] [--at 15] [--stall-s 30]
- *     [--heartbeat-timeout-s S] [--topology K=2|R=2|K=2xR=2] [--timeout-s 300] [--verbose]
+ *     [--heartbeat-timeout-s S] [--topology K=2|R=2|K=2xR=2] [--timeout-s 300] [--drop]
+ *     [--verbose]
  *
  * With a heartbeat timeout under the stall the coordinator declares the worker lost mid-stall;
- * the worker must then join again (or a replacement take its slot) and replay the ledger.
+ * the worker must then join again (or a replacement take its slot) and replay the ledger. With
+ * `--drop` the link's connections are also closed as the stall begins (the worker's reconnects
+ * hang until it heals, as when TCP gives up during a partition).
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -25,6 +28,7 @@ const { values } = parseArgs({
     "heartbeat-timeout-s": { type: "string" },
     topology: { type: "string", default: "K=2" },
     "timeout-s": { type: "string", default: "300" },
+    drop: { type: "boolean", default: false },
     verbose: { type: "boolean", default: false },
   },
 });
@@ -100,7 +104,12 @@ const watch = async (links: LinkProxy[]) => {
     for (let s = 1; s <= n; s++) if (!seen.has(s)) seen.set(s, now());
     if (n >= o.at && Number.isNaN(stallFrom)) {
       stallFrom = now();
-      console.log(`${stallFrom.toFixed(1)} s: step ${n} in the ledger; stalling w${victim}'s link`);
+      console.log(
+        `${stallFrom.toFixed(1)} s: step ${n} in the ledger; ${
+          values.drop ? "dropping and " : ""
+        }stalling w${victim}'s link`,
+      );
+      if (values.drop) links[victim].drop();
       links[victim].stall(o["stall-s"] * 1000).then(() => {
         stallTo = now();
         console.log(`${stallTo.toFixed(1)} s: w${victim}'s link forwards again`);
