@@ -426,38 +426,47 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (decode(msg.data, run, z.object({}), log, "shutdown", "coordinator")) stop();
       },
     });
-    // A new coordinator epoch (the coordinator was restarted, `--resume`), or the coordinator
-    // gave this worker up (its heartbeats were cut off past the timeout): join it again.
+    // A new coordinator epoch (the coordinator was restarted, `--resume`), the coordinator gave
+    // this worker up (its heartbeats were cut off past the timeout), or the connection dropped
+    // and came back (what was sent meanwhile is lost): join it again.
     let rejoining = false;
+    const rejoin = (why: string) => {
+      rejoining = true;
+      log(`${me}: ${why}; joining again`);
+      queue = queue.then(async () => {
+        const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
+        const next = await join(nc, opts, id, Date.now() + 600_000, held);
+        if (!next.ok) throw new Error("refused");
+        const same = held !== undefined && next.group === held.group &&
+          next.stage === held.stage;
+        if (!same) {
+          forwardSub.unsubscribe();
+          forwardSub = subscribeForward(next);
+        }
+        a = next;
+        me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
+        await becomeReady(same);
+      }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
+    };
     const CoordinatorBeat = z.object({ epoch: z.string(), lost: z.string().optional() });
     nc.subscribe(S.coordinator, {
       callback: (err, msg) => {
         if (err || rejoining || !a.ok) return;
         const hb = decode(msg.data, run, CoordinatorBeat, log, "coordinator");
-        const lost = hb?.lost === id;
-        if (!hb || (!lost && (hb.epoch === a.epoch || a.epoch === undefined))) return;
-        rejoining = true;
-        log(
-          lost
-            ? `${me}: the coordinator gave this worker up (no heartbeat reached it); joining again`
-            : `${me}: a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`,
-        );
-        queue = queue.then(async () => {
-          const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
-          const next = await join(nc, opts, id, Date.now() + 600_000, held);
-          if (!next.ok) throw new Error("refused");
-          const same = held !== undefined && next.group === held.group &&
-            next.stage === held.stage;
-          if (!same) {
-            forwardSub.unsubscribe();
-            forwardSub = subscribeForward(next);
-          }
-          a = next;
-          me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
-          await becomeReady(same);
-        }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
+        if (!hb) return;
+        if (hb.lost === id) rejoin("the coordinator gave this worker up (no heartbeat reached it)");
+        else if (hb.epoch !== a.epoch && a.epoch !== undefined) {
+          rejoin(`a new coordinator (epoch ${hb.epoch.slice(0, 8)})`);
+        }
       },
     });
+    (async () => {
+      for await (const st of nc.status()) {
+        if (st.type === "reconnect" && !rejoining && a.ok) {
+          rejoin("the connection to nats-server dropped and came back");
+        }
+      }
+    })().catch(() => {});
 
     // Subscribe first, then announce "ready": the coordinator may send a control message the
     // moment it sees it (a replacement that announced before subscribing missed step.begin and

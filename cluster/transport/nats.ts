@@ -195,6 +195,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     const h = decode(msg.data, run, Hello, log, "hello", "worker");
     if (!h) return;
     let slot = slots.find((s) => s.worker === h.worker);
+    // Back after its connection dropped: what was sent to it meanwhile is lost, so the step in
+    // flight is interrupted and it joins its slot afresh.
+    if (slot?.ready) lose(slot, "its connection dropped and came back; it joins again");
     // A worker that holds a slice (a restarted coordinator) gets its own slot back if free.
     if (!slot && h.holding) {
       slot = slots.find((s) =>
