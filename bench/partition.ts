@@ -1,8 +1,8 @@
 /**
  * A partition of one worker: configs/tiny-sst2.yaml (insecure_seed) with K = 2 stages, each
- * worker behind its own link (bench/proxied_cluster.ts); at step `--at` the link of the last
- * stage's worker forwards nothing for `--stall-s` seconds (TCP stays up, as in a real partition
- * that heals). The run must finish with the final weights and the ledger of the same run
+ * worker behind its own link (bench/proxied_cluster.ts); at step `--at` the link of one worker
+ * (the last started; which stage it holds depends on the order they joined) forwards nothing
+ * for `--stall-s` seconds (TCP stays up, as in a real partition that heals). The run must finish with the final weights and the ledger of the same run
  * undisturbed, every step once. Prints the timings and what the coordinator said:
  *
  *   deno run -A bench/partition.ts [--steps 60] [--at 15] [--stall-s 30]

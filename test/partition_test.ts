@@ -1,10 +1,16 @@
 /**
- * A partition longer than the heartbeat timeout, that heals: K = 2 over a real nats-server, each
- * worker behind its own link (bench/link_proxy.ts); after step 3 the last stage's link forwards
- * nothing for 6 s with `cluster.heartbeat_timeout_s: 2`. The coordinator gives that worker up
- * and aborts the step; when the link heals the worker hears it was given up, joins again, takes
- * its slot back and replays the ledger; the run ends with every step once and the weights of
- * `dpzo train` in one process. (Before, the worker stayed orphaned and the run waited forever.)
+ * Partitions that heal, on K = 2 over a real nats-server, each worker behind its own link
+ * (bench/link_proxy.ts), with `cluster.heartbeat_timeout_s: 2`:
+ *
+ * - after step 3 one worker's link forwards nothing for 6 s: the coordinator gives that
+ *   worker up and aborts the step; when the link heals the worker hears it was given up, joins
+ *   again, takes its slot back and replays the ledger (before, it stayed orphaned and the run
+ *   waited forever);
+ * - after step 6 its connections are closed: the worker reconnects at once, before the timeout,
+ *   and joins again, and the coordinator interrupts the step in flight, whose messages to it
+ *   were lost (before, the step waited for the 10-minute op timeout).
+ *
+ * The run ends with every step once and the weights and ledger of `dpzo train` in one process.
  */
 import { strict as assert } from "node:assert";
 import { proxiedRun } from "../bench/proxied_cluster.ts";
@@ -21,7 +27,7 @@ import {
 } from "./fixtures.ts";
 
 const sets = [
-  "train.steps=8",
+  "train.steps=10",
   "train.eval_every=0",
   "task.val_examples=4",
   "task.test_examples=4",
@@ -30,7 +36,7 @@ const sets = [
 ];
 
 Deno.test({
-  name: "a worker cut off past the heartbeat timeout joins again; nothing is lost",
+  name: "a worker cut off past the heartbeat timeout, or whose connection dropped, joins again",
   ignore: lacks("nats-server") || missing(`${FIXTURES}/tiny-opt`) || missing(`${DATA}/sst2`),
   sanitizeResources: false,
   sanitizeOps: false,
@@ -38,12 +44,17 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "dpzo-partition-" });
     try {
       const runDir = `${dir}/cut`;
-      let watching = true, stalled = false;
+      let watching = true, stalled = false, dropped = false;
       const watch = async (links: LinkProxy[]) => {
-        while (watching && !stalled) {
-          if ((await ledgerLines(runDir)) >= 3) {
+        while (watching && !dropped) {
+          const n = await ledgerLines(runDir);
+          if (n >= 3 && !stalled) {
             stalled = true;
             links[1].stall(6000);
+          }
+          if (n >= 6) {
+            dropped = true;
+            links[1].drop();
           }
           await new Promise((r) => setTimeout(r, 50));
         }
@@ -62,9 +73,10 @@ Deno.test({
       await watcher;
       const log = cut.log.join("\n");
       assert.equal(cut.code, 0, log);
-      assert.ok(stalled, "the link was stalled");
+      assert.ok(stalled && dropped, "the link was stalled, then dropped");
       assert.match(log, /lost: no heartbeat/, "the coordinator gave the worker up");
       assert.match(log, /gave this worker up .*joining again/, "the worker joined again");
+      assert.match(log, /dropped and came back; joining again/, "it joined again on reconnect");
       assert.equal(cut.restarts, 0, "no worker process was started again");
 
       const one = await dpzo(
@@ -75,7 +87,18 @@ Deno.test({
         ...[...sets, `run_dir=${dir}/one`].flatMap((s) => ["--set", s]),
       );
       assert.equal(one.code, 0, one.stderr);
-      assert.deepEqual((await ledgerOf(runDir)).map((e) => e.step), [1, 2, 3, 4, 5, 6, 7, 8]);
+      assert.deepEqual((await ledgerOf(runDir)).map((e) => e.step), [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+      ]);
       assert.deepEqual(await ledgerOf(runDir), await ledgerOf(`${dir}/one`));
       assert.equal(
         readJson(`${runDir}/summary.json`).final_weights_sha256,

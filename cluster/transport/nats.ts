@@ -487,6 +487,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       }
     },
     async broadcast(msg: ControlMessage) {
+      // The step is in the ledger once released: a worker that joins from now on replays it
+      // (one that rejoins mid-run holds it applied; an older step here would refuse its slice).
+      if (msg.type === "step.update") ledgerStep = Math.max(ledgerStep, msg.step);
       const data = encodeControl(run, msg);
       syncBytes += data.byteLength;
       const acks = await gather(S.control, data, Ack, msg.type);
