@@ -432,7 +432,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     let rejoining = false;
     const rejoin = (why: string) => {
       rejoining = true;
-      log(`${me}: ${why}; joining again`);
+      log(`${me}: ${why}`);
       queue = queue.then(async () => {
         const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
         const next = await join(nc, opts, id, Date.now() + 600_000, held);
@@ -454,16 +454,17 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         if (err || rejoining || !a.ok) return;
         const hb = decode(msg.data, run, CoordinatorBeat, log, "coordinator");
         if (!hb) return;
-        if (hb.lost === id) rejoin("the coordinator gave this worker up (no heartbeat reached it)");
-        else if (hb.epoch !== a.epoch && a.epoch !== undefined) {
-          rejoin(`a new coordinator (epoch ${hb.epoch.slice(0, 8)})`);
+        if (hb.lost === id) {
+          rejoin("the coordinator gave this worker up (no heartbeat reached it); joining again");
+        } else if (hb.epoch !== a.epoch && a.epoch !== undefined) {
+          rejoin(`a new coordinator (epoch ${hb.epoch.slice(0, 8)}); joining it again`);
         }
       },
     });
     (async () => {
       for await (const st of nc.status()) {
         if (st.type === "reconnect" && !rejoining && a.ok) {
-          rejoin("the connection to nats-server dropped and came back");
+          rejoin("the connection to nats-server dropped and came back; joining again");
         }
       }
     })().catch(() => {});
