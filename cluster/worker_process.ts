@@ -440,6 +440,24 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     // server for longer than the heartbeat timeout): join it again, asking for the same slot.
     let rejoining = false;
     let unlisted = 0;
+    const rejoin = (why: string) => {
+      rejoining = true;
+      log(`${me}: ${why}`);
+      queue = queue.then(async () => {
+        const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
+        const next = await join(nc, opts, id, Date.now() + 600_000, held);
+        if (!next.ok) throw new Error("refused");
+        const same = held !== undefined && next.group === held.group &&
+          next.stage === held.stage;
+        if (!same) {
+          forwardSub.unsubscribe();
+          forwardSub = subscribeForward(next);
+        }
+        a = next;
+        me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
+        await becomeReady(same);
+      }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
+    };
     nc.subscribe(S.coordinator, {
       callback: (err, msg) => {
         if (err || rejoining || !a.ok) return;
@@ -457,24 +475,18 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
           return;
         }
         unlisted = 0;
-        rejoining = true;
-        log(`${me}: ${why}; joining it again`);
-        queue = queue.then(async () => {
-          const held = a.ok ? { group: a.group, stage: a.stage } : undefined;
-          const next = await join(nc, opts, id, Date.now() + 600_000, held);
-          if (!next.ok) throw new Error("refused");
-          const same = held !== undefined && next.group === held.group &&
-            next.stage === held.stage;
-          if (!same) {
-            forwardSub.unsubscribe();
-            forwardSub = subscribeForward(next);
-          }
-          a = next;
-          me = `worker ${id} (group ${a.group}, stage ${a.stage})`;
-          await becomeReady(same);
-        }).catch((e) => fatal(e as Error)).finally(() => (rejoining = false));
+        rejoin(`${why}; joining it again`);
       },
     });
+    // A connection that dropped and came back lost what was sent meanwhile: join again (the
+    // coordinator interrupts the step in flight).
+    (async () => {
+      for await (const st of nc.status()) {
+        if (st.type === "reconnect" && !rejoining && a.ok) {
+          rejoin("the connection to nats-server dropped and came back; joining again");
+        }
+      }
+    })().catch(() => {});
 
     // Subscribe first, then announce "ready": the coordinator may send a control message the
     // moment it sees it (a replacement that announced before subscribing missed step.begin and

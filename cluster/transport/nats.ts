@@ -226,6 +226,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
     const h = decode(msg.data, run, Hello, log, "hello", "worker");
     if (!h) return;
     let slot = slots.find((s) => s.worker === h.worker);
+    // Back after its connection dropped: what was sent to it meanwhile is lost, so the step in
+    // flight is interrupted and it joins its slot afresh.
+    if (slot?.ready) lose(slot, "its connection dropped and came back; it joins again");
     // A worker that holds a slice (a restarted coordinator) gets its own slot back if free.
     if (!slot && h.holding) {
       slot = slots.find((s) =>
@@ -596,6 +599,9 @@ export async function openNatsCoordinator(opts: NatsCoordinatorOptions): Promise
       }
     },
     async broadcast(msg: ControlMessage) {
+      // The step is in the ledger once released: a worker that joins from now on replays it
+      // (one that rejoins mid-run holds it applied; an older step here would refuse its slice).
+      if (msg.type === "step.update") ledgerStep = Math.max(ledgerStep, msg.step);
       const data = encodeControl(run, msg);
       syncBytes += data.byteLength;
       const acks = await gather(S.control, data, Ack, msg.type);
