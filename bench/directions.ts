@@ -19,6 +19,7 @@
  */
 import { parseArgs } from "node:util";
 import { renderSvg } from "../src/report/charts.ts";
+import { dpzoUnlimited as dpzo } from "../test/fixtures.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -72,17 +73,6 @@ try {
   points.push(...done.points);
 } catch (e) {
   if (!(e instanceof Deno.errors.NotFound)) throw e;
-}
-
-/** `deno task dpzo ARGS` from the repository root, without a time limit (runs take minutes). */
-async function dpzo(...args: string[]): Promise<{ code: number; stderr: string }> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "dpzo", ...args],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  return { code: r.code, stderr: new TextDecoder().decode(r.stderr) };
 }
 
 async function run(regime: Point["regime"], K: number, steps: number): Promise<void> {
