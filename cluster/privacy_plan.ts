@@ -9,11 +9,11 @@
  */
 import { z } from "zod";
 import type { RunConfig } from "../src/dpzo/config.ts";
-import type { Mechanism } from "../src/dpzo/mechanism.ts";
+import { type Mechanism, vectorClipUnits } from "../src/dpzo/mechanism.ts";
 import type { PrivacyUnit } from "../src/dpzo/privacy_units.ts";
 import { gridUnits } from "../src/privacy/mod.ts";
 import { isLegacyEntry, type LedgerEntry } from "../src/checkpoint/ledger.ts";
-import { formatZodError } from "../src/validation.ts";
+import { formatZodError, UsageError } from "../src/validation.ts";
 import { calibrateNoise, epsilonOf } from "./privacy_accounting.ts";
 
 export interface PrivacyPlan {
@@ -38,6 +38,31 @@ export function samplingRate(config: RunConfig): number {
   return config.train.batch_size / config.task.train_examples;
 }
 
+/**
+ * K > 1 directions clip each K-vector to D - sqrt(K) grid units (mechanism.ts), so that rounding
+ * stays within D. The grid is about 4096 / sigma units of C: very large noise makes it coarse,
+ * and the radius shrinks. Below one unit nothing can be released: refused before the run; a loss
+ * of more than a tenth of C is said.
+ */
+function checkDirectionsGrid(units: number, K: number, noise: number, log: (l: string) => void) {
+  if (K <= 1) return;
+  const radius = vectorClipUnits(units, K);
+  const fix = "lower train.directions or the noise (a larger target epsilon)";
+  if (radius < 1) {
+    throw new UsageError(
+      `train.directions: ${K} directions need a noise grid finer than sqrt(${K}) units of C, ` +
+        `but noise ${noise} gives ${units} units; ${fix}`,
+    );
+  }
+  if (radius < 0.9 * units) {
+    log(
+      `privacy: WARNING: with noise ${noise} the grid has ${units} units of C, so ${K} ` +
+        `directions clip to ${radius.toFixed(2)} units (${(100 * radius / units).toFixed(0)}% ` +
+        `of C) to keep rounding within C; ${fix}`,
+    );
+  }
+}
+
 function withSteps(
   config: RunConfig,
   noise: number,
@@ -47,6 +72,7 @@ function withSteps(
   const q = samplingRate(config);
   const T = config.train.steps;
   const units = gridUnits(noise);
+  checkDirectionsGrid(units, config.train.directions, noise, log);
   const base = { q, delta: p.delta, mechanism: p.mechanism, accountant: p.accountant };
   const epsilonAt = (t: number, opts: { bounds?: boolean } = {}) =>
     epsilonOf({ ...base, steps: t, noise, gridUnits: units, bounds: opts.bounds });

@@ -25,6 +25,7 @@ import {
 import { type ControlMessage, decodeControl, encodeControl } from "../cluster/protocol.ts";
 import { parseRunConfig } from "../src/dpzo/config.ts";
 import { parsePrivacyFlags, runPrivacy } from "../cluster/cli/privacy.ts";
+import { planPrivacy } from "../cluster/privacy_plan.ts";
 import { initBackend } from "../src/tensor/backend.ts";
 import { openCheckpoint } from "../src/model/checkpoint.ts";
 import { stageParameters, wholeModel } from "../src/model/opt.ts";
@@ -279,6 +280,31 @@ Deno.test("Laplace with K > 1 is refused with one line naming the field (config 
       }),
     /--directions above 1 needs --mechanism gaussian/,
   );
+});
+
+Deno.test("K directions on a noise grid too coarse for them: refused, or a warning, before the run", () => {
+  const raw = (sigma: number) => ({
+    run_dir: "r",
+    model: "m",
+    task: { name: "sst2", data: "d" },
+    train: { steps: 10, lr: 1e-3, directions: 4 },
+    privacy: { sigma },
+  });
+  // sigma 2000: a grid of round(4096 / 2000) = 2 units, below sqrt(4) + 1.
+  assert.throws(
+    () => planPrivacy(parseRunConfig(raw(2000), "c.yaml"), () => {}),
+    (e: Error) =>
+      /^train\.directions: 4 directions need a noise grid finer/.test(e.message) &&
+      !e.message.includes("\n"),
+  );
+  // sigma 400: 10 units, the radius 8 units is 80% of C: said.
+  const said: string[] = [];
+  planPrivacy(parseRunConfig(raw(400), "c.yaml"), (l) => said.push(l));
+  assert.ok(said.some((l) => /clip to 8\.00 units \(80% of C\)/.test(l)), said.join("\n"));
+  // sigma 1: 4096 units, nothing to say.
+  const quiet: string[] = [];
+  planPrivacy(parseRunConfig(raw(1), "c.yaml"), (l) => quiet.push(l));
+  assert.ok(!quiet.some((l) => l.includes("directions clip")), quiet.join("\n"));
 });
 
 const common = [
