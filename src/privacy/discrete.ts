@@ -159,6 +159,11 @@ function removeLoss(base: BaseLoss, q: number): PrivacyLoss {
       sfQ: t.sf(k),
     };
   };
+  return fromTails(lower, upper, tails);
+}
+
+/** A privacy loss given by its tails; delta(eps) = P(L > eps) - e^eps Q(L > eps) from them. */
+function fromTails(lower: number, upper: number, tails: (l: number) => LossTails): PrivacyLoss {
   return {
     lower,
     upper,
@@ -196,16 +201,7 @@ function addLoss(base: BaseLoss, q: number): PrivacyLoss {
       cdfQ: (1 - q) * t.sf(k) + q * t.sf(k - shift),
     };
   };
-  return {
-    lower,
-    upper,
-    tails,
-    delta(eps) {
-      if (eps < lower) return -Math.expm1(eps);
-      const r = tails(eps);
-      return Math.max(0, r.sfP - Math.exp(eps) * r.sfQ);
-    },
-  };
+  return fromTails(lower, upper, tails);
 }
 
 /** Both dominating pairs of a discrete step: [remove, add]. */

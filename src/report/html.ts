@@ -3,11 +3,10 @@
  * no image from anywhere), so it opens offline and can be mailed or archived as one file.
  */
 import { stringify as toYaml } from "yaml";
-import type { Mechanism } from "../privacy/mod.ts";
 import {
   privacyCaveats,
-  type PrivacyParams,
   privacyStatement,
+  runPlanParams,
   runPrivacyCaveats,
   runPrivacyStatement,
 } from "./privacy_statement.ts";
@@ -73,18 +72,7 @@ export function reportPrivacyStatement(
   const plan = d.run.privacy_plan;
   if (!plan) return { text: runPrivacyStatement({ ...NONE }), private: false, caveats: [] };
   const released = d.ledger.length; // epsilon counts ledger entries, not metrics lines
-  const p: PrivacyParams = {
-    q: plan.q,
-    steps: released,
-    delta: plan.delta,
-    mechanism: plan.mechanism as Mechanism,
-    noise: plan.noiseMultiplier,
-    accountant: plan.accountant,
-    gridUnits: plan.gridUnits,
-    unit: plan.unit,
-    stopOnLoss: d.run.config?.train?.stop_on_loss,
-    directions: d.run.config?.train?.directions,
-  };
+  const p = runPlanParams(d.run, released);
   return {
     text: `so far (the run has not finished): ${privacyStatement(p)}`,
     private: d.run.config?.insecure_seed === null,

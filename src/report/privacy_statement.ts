@@ -47,6 +47,27 @@ export interface PrivacyParams {
   directions?: number;
 }
 
+/**
+ * The statement's parameters of a run from its run.json (its `privacy_plan` and `config`) with
+ * `released` steps: the ledger's entries, not the metrics lines.
+ */
+// deno-lint-ignore no-explicit-any
+export function runPlanParams(run: any, released: number): PrivacyParams {
+  const plan = run.privacy_plan, train = run.config?.train;
+  return {
+    q: plan.q,
+    steps: released,
+    delta: plan.delta,
+    mechanism: plan.mechanism as Mechanism,
+    noise: plan.noiseMultiplier,
+    accountant: plan.accountant,
+    gridUnits: plan.gridUnits,
+    unit: plan.unit,
+    stopOnLoss: train?.stop_on_loss,
+    directions: train?.directions,
+  };
+}
+
 /** The words for K > 1 directions per step ("" for one): why epsilon is that of K = 1. */
 export function directionsNote(k: number | undefined): string {
   if (k === undefined || k <= 1) return "";

@@ -7,11 +7,10 @@
  * training data: no loss, batch size, clipped fraction or timing.
  */
 import { stringify as toYaml } from "yaml";
-import type { Mechanism } from "../privacy/mod.ts";
 import { readLedgerSoFar } from "./run_data.ts";
 import { type Chart, lineChart, renderSvg, rolling } from "./charts.ts";
 import { caveatList, CSS, escapeHtml, figuresHtml, table } from "./html.ts";
-import { privacyCaveats, privacyStatement } from "./privacy_statement.ts";
+import { privacyCaveats, privacyStatement, runPlanParams } from "./privacy_statement.ts";
 import { entryPrivacy, type LedgerEntry } from "../checkpoint/ledger.ts";
 import { ledgerEpsilon, type LedgerStepPrivacy } from "../privacy/mod.ts";
 import {
@@ -66,22 +65,13 @@ export async function publicReportHtml(d: PublicRun, generated = new Date()): Pr
   let isPrivate = false;
   const caveats: string[] = [];
   if (plan) {
-    statement = privacyStatement({
-      q: plan.q,
-      steps: released,
-      delta: plan.delta,
-      mechanism: plan.mechanism as Mechanism,
-      noise: plan.noiseMultiplier,
-      accountant: plan.accountant,
-      gridUnits: plan.gridUnits,
-      unit: plan.unit,
-      directions: cfg.train?.directions,
-    });
+    const p = runPlanParams(d.run, released);
+    statement = privacyStatement(p);
     isPrivate = cfg.insecure_seed === null || cfg.insecure_seed === undefined;
     if (!isPrivate) {
       statement += " — NOT PRIVATE: insecure_seed was set (sampling and noise are reproducible)";
     }
-    caveats.push(...privacyCaveats({ stopOnLoss: cfg.train?.stop_on_loss }));
+    caveats.push(...privacyCaveats(p));
     if (plan.unit === "example" && (cfg.task?.name === "squad" || cfg.task?.name === "drop")) {
       caveats.push(
         "Several training examples may ask about one passage: a passage is protected only as " +
