@@ -156,20 +156,25 @@ async function withTmp(f: (tmp: string) => Promise<void>) {
 
 const opts = { ignore: skip, sanitizeResources: false, sanitizeOps: false };
 
+/** A launch whose process `who` is killed (SIGKILL) once 4 steps are released, run to its end. */
+async function launchKilling(dir: string, who: string) {
+  const l = launch(dir);
+  await waitFor("4 ledger lines", async () => (await ledgerLines(dir)) >= 4);
+  const pid = pidOf(l, who);
+  assert.ok(pid, l.output());
+  Deno.kill(pid, "SIGKILL");
+  assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
+  await finished(l);
+  return { l, pid, out: l.output() };
+}
+
 Deno.test({
   ...opts,
   name: "(a) kill -9 of a worker under dpzo launch: restarted by the launcher, the same weights",
   fn: () =>
     withTmp(async (tmp) => {
       const dir = `${tmp}/a`;
-      const l = launch(dir);
-      await waitFor("4 ledger lines", async () => (await ledgerLines(dir)) >= 4);
-      const pid = pidOf(l, "worker 1");
-      assert.ok(pid, l.output());
-      Deno.kill(pid, "SIGKILL");
-      assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
-      await finished(l);
-      const out = l.output();
+      const { l, pid, out } = await launchKilling(dir, "worker 1");
       assert.match(
         out,
         new RegExp(
@@ -213,14 +218,7 @@ Deno.test({
   fn: () =>
     withTmp(async (tmp) => {
       const dir = `${tmp}/c`;
-      const l = launch(dir);
-      await waitFor("4 ledger lines", async () => (await ledgerLines(dir)) >= 4);
-      const pid = pidOf(l, "coord");
-      assert.ok(pid, l.output());
-      Deno.kill(pid, "SIGKILL");
-      assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
-      await finished(l);
-      const out = l.output();
+      const { out } = await launchKilling(dir, "coord");
       assert.match(out, /launch: the coordinator \(pid \d+\) was killed by SIGKILL; restarting/);
       assert.match(out, /a new coordinator \(epoch \w+\); joining it again/);
       await assertSameAsReference(tmp, dir);
@@ -234,14 +232,7 @@ Deno.test({
   fn: () =>
     withTmp(async (tmp) => {
       const dir = `${tmp}/d`;
-      const l = launch(dir);
-      await waitFor("4 ledger lines", async () => (await ledgerLines(dir)) >= 4);
-      const pid = pidOf(l, "nats-server");
-      assert.ok(pid, l.output());
-      Deno.kill(pid, "SIGKILL");
-      assert.ok((await ledgerLines(dir)) < STEPS, "the run finished before the kill");
-      await finished(l);
-      const out = l.output();
+      const { l, pid, out } = await launchKilling(dir, "nats-server");
       assert.match(
         out,
         new RegExp(
